@@ -1,0 +1,3495 @@
+"""mix_client: a fast, typed, single-file, async-first client for the Mix REST API.
+
+Mix is an agent app: sessions, messages, files, provider auth, preferences, tools and a
+Server-Sent-Events stream of what the agent does. This module is the whole client:
+
+    import asyncio
+    from mix_client import AsyncMix
+
+    async def main() -> None:
+        async with AsyncMix("http://localhost:8088") as mix:
+            session = await mix.create_session(title="demo", browser_mode="local-browser-service")
+            turn = await mix.send_and_wait(session.id, "Hello!")
+            print(turn.text)
+
+    asyncio.run(main())
+
+Blocking code uses :class:`Mix`, which has the same methods without ``await``.
+
+Runtime dependencies: aiohttp and msgspec. Drop this file into a project, or install it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import email.utils
+import functools
+import inspect
+import io
+import logging
+import mimetypes
+import os
+import random
+import re
+import sys
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Concatenate,
+    Final,
+    Generic,
+    Literal,
+    ParamSpec,
+    TypeAlias,
+    TypedDict,
+    TypeVar,
+    Union,
+    overload,
+)
+from urllib.parse import quote
+
+import aiohttp
+import msgspec
+from msgspec import UNSET, UnsetType
+from yarl import URL
+
+if TYPE_CHECKING:
+    from typing_extensions import Self, Unpack
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "UNSET",
+    "APIConnectionError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AgentError",
+    "AsyncMix",
+    "AuthenticationError",
+    "BackendMessage",
+    "BackoffStrategy",
+    "BadRequestError",
+    "Callback",
+    "ErrorResponse",
+    "EventStream",
+    "FileInfo",
+    "InternalServerError",
+    "InvalidInputError",
+    "Mix",
+    "MixError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "RESTError",
+    "RateLimitError",
+    "RequestTimeoutError",
+    "ResponseValidationError",
+    "RetryConfig",
+    "SessionData",
+    "Turn",
+    "UnprocessableEntityError",
+    "UnsetType",
+]
+
+T = TypeVar("T")
+R = TypeVar("R")
+P = ParamSpec("P")
+
+DEFAULT_SERVER_URL: Final = "http://localhost:8088"
+USER_AGENT: Final = f"mix-client/{__version__}"
+
+# ---------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------
+# Responses are decoded tolerantly: unknown fields are ignored, enum-valued fields are
+# plain ``str`` (an unknown value never fails), and fields the real server may omit
+# default to ``None``. Requests are strict: request bodies are separate Structs with
+# ``omit_defaults=True`` so nothing the caller did not set is sent.
+
+Provider = Literal["anthropic", "openai", "openrouter", "gemini", "brave"]
+BrowserMode = Literal["electron-embedded-browser", "local-browser-service", "remote-cdp-websocket"]
+PromptMode = Literal["default", "append", "replace"]
+ThinkingLevel = Literal["off", "basic", "medium", "maximum"]
+NotificationResponseType = Literal["acknowledge", "text", "choice"]
+CallbackType = Literal["bash_script", "sub_agent", "send_message"]
+
+
+class _Model(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Base of every response model (snake_case on the wire)."""
+
+
+class _CamelModel(msgspec.Struct, kw_only=True, omit_defaults=True, rename="camel"):
+    """Base of every response model whose wire names are camelCase."""
+
+
+class RESTError(_Model):
+    """The ``error`` object of an error body. ``type`` may hold codes outside the spec."""
+
+    code: int = 0
+    message: str = ""
+    type: str = ""
+
+
+class ErrorBody(_Model):
+    """An error response body: ``{"error": RESTError}``."""
+
+    error: RESTError
+
+
+class StoreApiKeyResponse(_Model):
+    message: str | None = None
+    provider: str | None = None
+    status: str | None = None
+
+
+class SetApiKeyResponse(_Model):
+    success: bool | None = None
+
+
+class OAuthLoginResponse(_CamelModel):
+    auth_url: str | None = None
+
+
+class OAuthCallbackResponse(_Model):
+    expires_in: int | None = None
+    message: str | None = None
+    provider: str | None = None
+    status: str | None = None
+
+
+class OAuthFlowResponse(_Model):
+    auth_url: str | None = None
+    message: str | None = None
+    state: str | None = None
+
+
+class ProviderAuthStatus(_Model):
+    auth_method: str | None = None
+    """``oauth``, ``api_key`` or ``none`` (other values are kept)."""
+    authenticated: bool | None = None
+    display_name: str | None = None
+
+
+class AuthStatusResponse(_Model):
+    providers: dict[str, ProviderAuthStatus] = {}
+
+
+class ValidateProviderResponse(_Model):
+    auth_method: str | None = None
+    message: str | None = None
+    provider: str | None = None
+    valid: bool | None = None
+
+
+class DeleteCredentialsResponse(_Model):
+    message: str | None = None
+    provider: str | None = None
+    status: str | None = None
+
+
+class Command(_Model):
+    name: str | None = None
+    description: str | None = None
+    usage: str | None = None
+
+
+class McpTool(_Model):
+    name: str = ""
+    description: str = ""
+
+
+class McpServer(_Model):
+    name: str
+    connected: bool = False
+    status: str = ""
+    tools: list[McpTool] | None = None
+
+
+class CallbackResult(_Model):
+    """Result of a session callback run after a tool (``CallbackResultData``)."""
+
+    tool_call_id: str = ""
+    tool_name: str = ""
+    callback_type: str = ""
+    success: bool = False
+    callback_name: str | None = None
+    error: str | None = None
+    exclude_from_context: bool | None = None
+    exit_code: int | None = None
+    stderr: str | None = None
+    stdout: str | None = None
+    subagent_id: str | None = None
+    subagent_result: str | None = None
+
+
+class ToolCall(_CamelModel):
+    """A tool call stored with a message (``ToolCallData``)."""
+
+    id: str
+    name: str = ""
+    input: str = ""
+    type: str = ""
+    finished: bool = False
+    is_error: bool | None = None
+    result: str | None = None
+    screenshot_urls: list[str] | None = None
+
+
+class BackendMessage(_CamelModel):
+    """A stored message exchange: the user's input and the assistant's response."""
+
+    id: str
+    session_id: str = ""
+    role: str = ""
+    user_input: str = ""
+    assistant_response: str | None = None
+    cache_creation_tokens: int | None = None
+    cache_read_tokens: int | None = None
+    callback_results: list[CallbackResult] | None = None
+    cost: float | None = None
+    input_tokens: int | None = None
+    model: str | None = None
+    output_tokens: int | None = None
+    reasoning: str | None = None
+    reasoning_duration: int | None = None
+    """Milliseconds per the spec; some server versions send seconds."""
+    tool_calls: list[ToolCall] | None = None
+
+
+class PermissionResult(_Model):
+    """Reply to grant/deny. The spec says ``granted``/``denied``; servers send ``status``/``id``/``message``."""
+
+    granted: bool | None = None
+    denied: bool | None = None
+    status: str | None = None
+    id: str | None = None
+    message: str | None = None
+
+
+class ProviderInfo(_Model):
+    display_name: str | None = None
+    models: list[str] | dict[str, Any] | None = None
+
+
+class UserPreferences(_Model):
+    created_at: int | None = None
+    main_agent_max_tokens: int | None = None
+    main_agent_model: str | None = None
+    main_agent_reasoning_effort: str | None = None
+    preferred_provider: str | None = None
+    sub_agent_max_tokens: int | None = None
+    sub_agent_model: str | None = None
+    sub_agent_reasoning_effort: str | None = None
+    updated_at: int | None = None
+
+
+class PreferencesResponse(_Model):
+    available_providers: dict[str, ProviderInfo] = {}
+    preferences: UserPreferences | None = None
+
+
+class Callback(msgspec.Struct, kw_only=True, omit_defaults=True, rename="camel"):
+    """A session-level callback run after tool completion (sent and received).
+
+    >>> Callback(tool_name="*", type="bash_script", bash_command="echo $CALLBACK_TOOL_NAME")
+    """
+
+    tool_name: str
+    type: str
+    """``bash_script``, ``sub_agent`` or ``send_message``."""
+    bash_command: str | None = None
+    bash_timeout: int | None = None
+    exclude_from_context: bool | None = None
+    include_full_history: bool | None = None
+    message_content: str | None = None
+    name: str | None = None
+    sub_agent_prompt: str | None = None
+    sub_agent_type: str | None = None
+
+
+class SessionData(_CamelModel):
+    """A session and its counters. ``session_type`` may be ``"forked"`` on some servers."""
+
+    id: str
+    title: str = ""
+    session_type: str = ""
+    browser_mode: str = ""
+    user_message_count: int = 0
+    assistant_message_count: int = 0
+    tool_call_count: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    created_at: str = ""
+    callbacks: list[Callback] | None = None
+    cdp_url: str | None = None
+    first_user_message: str | None = None
+    parent_session_id: str | None = None
+    parent_tool_call_id: str | None = None
+    subagent_type: str | None = None
+
+
+class CancelResult(_CamelModel):
+    """Reply to cancel. The spec says ``cancelled``; servers send ``status``/``sessionId``."""
+
+    cancelled: bool | None = None
+    status: str | None = None
+    session_id: str | None = None
+
+
+class ExportToolCall(_CamelModel):
+    id: str
+    name: str = ""
+    input: str = ""
+    type: str = ""
+    finished: bool = False
+    input_json: Any = None
+    """The parsed tool input: usually an object, kept whole."""
+    result: str | None = None
+    is_error: bool | None = None
+    metadata: str | None = None
+    screenshot_urls: list[str] | None = None
+
+
+class ExportMessage(_CamelModel):
+    id: str
+    role: str = ""
+    content: str = ""
+    created_at: str = ""
+    updated_at: str = ""
+    finish_reason: str | None = None
+    model: str | None = None
+    reasoning: str | None = None
+    reasoning_duration: int | None = None
+    thinking_blocks: list[str] | None = None
+    redacted_thinking_blocks: list[str] | None = None
+    tool_calls: list[ExportToolCall] | None = None
+
+
+class ExportSession(_CamelModel):
+    id: str
+    title: str = ""
+    messages: list[ExportMessage] = []
+    assistant_message_count: int | None = None
+    completion_tokens: int | None = None
+    cost: float | None = None
+    created_at: str | None = None
+    prompt_tokens: int | None = None
+    tool_call_count: int | None = None
+    updated_at: str | None = None
+    user_message_count: int | None = None
+
+
+class FileInfo(_CamelModel):
+    name: str
+    size: int = 0
+    modified: int = 0
+    is_dir: bool = False
+    url: str = ""
+    original_name: str | None = None
+    """Present when the server changed the uploaded name (whitespace becomes ``_``)."""
+
+
+class SendMessageResponse(_CamelModel):
+    """Reply to :meth:`AsyncMix.send_message`.
+
+    ``202``: ``status="processing"``; the agent's work arrives on the event stream.
+    ``200`` (slash commands such as ``/help``): ``status="completed"`` and ``message``
+    holds the command's answer.
+    """
+
+    status: str = ""
+    session_id: str = ""
+    message: BackendMessage | None = None
+
+
+class SystemInfo(_CamelModel):
+    storage_base_path: str = ""
+
+
+class LLMTool(_Model):
+    name: str = ""
+    description: str = ""
+    parameters: dict[str, Any] | None = None
+    required: list[str] | None = None
+
+
+class LLMToolsResponse(_Model):
+    tools: list[LLMTool] = []
+
+
+class ToolStatus(_Model):
+    """A tool of a category in the tool status replies."""
+
+    provider: str | None = None
+    display_name: str | None = None
+    description: str | None = None
+    authenticated: bool | None = None
+    api_key_required: bool | None = None
+    api_key_format: str | None = None
+
+
+class ToolCategory(_Model):
+    display_name: str | None = None
+    description: str | None = None
+    icon: str | None = None
+    tools: list[ToolStatus] = []
+
+
+class ToolsStatusResponse(_Model):
+    """Reply to ``get_tools_status`` and ``get_tool_credentials_status``."""
+
+    categories: dict[str, ToolCategory] = {}
+
+
+class HealthResponse(_Model):
+    status: str | None = None
+    timestamp: str | None = None
+    version: str | None = None
+
+
+class ProviderOAuthHealth(_Model):
+    provider: str = ""
+    status: str = ""
+    """``active``, ``expired``, ``expired_no_refresh``, ``error``, ``not_found`` (others kept)."""
+    error: str | None = None
+    expires_at: str | None = None
+    expires_in: str | None = None
+    last_refresh: str | None = None
+
+
+class OAuthHealthResponse(_Model):
+    status: str = ""
+    """``healthy``, ``degraded`` or ``unhealthy`` (others kept)."""
+    providers: dict[str, ProviderOAuthHealth] = {}
+    timestamp: str = ""
+
+
+class RefreshTokensResponse(_Model):
+    message: str | None = None
+    status: str | None = None
+
+
+# Request bodies -------------------------------------------------------------
+
+
+class _Body(msgspec.Struct, kw_only=True, omit_defaults=True):
+    pass
+
+
+class _CamelBody(msgspec.Struct, kw_only=True, omit_defaults=True, rename="camel"):
+    pass
+
+
+class _StoreApiKeyBody(_Body):
+    provider: str
+    api_key: str
+
+
+class _SetApiKeyBody(_CamelBody):
+    api_key: str
+
+
+class _OAuthCallbackBody(_Body):
+    provider: str
+    code: str
+    state: str
+
+
+class _NotificationReplyBody(_Body):
+    type: str
+    value: str | UnsetType = UNSET
+
+
+class _PreferencesBody(_Body):
+    main_agent_max_tokens: int | UnsetType | None = UNSET
+    main_agent_model: str | UnsetType | None = UNSET
+    main_agent_reasoning_effort: str | UnsetType | None = UNSET
+    preferred_provider: str | UnsetType | None = UNSET
+    sub_agent_max_tokens: int | UnsetType | None = UNSET
+    sub_agent_model: str | UnsetType | None = UNSET
+    sub_agent_reasoning_effort: str | UnsetType | None = UNSET
+
+
+class _CreateSessionBody(_CamelBody):
+    title: str
+    browser_mode: str
+    callbacks: list[Callback] | UnsetType = UNSET
+    cdp_url: str | UnsetType = UNSET
+    custom_system_prompt: str | UnsetType = UNSET
+    prompt_mode: str | UnsetType = UNSET
+    session_type: str | UnsetType = UNSET
+    subagent_type: str | UnsetType = UNSET
+
+
+class _CallbacksBody(_Body):
+    callbacks: list[Callback]
+
+
+class _ForkBody(_CamelBody):
+    message_index: int
+    title: str | UnsetType = UNSET
+
+
+class _SendMessageBody(_Body):
+    text: str
+    plan_mode: bool = False
+    thinking_level: str | UnsetType | None = UNSET
+    max_steps: int | UnsetType = UNSET
+
+
+class _RewindBody(_CamelBody):
+    message_id: str
+    cleanup_media: bool = True
+
+
+_encode = msgspec.json.Encoder().encode
+_error_body_decoder: Final = msgspec.json.Decoder(ErrorBody)
+
+
+# ---------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------
+
+
+class MixError(Exception):
+    """Root of every error this client raises."""
+
+    message: str
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInputError(MixError, ValueError):
+    """An argument is unusable; raised before anything is sent."""
+
+
+class APIStatusError(MixError):
+    """The server answered with an HTTP error status.
+
+    ``error`` is the decoded :class:`RESTError` when the body has one (``data`` holds the
+    whole :class:`ErrorBody`, so ``err.data.error`` works as in the original SDK).
+    """
+
+    status_code: int
+    headers: Mapping[str, str]
+    body: str
+    error: RESTError | None
+    data: ErrorBody | None
+    method: str
+    url: str
+    raw_response: aiohttp.ClientResponse | None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        headers: Mapping[str, str],
+        body: str,
+        data: ErrorBody | None,
+        method: str,
+        url: str,
+        raw_response: aiohttp.ClientResponse | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.headers = headers
+        self.body = body
+        self.data = data
+        self.error = data.error if data is not None else None
+        self.method = method
+        self.url = url
+        self.raw_response = raw_response
+
+
+ErrorResponse = APIStatusError
+"""Alias kept for users of the original SDK (``errors.ErrorResponse``)."""
+
+
+class BadRequestError(APIStatusError):
+    """400."""
+
+
+class AuthenticationError(APIStatusError):
+    """401: missing or invalid credentials (also: no provider authenticated)."""
+
+
+class NotFoundError(APIStatusError):
+    """404: unknown resource, or a route this server version does not have."""
+
+
+class RequestTimeoutError(APIStatusError):
+    """408."""
+
+
+class PayloadTooLargeError(APIStatusError):
+    """413: upload above the server's limit (32 MiB)."""
+
+
+class UnprocessableEntityError(APIStatusError):
+    """422."""
+
+
+class RateLimitError(APIStatusError):
+    """429."""
+
+
+class InternalServerError(APIStatusError):
+    """5xx."""
+
+
+_STATUS_ERRORS: Final[dict[int, type[APIStatusError]]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    404: NotFoundError,
+    408: RequestTimeoutError,
+    413: PayloadTooLargeError,
+    422: UnprocessableEntityError,
+    429: RateLimitError,
+}
+
+
+class APIConnectionError(MixError):
+    """The request could not be completed (refused, reset, DNS...). ``__cause__`` has the detail."""
+
+    def __init__(self, message: str, *, method: str = "", url: str = "") -> None:
+        super().__init__(message)
+        self.method = method
+        self.url = url
+
+
+class APITimeoutError(APIConnectionError):
+    """The request timed out (connect, read, or total)."""
+
+
+class ResponseValidationError(MixError):
+    """A 2xx body did not match the expected schema. ``cause`` is the msgspec error."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        cause: Exception,
+        body: bytes,
+        status_code: int,
+        headers: Mapping[str, str],
+        method: str,
+        url: str,
+        raw_response: aiohttp.ClientResponse | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.cause = cause
+        self.body = body
+        self.status_code = status_code
+        self.headers = headers
+        self.method = method
+        self.url = url
+        self.raw_response = raw_response
+
+
+class AgentError(MixError):
+    """The agent's run ended with an ``error`` event (failed or cancelled)."""
+
+    def __init__(self, message: str, *, event: Any = None) -> None:
+        super().__init__(message)
+        self.event = event
+
+
+def _status_error(
+    method: str,
+    url: str,
+    status: int,
+    headers: Mapping[str, str],
+    raw: bytes,
+    response: aiohttp.ClientResponse | None,
+) -> APIStatusError:
+    data: ErrorBody | None
+    try:
+        data = _error_body_decoder.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        data = None
+    body = raw.decode("utf-8", "replace")
+    if data is not None and data.error.message:
+        detail = data.error.message
+    else:
+        detail = body.strip()[:200] or (response.reason if response and response.reason else "")
+    cls = _STATUS_ERRORS.get(status) or (InternalServerError if status >= 500 else APIStatusError)
+    message = f"{method} {url} -> {status}: {detail}" if detail else f"{method} {url} -> {status}"
+    return cls(
+        message,
+        status_code=status,
+        headers=headers,
+        body=body,
+        data=data,
+        method=method,
+        url=url,
+        raw_response=response,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Retries, timeouts and options
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BackoffStrategy:
+    """Exponential backoff, in milliseconds (the original SDK's shape)."""
+
+    initial_interval: int
+    max_interval: int
+    exponent: float
+    max_elapsed_time: int
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    """Retry policy in the original SDK's shape.
+
+    ``RetryConfig("backoff", BackoffStrategy(500, 8000, 2.0, 60000), True)`` retries with
+    that backoff until ``max_elapsed_time`` has passed; ``RetryConfig("none", None, False)``
+    turns retries off. Per call or per client (``retry_config=``).
+    """
+
+    strategy: Literal["backoff", "none"]
+    backoff: BackoffStrategy | None = None
+    retry_connection_errors: bool = True
+
+
+@dataclass(frozen=True)
+class _Policy:
+    max_retries: int
+    initial: float
+    max_delay: float
+    exponent: float
+    max_elapsed: float | None
+    retry_connection_errors: bool
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return retry_after
+        base = min(self.max_delay, self.initial * self.exponent**attempt)
+        return base * (1.0 - 0.25 * random.random())
+
+
+_DEFAULT_MAX_RETRIES: Final = 2
+_RETRY_AFTER_CAP: Final = 60.0
+
+
+def _make_policy(max_retries: int | None, config: RetryConfig | None) -> _Policy:
+    if max_retries is not None and max_retries < 0:
+        raise InvalidInputError(f"max_retries must be >= 0, not {max_retries}")
+    if config is None:
+        n = _DEFAULT_MAX_RETRIES if max_retries is None else max_retries
+        return _Policy(n, 0.5, 8.0, 2.0, None, True)
+    if config.strategy == "none":
+        return _Policy(0, 0.5, 8.0, 2.0, None, False)
+    if config.strategy != "backoff":
+        raise InvalidInputError(f"unknown retry strategy {config.strategy!r}")
+    b = config.backoff or BackoffStrategy(500, 8000, 2.0, 0)
+    elapsed = b.max_elapsed_time / 1000 if b.max_elapsed_time > 0 else None
+    if max_retries is not None:
+        n = max_retries
+    else:
+        n = sys.maxsize if elapsed is not None else _DEFAULT_MAX_RETRIES
+    return _Policy(
+        n,
+        b.initial_interval / 1000,
+        b.max_interval / 1000,
+        b.exponent,
+        elapsed,
+        config.retry_connection_errors,
+    )
+
+
+def _parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("retry-after-ms")
+    if value is not None:
+        with contextlib.suppress(ValueError):
+            return min(max(float(value) / 1000, 0.0), _RETRY_AFTER_CAP)
+    value = headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        seconds = when.timestamp() - time.time()
+    return min(max(seconds, 0.0), _RETRY_AFTER_CAP)
+
+
+Timeout = Union[float, aiohttp.ClientTimeout, None]  # noqa: UP007 (a runtime alias on 3.10)
+"""Seconds for the whole request, an ``aiohttp.ClientTimeout``, or ``None`` for none."""
+
+DEFAULT_TIMEOUT: Final = aiohttp.ClientTimeout(total=60, connect=5)
+"""Plain calls: 5 s to connect, 60 s in all."""
+TRANSFER_TIMEOUT: Final = aiohttp.ClientTimeout(total=None, connect=5, sock_read=60)
+"""Uploads and downloads: no total limit, 60 s without progress."""
+
+
+def _as_timeout(value: Timeout) -> aiohttp.ClientTimeout:
+    if isinstance(value, aiohttp.ClientTimeout):
+        return value
+    if value is None:
+        return aiohttp.ClientTimeout(total=None)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise InvalidInputError(f"timeout must be a positive number of seconds, not {value!r}")
+    return aiohttp.ClientTimeout(total=float(value), connect=min(5.0, float(value)))
+
+
+class RequestOptions(TypedDict, total=False):
+    """Per-call options every method accepts as keywords."""
+
+    timeout: Timeout
+    max_retries: int
+    retry_config: RetryConfig | None
+    headers: Mapping[str, str]
+
+
+class _NotGiven:
+    def __repr__(self) -> str:
+        return "NOT_GIVEN"
+
+
+_NOT_GIVEN: Final = _NotGiven()
+
+
+# ---------------------------------------------------------------------------
+# Transport
+# ---------------------------------------------------------------------------
+
+_log: Final = logging.getLogger("mix_client")
+_SECRET_HEADERS: Final = frozenset({"authorization", "proxy-authorization", "x-api-key", "cookie"})
+_SECRET_FIELDS: Final = re.compile(
+    rb'("(?:api_?key|apiKey|access_token|refresh_token|token|code|password|secret)"\s*:\s*)"(?:[^"\\]|\\.)*"',
+    re.IGNORECASE,
+)
+_debug_handler_installed = False
+
+
+def _enable_debug_logging() -> None:
+    """``MIX_DEBUG=true``: log this module's requests to stderr, leaving the root logger alone."""
+    global _debug_handler_installed
+    _log.setLevel(logging.DEBUG)
+    if not _debug_handler_installed and not _log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s mix_client %(levelname)s %(message)s"))
+        _log.addHandler(handler)
+        _debug_handler_installed = True
+
+
+def _redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k: ("***" if k.lower() in _SECRET_HEADERS else v) for k, v in headers.items()}
+
+
+def _redact_body(body: bytes | None, limit: int = 2000) -> str:
+    if not body:
+        return ""
+    text = _SECRET_FIELDS.sub(rb'\1"***"', body[: limit * 2]).decode("utf-8", "replace")
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _segment(value: object, name: str) -> str:
+    """Percent-encode one path segment: ``/``, ``?``, ``#``, ``%``, spaces all survive."""
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{name} must be a string, not {type(value).__name__}")
+    if not value:
+        raise InvalidInputError(f"{name} must not be empty")
+    if value in (".", ".."):
+        return value.replace(".", "%2E")
+    return quote(value, safe="")
+
+
+def _check_file_name(value: object, name: str = "filename") -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidInputError(f"{name} must be a non-empty string")
+    if "/" in value or "\\" in value or ".." in value or "\x00" in value:
+        raise InvalidInputError(
+            f"{name} {value!r} must be a plain file name (no '/', '\\' or '..')"
+        )
+    if "\r" in value or "\n" in value:
+        raise InvalidInputError(f"{name} {value!r} must not contain line breaks")
+    return value
+
+
+def _query(params: Mapping[str, object]) -> str:
+    parts = []
+    for key, value in params.items():
+        if value is None:
+            continue
+        text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        parts.append(f"{key}={quote(text, safe='')}")
+    return "&".join(parts)
+
+
+Decode = Callable[[int, bytes], T]
+
+
+@dataclass(frozen=True)
+class _Op(Generic[T]):
+    """One endpoint: everything about it that does not change from call to call."""
+
+    operation_id: str
+    method: str
+    path: str
+    decode: Decode[T]
+    retry_statuses: frozenset[int]
+    idempotent: bool
+    transfer: bool = False
+
+
+_IDEMPOTENT_RETRY: Final = frozenset({408, 429, 500, 502, 503, 504})
+_UNSAFE_RETRY: Final = frozenset({429, 503})
+
+
+def _decoder(type_: type[T]) -> Decode[T]:
+    dec: msgspec.json.Decoder[T] = msgspec.json.Decoder(type_)
+    decode = dec.decode
+
+    def run(status: int, raw: bytes) -> T:
+        return decode(raw)
+
+    return run
+
+
+def _no_content(status: int, raw: bytes) -> None:
+    return None
+
+
+def _op(
+    operation_id: str, method: str, path: str, decode: Decode[T], *, transfer: bool = False
+) -> _Op[T]:
+    idempotent = method in ("GET", "DELETE", "HEAD", "PUT")
+    return _Op(
+        operation_id,
+        method,
+        path,
+        decode,
+        _IDEMPOTENT_RETRY if idempotent else _UNSAFE_RETRY,
+        idempotent,
+        transfer,
+    )
+
+
+_SEND_ACCEPTED = msgspec.json.Decoder(SendMessageResponse)
+_SEND_COMMAND = msgspec.json.Decoder(BackendMessage)
+
+
+def _decode_send(status: int, raw: bytes) -> SendMessageResponse:
+    if status == 200:
+        # Slash commands (``/help``) answer at once with the command's message.
+        message = _SEND_COMMAND.decode(raw)
+        return SendMessageResponse(
+            status="completed", session_id=message.session_id, message=message
+        )
+    return _SEND_ACCEPTED.decode(raw)
+
+
+def _connection_error(exc: BaseException, method: str, url: str) -> tuple[APIConnectionError, bool]:
+    """Wrap a transport failure; the flag says the request certainly never reached the server."""
+    if isinstance(exc, _CONNECT_TIMEOUTS):
+        return APITimeoutError(
+            f"{method} {url}: timed out connecting", method=method, url=url
+        ), True
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError, aiohttp.ServerTimeoutError)):
+        return APITimeoutError(f"{method} {url}: timed out", method=method, url=url), False
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return APIConnectionError(
+            f"{method} {url}: cannot connect: {exc}", method=method, url=url
+        ), True
+    return APIConnectionError(
+        f"{method} {url}: {type(exc).__name__}: {exc}", method=method, url=url
+    ), False
+
+
+_CONNECT_TIMEOUTS: tuple[type[BaseException], ...] = tuple(
+    t for t in (getattr(aiohttp, "ConnectionTimeoutError", None),) if isinstance(t, type)
+)
+_TRANSPORT_ERRORS: Final = (aiohttp.ClientError, asyncio.TimeoutError, TimeoutError, OSError)
+
+
+# Uploads --------------------------------------------------------------------
+
+_UPLOAD_CHUNK: Final = 256 * 1024
+FileInput = Union[
+    str, "os.PathLike[str]", bytes, bytearray, memoryview, io.IOBase, AsyncIterable[bytes]
+]
+"""What :meth:`AsyncMix.upload_session_file` accepts."""
+
+
+class _Upload:
+    """A multipart/form-data body with one part named ``file``, streamed in chunks."""
+
+    def __init__(self, file: Any, filename: str | None, content_type: str | None) -> None:
+        self.path: str | None = None
+        self.fileobj: Any = None
+        self.data: bytes | memoryview | None = None
+        self.aiter: AsyncIterable[bytes] | None = None
+        self.start = 0
+        size: int | None = None
+        name = filename
+        if isinstance(file, Mapping):  # the original SDK's {"file_name": ..., "content": ...}
+            name = name or file.get("file_name")
+            content_type = content_type or file.get("content_type")
+            file = file.get("content")
+        if isinstance(file, (str, os.PathLike)):
+            path = os.fspath(file)
+            if not os.path.exists(path):
+                raise InvalidInputError(f"upload_session_file: no such file: {path!r}")
+            if not os.path.isfile(path):
+                raise InvalidInputError(f"upload_session_file: not a regular file: {path!r}")
+            self.path = path
+            size = os.path.getsize(path)
+            name = name or os.path.basename(path)
+        elif isinstance(file, (bytes, bytearray, memoryview)):
+            self.data = file if isinstance(file, bytes) else memoryview(file).cast("B")
+            size = len(self.data)
+        elif hasattr(file, "read"):
+            self.fileobj = file
+            if name is None and isinstance(getattr(file, "name", None), str):
+                name = os.path.basename(file.name)
+            seekable = getattr(file, "seekable", None)
+            if seekable is not None and seekable():
+                self.start = file.tell()
+                end = file.seek(0, io.SEEK_END)
+                file.seek(self.start)
+                size = end - self.start
+        elif isinstance(file, AsyncIterable):
+            self.aiter = file
+        else:
+            raise InvalidInputError(
+                "upload_session_file: file must be a path, bytes, a binary file or an async "
+                f"iterator of bytes, not {type(file).__name__}"
+            )
+        if name is None:
+            raise InvalidInputError("upload_session_file: pass filename= for this kind of file")
+        self.filename = _check_file_name(name)
+        ctype = content_type or mimetypes.guess_type(self.filename)[0] or "application/octet-stream"
+        self.boundary = f"mixclient{os.urandom(12).hex()}"
+        escaped = self.filename.replace("\\", "\\\\").replace('"', '\\"')
+        self.head = (
+            f"--{self.boundary}\r\n"
+            f'Content-Disposition: form-data; name="file"; filename="{escaped}"\r\n'
+            f"Content-Type: {ctype}\r\n\r\n"
+        ).encode()
+        self.tail = f"\r\n--{self.boundary}--\r\n".encode()
+        self.size = None if size is None else len(self.head) + size + len(self.tail)
+        self.replayable = self.aiter is None and (self.fileobj is None or size is not None)
+        self.used = False
+
+    @property
+    def content_type(self) -> str:
+        return f"multipart/form-data; boundary={self.boundary}"
+
+    def body(self) -> AsyncIterator[bytes]:
+        if self.used and not self.replayable:
+            raise InvalidInputError("upload_session_file: this file stream was already consumed")
+        self.used = True
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        yield self.head
+        if self.data is not None:
+            yield self.data if isinstance(self.data, bytes) else bytes(self.data)
+        elif self.path is not None:
+            loop = asyncio.get_running_loop()
+            f = await loop.run_in_executor(None, open, self.path, "rb")
+            try:
+                while chunk := await loop.run_in_executor(None, f.read, _UPLOAD_CHUNK):
+                    yield chunk
+            finally:
+                f.close()
+        elif self.fileobj is not None:
+            f = self.fileobj
+            loop = asyncio.get_running_loop()
+            if self.size is not None:
+                f.seek(self.start)
+            while True:
+                chunk = await loop.run_in_executor(None, f.read, _UPLOAD_CHUNK)
+                if not chunk:
+                    break
+                if not isinstance(chunk, (bytes, bytearray)):
+                    raise InvalidInputError(
+                        "upload_session_file: the file must be opened in binary mode"
+                    )
+                yield bytes(chunk)
+        elif self.aiter is not None:
+            async for chunk in self.aiter:
+                if not isinstance(chunk, (bytes, bytearray, memoryview)):
+                    raise InvalidInputError(
+                        "upload_session_file: the async iterator must yield bytes"
+                    )
+                yield bytes(chunk)
+        yield self.tail
+
+
+# ---------------------------------------------------------------------------
+# Streaming
+# ---------------------------------------------------------------------------
+# Server-Sent Events: SSEDecoder turns bytes into frames (WHATWG rules, linear, no
+# size limit), decode_event turns a frame into a typed event, EventStream keeps a
+# session's stream open across drops.
+
+
+class ServerSentEvent(msgspec.Struct, frozen=True, gc=False):
+    """One dispatched SSE frame.
+
+    ``data`` is kept as ``bytes`` (the data lines joined with ``b"\\n"``) rather
+    than ``str``: the payload is JSON, and msgspec decodes JSON straight from
+    bytes, so the text is never decoded twice.  Use ``frame.text`` for a ``str``.
+
+    ``id`` is the stream's last event id at dispatch time (it persists across
+    events, per the SSE rules); ``None`` when no id has been set.  ``retry`` is
+    the reconnection delay (milliseconds) carried by this frame's own lines, if
+    any; :attr:`SSEDecoder.retry` holds the latest value for the whole stream.
+    """
+
+    event: str = "message"
+    data: bytes = b""
+    id: str | None = None
+    retry: int | None = None
+
+    @property
+    def text(self) -> str:
+        """``data`` decoded as UTF-8 (invalid bytes replaced)."""
+        return self.data.decode("utf-8", "replace")
+
+
+_BOM = b"\xef\xbb\xbf"
+
+# Decoded event names; a stream uses a handful, so each is decoded once.
+# _EVENT_NAMES is keyed by the field value, _EVENT_LINES by the whole
+# ``event: NAME`` line (used by the one-frame shortcut).
+_EVENT_NAMES: dict[bytes, str] = {}
+_EVENT_LINES: dict[bytes, str] = {}
+_EVENT_CACHE_MAX = 256
+
+
+def _event_name(value: bytes) -> str:
+    name = _EVENT_NAMES.get(value)
+    if name is None:
+        name = value.decode("utf-8", "replace")
+        if len(_EVENT_NAMES) < _EVENT_CACHE_MAX:
+            _EVENT_NAMES[value] = name
+            _EVENT_LINES[b"event: " + value] = name or "message"
+    return name
+
+
+for _name in (
+    "connected",
+    "heartbeat",
+    "user_message_created",
+    "thinking",
+    "content",
+    "tool_use_start",
+    "tool_use_parameter_delta",
+    "tool_use_parameter_streaming_complete",
+    "tool_execution_start",
+    "tool_execution_complete",
+    "permission",
+    "notification",
+    "session_created",
+    "session_deleted",
+    "error",
+    "complete",
+    "rate_limit_error",
+):
+    _event_name(_name.encode())
+del _name
+
+
+class SSEDecoder:
+    """Incremental SSE parser: ``feed(chunk)`` returns the frames it completes.
+
+    Follows the WHATWG event-stream rules: lines end in CR, LF or CRLF (also
+    when the CR and LF arrive in different chunks); one leading UTF-8 BOM is
+    dropped; ``:`` starts a comment; ``data`` lines are joined with LF; an
+    ``id`` containing NUL is ignored and the last id persists across events;
+    ``retry`` must be ASCII digits; a blank line dispatches the event unless
+    no data line was seen.  There is no limit on line or event size.
+
+    Work is linear in the bytes fed, whatever the chunking: each chunk is
+    scanned once (CR/LF are normalised to LF with ``bytes.replace``, then
+    ``split``), and an unfinished line is kept in a ``bytearray`` (amortised
+    O(1) appends, buffered bytes are never re-scanned).  A chunk holding exactly
+    one ``id:``/``event:``/``data:`` frame -- what the Mix server writes --
+    takes a shortcut.
+
+    Attributes:
+        last_event_id: the last event id seen (persists across events), or
+            ``None`` if none was set or an empty ``id:`` reset it.
+        retry: the latest valid ``retry:`` value in milliseconds, or ``None``.
+    """
+
+    __slots__ = (
+        "_bom_buf",
+        "_clean",
+        "_cr",
+        "_data",
+        "_event",
+        "_frame_retry",
+        "_partial",
+        "_start",
+        "last_event_id",
+        "retry",
+    )
+
+    def __init__(self, last_event_id: str | None = None) -> None:
+        self.last_event_id: str | None = last_event_id or None
+        self.retry: int | None = None
+        self._start = True  # still looking for a BOM at stream start
+        self._bom_buf = b""  # first bytes of the stream while they may be a BOM
+        self._cr = False  # previous chunk ended in CR: drop a leading LF
+        self._partial = bytearray()  # unfinished line
+        self._data: list[bytes] = []  # data lines of the event being built
+        self._event: str | None = None  # event type buffer
+        self._frame_retry: int | None = None  # retry seen since the last dispatch
+        self._clean = False  # between events, nothing buffered: shortcut allowed
+
+    def feed(self, chunk: bytes) -> list[ServerSentEvent]:
+        """Parse ``chunk`` and return the frames it completes (often none)."""
+        if self._clean and 13 not in chunk:
+            # Shortcut: b"id: N\nevent: NAME\ndata: JSON\n\n" as one chunk.
+            lines = chunk.split(b"\n")
+            if len(lines) == 5 and not lines[4] and not lines[3]:
+                id_line = lines[0]
+                data_line = lines[2]
+                name = _EVENT_LINES.get(lines[1])
+                if (
+                    name is not None
+                    and id_line[:4] == b"id: "
+                    and data_line[:6] == b"data: "
+                    and 0 not in id_line
+                ):
+                    try:
+                        event_id = id_line[4:].decode() or None
+                    except UnicodeDecodeError:
+                        event_id = id_line[4:].decode("utf-8", "replace")
+                    self.last_event_id = event_id
+                    return [ServerSentEvent(name, data_line[6:], event_id, None)]
+            return self._lines(lines)
+        if self._start:
+            chunk = self._strip_bom(chunk)
+        if self._cr and chunk:
+            self._cr = False
+            if chunk[0] == 10:  # the LF of a CRLF split across chunks
+                chunk = chunk[1:]
+        if 13 in chunk:
+            self._cr = chunk[-1] == 13
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        elif 10 not in chunk:
+            self._partial += chunk  # (_clean is already False here)
+            return []
+        return self._lines(chunk.split(b"\n"))
+
+    def _strip_bom(self, chunk: bytes) -> bytes:
+        buf = self._bom_buf + chunk
+        if len(buf) < 3 and _BOM.startswith(buf):
+            self._bom_buf = buf  # may still become a BOM: wait for more bytes
+            return b""
+        self._start = False
+        self._bom_buf = b""
+        return buf[3:] if buf.startswith(_BOM) else buf
+
+    def _lines(self, lines: list[bytes]) -> list[ServerSentEvent]:
+        """Process complete lines; the last item is the unfinished tail."""
+        tail = lines.pop()
+        partial = self._partial
+        if partial and lines:
+            partial += lines[0]
+            lines[0] = bytes(partial)
+            partial.clear()
+        partial += tail
+        out: list[ServerSentEvent] = []
+        data = self._data
+        event = self._event
+        for line in lines:
+            if not line:  # blank line: dispatch
+                if data:
+                    out.append(
+                        ServerSentEvent(
+                            event or "message",
+                            data[0] if len(data) == 1 else b"\n".join(data),
+                            self.last_event_id,
+                            self._frame_retry,
+                        )
+                    )
+                    data = self._data = []
+                self._frame_retry = None
+                event = None
+                continue
+            first = line[0]
+            # Shortcuts for the spellings servers write.
+            if first == 100 and line[:6] == b"data: ":
+                data.append(line[6:])
+                continue
+            if first == 101 and line[:7] == b"event: ":
+                event = _event_name(line[7:])
+                continue
+            if first == 105 and line[:4] == b"id: ":
+                if 0 not in line:
+                    self.last_event_id = line[4:].decode("utf-8", "replace") or None
+                continue
+            if first == 58:  # ':' comment
+                continue
+            colon = line.find(b":")
+            if colon < 0:
+                field = line
+                value = b""
+            else:
+                field = line[:colon]
+                value = (
+                    line[colon + 2 :] if line[colon + 1 : colon + 2] == b" " else line[colon + 1 :]
+                )
+            if field == b"data":
+                data.append(value)
+            elif field == b"event":
+                event = _event_name(value)
+            elif field == b"id":
+                if 0 not in value:
+                    self.last_event_id = value.decode("utf-8", "replace") or None
+            elif field == b"retry" and value.isdigit():  # bytes.isdigit: ASCII only
+                with contextlib.suppress(ValueError):  # more digits than int() takes
+                    self.retry = self._frame_retry = int(value)
+        self._event = event
+        self._clean = not (
+            data
+            or partial
+            or self._start
+            or self._cr
+            or event is not None
+            or self._frame_retry is not None
+        )
+        return out
+
+
+# ---------------------------------------------------------------------------
+# Typed event payloads (the ``data`` object of each SSE event in the spec)
+#
+# Every field is optional: servers omit things.  Strings the spec requires
+# default to "", booleans to False, everything else to None.  Enum-like
+# strings stay ``str`` so an unknown value never fails; unknown fields are
+# ignored.
+# ---------------------------------------------------------------------------
+
+
+class ConnectedData(msgspec.Struct, frozen=True, gc=False):
+    session_id: str = msgspec.field(default="", name="sessionId")
+
+
+class HeartbeatData(msgspec.Struct, frozen=True, gc=False):
+    type: str = ""
+
+
+class UserMessageCreatedData(msgspec.Struct, frozen=True, gc=False):
+    type: str = ""
+    message_id: str = msgspec.field(default="", name="messageId")
+    content: str = ""
+    parent_tool_call_id: str | None = msgspec.field(default=None, name="parentToolCallId")
+
+
+class ThinkingData(msgspec.Struct, frozen=True, gc=False):
+    type: str = ""
+    content: str = ""
+    assistant_message_id: str | None = msgspec.field(default=None, name="assistantMessageId")
+    parent_tool_call_id: str | None = msgspec.field(default=None, name="parentToolCallId")
+
+
+class ContentData(msgspec.Struct, frozen=True, gc=False):
+    type: str = ""
+    content: str = ""
+    assistant_message_id: str | None = msgspec.field(default=None, name="assistantMessageId")
+    parent_tool_call_id: str | None = msgspec.field(default=None, name="parentToolCallId")
+
+
+class ToolUseStartData(msgspec.Struct, frozen=True, gc=False):
+    type: str = ""
+    id: str = ""  # tool call id
+    name: str = ""  # tool name
+    assistant_message_id: str | None = msgspec.field(default=None, name="assistantMessageId")
+    parent_tool_call_id: str | None = msgspec.field(default=None, name="parentToolCallId")
+
+
+class ToolUseParameterDeltaData(msgspec.Struct, frozen=True, gc=False):
+    type: str = ""
+    tool_call_id: str = msgspec.field(default="", name="toolCallId")
+    input: str = ""  # partial JSON text
+    assistant_message_id: str | None = msgspec.field(default=None, name="assistantMessageId")
+    parent_tool_call_id: str | None = msgspec.field(default=None, name="parentToolCallId")
+
+
+class ToolUseParameterStreamingCompleteData(msgspec.Struct, frozen=True, gc=False):
+    type: str = ""
+    id: str = ""  # tool call id
+    name: str = ""  # tool name
+    input: str = ""  # complete JSON text of the tool input
+    assistant_message_id: str | None = msgspec.field(default=None, name="assistantMessageId")
+    parent_tool_call_id: str | None = msgspec.field(default=None, name="parentToolCallId")
+
+
+class ToolExecutionStartData(msgspec.Struct, frozen=True, gc=False):
+    type: str = ""
+    tool_name: str = msgspec.field(default="", name="toolName")  # may be ""
+    tool_call_id: str = msgspec.field(default="", name="toolCallId")
+    progress: str = ""
+    parent_tool_call_id: str | None = msgspec.field(default=None, name="parentToolCallId")
+
+
+class ToolExecutionCompleteData(msgspec.Struct, frozen=True, gc=False):
+    type: str = ""
+    tool_name: str = msgspec.field(default="", name="toolName")  # may be ""
+    tool_call_id: str = msgspec.field(default="", name="toolCallId")
+    progress: str = ""
+    success: bool = False
+    parent_tool_call_id: str | None = msgspec.field(default=None, name="parentToolCallId")
+
+
+class PermissionData(msgspec.Struct, frozen=True, gc=False):
+    type: str = ""
+    id: str = ""  # permission request id
+    session_id: str = msgspec.field(default="", name="sessionId")
+    tool_name: str = msgspec.field(default="", name="toolName")
+    description: str = ""
+    action: str = ""
+    path: str | None = None
+    params: dict[str, Any] | None = None
+    parent_tool_call_id: str | None = msgspec.field(default=None, name="parentToolCallId")
+
+
+class NotificationData(msgspec.Struct, frozen=True, gc=False):
+    type: str = ""
+    id: str = ""  # notification id
+    session_id: str = msgspec.field(default="", name="sessionId")
+    notification_type: str = msgspec.field(default="", name="notificationType")
+    title: str = ""
+    message: str = ""
+    response_type: str = msgspec.field(default="", name="responseType")
+    timeout: int | None = None  # seconds
+    created_at: int | None = msgspec.field(default=None, name="createdAt")  # Unix seconds
+    choices: list[str] | None = None
+    parent_tool_call_id: str | None = msgspec.field(default=None, name="parentToolCallId")
+
+
+class SessionCreatedData(msgspec.Struct, frozen=True, gc=False):
+    type: str = ""
+    session_id: str = msgspec.field(default="", name="sessionId")
+    title: str = ""
+    created_at: int | None = msgspec.field(default=None, name="createdAt")  # Unix seconds
+
+
+class SessionDeletedData(msgspec.Struct, frozen=True, gc=False):
+    type: str = ""
+    session_id: str = msgspec.field(default="", name="sessionId")
+
+
+class ErrorData(msgspec.Struct, frozen=True, gc=False):
+    error: str = ""
+    type: str | None = None
+    attempt: int | None = None
+    max_attempts: int | None = msgspec.field(default=None, name="maxAttempts")
+    retry_after: int | None = msgspec.field(default=None, name="retryAfter")  # milliseconds
+    parent_tool_call_id: str | None = msgspec.field(default=None, name="parentToolCallId")
+
+
+class CompleteData(msgspec.Struct, frozen=True, gc=False):
+    type: str = ""
+    done: bool = False
+    content: str | None = None
+    message_id: str | None = msgspec.field(default=None, name="messageId")
+    reasoning: str | None = None
+    # Milliseconds per the spec; some servers send (possibly fractional) seconds.
+    reasoning_duration: int | float | None = msgspec.field(default=None, name="reasoningDuration")
+    parent_tool_call_id: str | None = msgspec.field(default=None, name="parentToolCallId")
+
+
+# ---------------------------------------------------------------------------
+# Typed events
+# ---------------------------------------------------------------------------
+
+
+class BaseEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """Common base of every decoded event.
+
+    ``event`` is the SSE event name, ``id`` the SSE event id and ``data`` the
+    decoded payload.
+    """
+
+    id: str | None = None
+
+    @property
+    def session_id(self) -> str | None:
+        """The ``sessionId`` the payload names, if any (else ``None``)."""
+        return getattr(self.data, "session_id", None) or None  # type: ignore[attr-defined]
+
+    @property
+    def parent_tool_call_id(self) -> str | None:
+        """Set when a sub-agent produced the event (``None`` for the main agent)."""
+        return getattr(self.data, "parent_tool_call_id", None) or None  # type: ignore[attr-defined]
+
+
+class ConnectedEvent(BaseEvent, frozen=True, kw_only=True):
+    event: ClassVar[str] = "connected"
+    data: ConnectedData
+
+
+class HeartbeatEvent(BaseEvent, frozen=True, kw_only=True):
+    event: ClassVar[str] = "heartbeat"
+    data: HeartbeatData
+
+
+class UserMessageCreatedEvent(BaseEvent, frozen=True, kw_only=True):
+    event: ClassVar[str] = "user_message_created"
+    data: UserMessageCreatedData
+
+
+class ThinkingEvent(BaseEvent, frozen=True, kw_only=True):
+    event: ClassVar[str] = "thinking"
+    data: ThinkingData
+
+
+class ContentEvent(BaseEvent, frozen=True, kw_only=True):
+    event: ClassVar[str] = "content"
+    data: ContentData
+
+
+class ToolUseStartEvent(BaseEvent, frozen=True, kw_only=True):
+    event: ClassVar[str] = "tool_use_start"
+    data: ToolUseStartData
+
+
+class ToolUseParameterDeltaEvent(BaseEvent, frozen=True, kw_only=True):
+    event: ClassVar[str] = "tool_use_parameter_delta"
+    data: ToolUseParameterDeltaData
+
+
+class ToolUseParameterStreamingCompleteEvent(BaseEvent, frozen=True, kw_only=True):
+    event: ClassVar[str] = "tool_use_parameter_streaming_complete"
+    data: ToolUseParameterStreamingCompleteData
+
+
+class ToolExecutionStartEvent(BaseEvent, frozen=True, kw_only=True):
+    event: ClassVar[str] = "tool_execution_start"
+    data: ToolExecutionStartData
+
+
+class ToolExecutionCompleteEvent(BaseEvent, frozen=True, kw_only=True):
+    event: ClassVar[str] = "tool_execution_complete"
+    data: ToolExecutionCompleteData
+
+
+class PermissionEvent(BaseEvent, frozen=True, kw_only=True):
+    event: ClassVar[str] = "permission"
+    data: PermissionData
+
+
+class NotificationEvent(BaseEvent, frozen=True, kw_only=True):
+    event: ClassVar[str] = "notification"
+    data: NotificationData
+
+
+class SessionCreatedEvent(BaseEvent, frozen=True, kw_only=True):
+    event: ClassVar[str] = "session_created"
+    data: SessionCreatedData
+
+
+class SessionDeletedEvent(BaseEvent, frozen=True, kw_only=True):
+    event: ClassVar[str] = "session_deleted"
+    data: SessionDeletedData
+
+
+class ErrorEvent(BaseEvent, frozen=True, kw_only=True):
+    event: ClassVar[str] = "error"
+    data: ErrorData
+
+
+class CompleteEvent(BaseEvent, frozen=True, kw_only=True):
+    event: ClassVar[str] = "complete"
+    data: CompleteData
+
+
+class UnknownEvent(BaseEvent, frozen=True, kw_only=True):
+    """An event with a name this client does not know (``rate_limit_error``,
+    ``tool``, ...), or whose data is not JSON or does not fit its schema.
+
+    ``data`` is the parsed JSON when the data is valid JSON, else the text.
+    """
+
+    event: str
+    data: Any = None
+
+    @property
+    def session_id(self) -> str | None:
+        value = self.data.get("sessionId") if isinstance(self.data, dict) else None
+        return value if isinstance(value, str) and value else None
+
+    @property
+    def parent_tool_call_id(self) -> str | None:
+        value = self.data.get("parentToolCallId") if isinstance(self.data, dict) else None
+        return value if isinstance(value, str) and value else None
+
+
+MixEvent: TypeAlias = (
+    ConnectedEvent
+    | HeartbeatEvent
+    | UserMessageCreatedEvent
+    | ThinkingEvent
+    | ContentEvent
+    | ToolUseStartEvent
+    | ToolUseParameterDeltaEvent
+    | ToolUseParameterStreamingCompleteEvent
+    | ToolExecutionStartEvent
+    | ToolExecutionCompleteEvent
+    | PermissionEvent
+    | NotificationEvent
+    | SessionCreatedEvent
+    | SessionDeletedEvent
+    | ErrorEvent
+    | CompleteEvent
+    | UnknownEvent
+)
+
+_TYPED_EVENTS: tuple[tuple[type[BaseEvent], type[msgspec.Struct]], ...] = (
+    (ConnectedEvent, ConnectedData),
+    (HeartbeatEvent, HeartbeatData),
+    (UserMessageCreatedEvent, UserMessageCreatedData),
+    (ThinkingEvent, ThinkingData),
+    (ContentEvent, ContentData),
+    (ToolUseStartEvent, ToolUseStartData),
+    (ToolUseParameterDeltaEvent, ToolUseParameterDeltaData),
+    (ToolUseParameterStreamingCompleteEvent, ToolUseParameterStreamingCompleteData),
+    (ToolExecutionStartEvent, ToolExecutionStartData),
+    (ToolExecutionCompleteEvent, ToolExecutionCompleteData),
+    (PermissionEvent, PermissionData),
+    (NotificationEvent, NotificationData),
+    (SessionCreatedEvent, SessionCreatedData),
+    (SessionDeletedEvent, SessionDeletedData),
+    (ErrorEvent, ErrorData),
+    (CompleteEvent, CompleteData),
+)
+
+# event name -> (payload decoder, event class); built once, reused.
+_EVENT_DECODERS: dict[str, tuple[msgspec.json.Decoder[Any], type[BaseEvent]]] = {
+    event_cls.event: (msgspec.json.Decoder(data_cls, strict=False), event_cls)  # type: ignore[attr-defined]
+    for event_cls, data_cls in _TYPED_EVENTS
+}
+_ANY_DECODER: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
+
+
+def _unknown(frame: ServerSentEvent) -> UnknownEvent:
+    data: Any
+    try:
+        data = _ANY_DECODER.decode(frame.data)
+    except msgspec.DecodeError:
+        data = frame.data.decode("utf-8", "replace")
+    return UnknownEvent(event=frame.event, data=data, id=frame.id)
+
+
+def decode_event(frame: ServerSentEvent) -> MixEvent:
+    """Decode a frame into its typed event; never raises.
+
+    The event is chosen by the frame's ``event:`` name (not by ``data.type``).
+    Unknown names, data that is not JSON and data that does not fit the
+    event's schema give an :class:`UnknownEvent`.
+    """
+    entry = _EVENT_DECODERS.get(frame.event)
+    if entry is None:
+        return _unknown(frame)
+    decoder, cls = entry
+    try:
+        data = decoder.decode(frame.data)
+    except msgspec.DecodeError:  # includes ValidationError
+        return _unknown(frame)
+    return cls(data=data, id=frame.id)  # type: ignore[call-arg,return-value]
+
+
+# ---------------------------------------------------------------------------
+# Tool input accumulation
+# ---------------------------------------------------------------------------
+
+
+def parse_tool_input(raw: str) -> Any:
+    """Parse a tool call's JSON input; blank gives ``{}``, invalid JSON the raw text."""
+    if not raw.strip():
+        return {}
+    try:
+        return _ANY_DECODER.decode(raw)
+    except msgspec.DecodeError:
+        return raw
+
+
+class ToolInputAccumulator:
+    """Joins ``tool_use_parameter_delta`` input pieces per tool call id.
+
+    ``feed(event)`` accepts any event and uses the delta and
+    streaming-complete ones; the complete event's full ``input``, when not
+    empty, replaces the joined pieces.  Memory and time are linear.
+    """
+
+    __slots__ = ("_pieces",)
+
+    def __init__(self) -> None:
+        self._pieces: dict[str, list[str]] = {}
+
+    def add(self, tool_call_id: str, piece: str) -> None:
+        """Append one input piece for ``tool_call_id``."""
+        self._pieces.setdefault(tool_call_id, []).append(piece)
+
+    def feed(self, event: MixEvent) -> None:
+        """Record the input carried by ``event``, if it carries any."""
+        if isinstance(event, ToolUseParameterDeltaEvent):
+            self.add(event.data.tool_call_id, event.data.input)
+        elif isinstance(event, ToolUseParameterStreamingCompleteEvent):
+            if event.data.input:
+                self._pieces[event.data.id] = [event.data.input]
+            else:
+                self._pieces.setdefault(event.data.id, [])
+
+    def __contains__(self, tool_call_id: object) -> bool:
+        return tool_call_id in self._pieces
+
+    @property
+    def tool_call_ids(self) -> list[str]:
+        """Ids with recorded input, in first-seen order."""
+        return list(self._pieces)
+
+    def raw(self, tool_call_id: str) -> str:
+        """The input text joined so far ("" if none)."""
+        pieces = self._pieces.get(tool_call_id)
+        if not pieces:
+            return ""
+        if len(pieces) > 1:
+            pieces[:] = ["".join(pieces)]
+        return pieces[0]
+
+    def parsed(self, tool_call_id: str) -> Any:
+        """The input parsed as JSON (see :func:`parse_tool_input`)."""
+        return parse_tool_input(self.raw(tool_call_id))
+
+    def pop(self, tool_call_id: str) -> Any:
+        """Like :meth:`parsed`, then forget the tool call."""
+        value = self.parsed(tool_call_id)
+        self._pieces.pop(tool_call_id, None)
+        return value
+
+
+# >>> stream client
+
+
+class ReconnectedData(msgspec.Struct, frozen=True, kw_only=True):
+    attempts: int = 0
+    """Connection attempts this reconnect took."""
+    last_event_id: str | None = None
+    """The id sent as ``Last-Event-ID`` (the server may not replay from it)."""
+    reason: str = ""
+
+
+class Reconnected(BaseEvent, frozen=True, kw_only=True):
+    """Not a server event: the stream was lost and reopened, so events may be missing.
+
+    Recover what was missed from :meth:`AsyncMix.get_session_messages`.
+    """
+
+    event: ClassVar[str] = "reconnected"
+    data: ReconnectedData
+
+
+StreamEvent = Union[MixEvent, Reconnected]  # noqa: UP007 (a runtime alias on 3.10)
+"""What :class:`EventStream` yields."""
+
+_BROADCAST_EVENTS: Final = (SessionCreatedEvent, SessionDeletedEvent)
+DEFAULT_IDLE_TIMEOUT: Final = 90.0
+"""Twice the server's 45 s heartbeat."""
+
+
+class EventStream:
+    """The Server-Sent-Events stream of one session (``GET /stream?sessionId=...``).
+
+    An async context manager and async iterator of typed events::
+
+        async with mix.stream_events(session_id) as events:
+            async for event in events:
+                if isinstance(event, ContentEvent):
+                    print(event.data.content, end="")
+
+    When the connection drops (or nothing, not even a heartbeat, arrives for
+    ``idle_timeout`` seconds) it reconnects with backoff, sending ``Last-Event-ID``, and
+    yields a :class:`Reconnected` marker: the server does not replay, so events may have
+    been lost. After ``max_reconnects`` failed attempts in a row it raises
+    :class:`APIConnectionError`. ``session_created``/``session_deleted`` of other sessions
+    (broadcast to every stream) are dropped unless ``include_other_sessions=True``.
+    Leaving the ``async with`` closes the connection at once.
+    """
+
+    def __init__(
+        self,
+        client: AsyncMix,
+        session_id: str,
+        *,
+        last_event_id: str | None = None,
+        reconnect: bool = True,
+        include_other_sessions: bool = False,
+        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+        max_reconnects: int = 5,
+        opts: RequestOptions | None = None,
+    ) -> None:
+        self.session_id = session_id
+        self._path = "/stream"
+        self._query = "sessionId=" + quote(_check_id(session_id, "session_id"), safe="")
+        self._client = client
+        self.last_event_id = last_event_id
+        self.reconnect = reconnect
+        self.include_other_sessions = include_other_sessions
+        self.max_reconnects = max_reconnects
+        self._opts: RequestOptions = dict(opts or {})  # type: ignore[assignment]
+        if "timeout" not in self._opts:
+            self._opts["timeout"] = aiohttp.ClientTimeout(
+                total=None, connect=10, sock_read=idle_timeout
+            )
+        self._resp: aiohttp.ClientResponse | None = None
+        self._decoder = SSEDecoder()
+        self._pending: deque[StreamEvent] = deque()
+        self._closed = False
+        self._connected_here = False
+        self._last_error = False
+        self.reconnects = 0
+        """How many times the stream was reopened."""
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self._open(first=True)
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection; iteration ends."""
+        self._closed = True
+        resp, self._resp = self._resp, None
+        if resp is not None:
+            resp.close()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> StreamEvent:
+        pending = self._pending
+        while True:
+            while pending:
+                event = pending.popleft()
+                if (
+                    isinstance(event, _BROADCAST_EVENTS)
+                    and not self.include_other_sessions
+                    and event.data.session_id != self.session_id
+                ):
+                    continue
+                return event
+            if self._closed:
+                raise StopAsyncIteration
+            resp = self._resp
+            if resp is None:
+                await self._open(first=True)
+                continue
+            try:
+                chunk = await resp.content.readany()
+            except _TRANSPORT_ERRORS as exc:
+                await self._lost(exc)
+                continue
+            if not chunk:
+                await self._lost(None)
+                continue
+            for frame in self._decoder.feed(chunk):
+                event = decode_event(frame)
+                pending.append(event)
+                if isinstance(event, ConnectedEvent):
+                    self._connected_here = True
+                self._last_error = isinstance(event, ErrorEvent)
+            if self._decoder.last_event_id is not None:
+                self.last_event_id = self._decoder.last_event_id
+
+    async def _open(self, *, first: bool) -> None:
+        if self._closed and not first:
+            return
+        self._closed = False
+        extra = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+        if self.last_event_id:
+            extra["Last-Event-ID"] = self.last_event_id
+        opts = self._opts
+        if not first:
+            opts = {**opts, "max_retries": 0}
+        resp, _ = await self._client._request(
+            _stream_events, self._path, opts, query=self._query, stream=True, extra_headers=extra
+        )
+        self._resp = resp
+        retry = self._decoder.retry
+        self._decoder = SSEDecoder(self.last_event_id)
+        self._decoder.retry = retry
+        self._connected_here = False
+        self._last_error = False
+
+    async def _lost(self, exc: BaseException | None) -> None:
+        resp, self._resp = self._resp, None
+        if resp is not None:
+            resp.close()
+        url = f"{self._client.server_url}/stream?{self._query}"
+        if self._last_error and not self._connected_here:
+            # e.g. an unknown session: the server sends one error event and closes.
+            self._closed = True
+            return
+        if not self.reconnect:
+            self._closed = True
+            if exc is None:
+                return
+            error, _ = _connection_error(exc, "GET", url)
+            raise error from exc
+        reason = "connection closed" if exc is None else f"{type(exc).__name__}: {exc}"
+        attempts = 0
+        last: BaseException | None = exc
+        while True:
+            if attempts >= self.max_reconnects:
+                self._closed = True
+                raise APIConnectionError(
+                    f"GET {url}: stream lost ({reason}); {attempts} reconnect attempts failed",
+                    method="GET",
+                    url=url,
+                ) from last
+            base = (self._decoder.retry / 1000) if self._decoder.retry is not None else 0.5
+            delay = min(base * 2**attempts, max(base, 8.0)) * (1.0 - 0.25 * random.random())
+            await asyncio.sleep(delay if attempts or exc is not None else min(delay, base))
+            attempts += 1
+            try:
+                await self._open(first=False)
+            except APIStatusError as error:
+                if error.status_code < 500 and error.status_code not in (408, 429):
+                    self._closed = True
+                    raise
+                last = error
+                continue
+            except APIConnectionError as error:
+                last = error
+                continue
+            break
+        self.reconnects += 1
+        self._pending.append(
+            Reconnected(
+                data=ReconnectedData(
+                    attempts=attempts, last_event_id=self.last_event_id, reason=reason
+                )
+            )
+        )
+
+
+def _check_id(value: object, name: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidInputError(f"{name} must be a non-empty string")
+    return value
+
+
+@dataclass
+class TurnToolCall:
+    """A tool call seen during a turn."""
+
+    id: str
+    name: str = ""
+    input: Any = None
+    """The input decoded from the streamed JSON (the raw text if it is not JSON)."""
+    raw_input: str = ""
+    result: str | None = None
+    is_error: bool = False
+    finished: bool = False
+    parent_tool_call_id: str | None = None
+    """Set for calls made by a sub-agent."""
+
+
+@dataclass
+class Turn:
+    """Everything one :meth:`AsyncMix.send_and_wait` turn produced."""
+
+    session_id: str
+    text: str = ""
+    """The assistant's full answer (main agent only)."""
+    thinking: str = ""
+    tool_calls: list[TurnToolCall] = dataclasses.field(default_factory=list)
+    permissions: list[PermissionEvent] = dataclasses.field(default_factory=list)
+    notifications: list[NotificationEvent] = dataclasses.field(default_factory=list)
+    errors: list[ErrorEvent] = dataclasses.field(default_factory=list)
+    """Non-fatal error events (retry notices, sub-agent errors)."""
+    final: CompleteEvent | None = None
+    """The closing ``complete`` event."""
+    reconnects: int = 0
+    """How often the stream was reopened; the text was then recovered from the server."""
+    events: int = 0
+
+
+def _is_fatal(event: ErrorEvent) -> bool:
+    """A main-agent error that ends the run (not a retry notice)."""
+    data = event.data
+    if data.parent_tool_call_id:
+        return False
+    return not (data.attempt and data.max_attempts and data.attempt < data.max_attempts)
+
+
+async def _maybe_await(callback: Callable[[Any], Any] | None, value: Any) -> None:
+    if callback is not None:
+        result = callback(value)
+        if inspect.isawaitable(result):
+            await result
+
+
+class TurnStream:
+    """The events of one turn: an async context manager and async iterator.
+
+    Ends after the ``complete`` event of the main agent (sub-agents' completes carry a
+    ``parent_tool_call_id`` and do not end it); an ``error`` event of the main agent raises
+    :class:`AgentError`.
+    """
+
+    def __init__(self, gen: AsyncIterator[StreamEvent]) -> None:
+        self._gen = gen
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> StreamEvent:
+        return await self._gen.__anext__()
+
+    async def aclose(self) -> None:
+        aclose = getattr(self._gen, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+# ---------------------------------------------------------------------------
+# Operations
+# ---------------------------------------------------------------------------
+
+_store_api_key = _op("storeApiKey", "POST", "/api/auth/api-key", _decoder(StoreApiKeyResponse))
+_set_api_key = _op("setApiKey", "POST", "/api/auth/apikey", _decoder(SetApiKeyResponse))
+_initiate_oauth_login = _op(
+    "initiateOAuthLogin", "POST", "/api/auth/login", _decoder(OAuthLoginResponse)
+)
+_handle_oauth_callback = _op(
+    "handleOAuthCallback", "POST", "/api/auth/oauth-callback", _decoder(OAuthCallbackResponse)
+)
+_start_oauth_flow = _op("startOAuthFlow", "POST", "/api/auth/oauth/{}", _decoder(OAuthFlowResponse))
+_get_auth_status = _op("getAuthStatus", "GET", "/api/auth/status", _decoder(AuthStatusResponse))
+_validate_preferred_provider = _op(
+    "validatePreferredProvider", "GET", "/api/auth/validate", _decoder(ValidateProviderResponse)
+)
+_delete_credentials = _op(
+    "deleteCredentials", "DELETE", "/api/auth/{}", _decoder(DeleteCredentialsResponse)
+)
+_list_commands = _op("listCommands", "GET", "/api/commands", _decoder(list[Command]))
+_get_command = _op("getCommand", "GET", "/api/commands/{}", _decoder(Command))
+_list_mcp_servers = _op("listMcpServers", "GET", "/api/mcp", _decoder(list[McpServer]))
+_get_message_history = _op(
+    "getMessageHistory", "GET", "/api/messages/history", _decoder(list[BackendMessage])
+)
+_respond_to_notification = _op(
+    "respondToNotification", "POST", "/api/notifications/{}/respond", _no_content
+)
+_deny_permission = _op(
+    "denyPermission", "POST", "/api/permissions/{}/deny", _decoder(PermissionResult)
+)
+_grant_permission = _op(
+    "grantPermission", "POST", "/api/permissions/{}/grant", _decoder(PermissionResult)
+)
+_get_preferences = _op("getPreferences", "GET", "/api/preferences", _decoder(PreferencesResponse))
+_update_preferences = _op(
+    "updatePreferences", "POST", "/api/preferences", _decoder(UserPreferences)
+)
+_get_available_providers = _op(
+    "getAvailableProviders", "GET", "/api/preferences/providers", _decoder(dict[str, ProviderInfo])
+)
+_reset_preferences = _op(
+    "resetPreferences", "POST", "/api/preferences/reset", _decoder(UserPreferences)
+)
+_list_sessions = _op("listSessions", "GET", "/api/sessions", _decoder(list[SessionData]))
+_create_session = _op("createSession", "POST", "/api/sessions", _decoder(SessionData))
+_delete_session = _op("deleteSession", "DELETE", "/api/sessions/{}", _no_content)
+_get_session = _op("getSession", "GET", "/api/sessions/{}", _decoder(SessionData))
+_update_session_callbacks = _op(
+    "updateSessionCallbacks", "PATCH", "/api/sessions/{}/callbacks", _decoder(SessionData)
+)
+_cancel_session_processing = _op(
+    "cancelSessionProcessing", "POST", "/api/sessions/{}/cancel", _decoder(CancelResult)
+)
+_export_session = _op("exportSession", "GET", "/api/sessions/{}/export", _decoder(ExportSession))
+_list_session_files = _op(
+    "listSessionFiles", "GET", "/api/sessions/{}/files", _decoder(list[FileInfo])
+)
+_upload_session_file = _op(
+    "uploadSessionFile", "POST", "/api/sessions/{}/files/upload", _decoder(FileInfo), transfer=True
+)
+_delete_session_file = _op("deleteSessionFile", "DELETE", "/api/sessions/{}/files/{}", _no_content)
+_get_session_file = _op(
+    "getSessionFile", "GET", "/api/sessions/{}/files/{}", _no_content, transfer=True
+)
+_fork_session = _op("forkSession", "POST", "/api/sessions/{}/fork", _decoder(SessionData))
+_get_session_messages = _op(
+    "getSessionMessages", "GET", "/api/sessions/{}/messages", _decoder(list[BackendMessage])
+)
+_send_message = _op("sendMessage", "POST", "/api/sessions/{}/messages", _decode_send)
+_rewind_session = _op("rewindSession", "POST", "/api/sessions/{}/rewind", _decoder(SessionData))
+_get_system_info = _op("getSystemInfo", "GET", "/api/system/info", _decoder(SystemInfo))
+_list_llm_tools = _op("listLLMTools", "GET", "/api/tools", _decoder(LLMToolsResponse))
+_get_tool_credentials_status = _op(
+    "getToolCredentialsStatus",
+    "GET",
+    "/api/tools/credentials-status",
+    _decoder(ToolsStatusResponse),
+)
+_get_tools_status = _op("getToolsStatus", "GET", "/api/tools/status", _decoder(ToolsStatusResponse))
+_health_check = _op("healthCheck", "GET", "/health", _decoder(HealthResponse))
+_get_oauth_health = _op("getOAuthHealth", "GET", "/health/auth", _decoder(OAuthHealthResponse))
+_refresh_oauth_tokens = _op(
+    "refreshOAuthTokens", "POST", "/internal/auth/refresh-tokens", _decoder(RefreshTokensResponse)
+)
+_stream_events = _op("streamEvents", "GET", "/stream", _no_content, transfer=True)
+
+OPERATIONS: Final[dict[str, _Op[Any]]] = {
+    op.operation_id: op for op in list(globals().values()) if isinstance(op, _Op)
+}
+"""Every endpoint this client knows, by operationId."""
+
+
+# ---------------------------------------------------------------------------
+# Client
+# ---------------------------------------------------------------------------
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+class AsyncMix:
+    """Async client for the Mix REST API. One method per endpoint.
+
+    ``server_url`` defaults to ``$MIX_SERVER_URL``, then ``http://localhost:8088``.
+    ``timeout``, ``max_retries`` and ``retry_config`` set the defaults every call can
+    override with the same keywords. ``session`` is your own ``aiohttp.ClientSession``
+    (its settings are kept and it is never closed by this client). ``headers`` are sent
+    with every request. ``logger`` receives debug lines (credentials redacted); set
+    ``MIX_DEBUG=true`` to print them without configuring logging.
+
+    Use it as ``async with AsyncMix() as mix:`` or call :meth:`aclose` when done.
+    """
+
+    def __init__(
+        self,
+        server_url: str | None = None,
+        *,
+        timeout: Timeout | _NotGiven = _NOT_GIVEN,
+        max_retries: int | None = None,
+        retry_config: RetryConfig | None = None,
+        headers: Mapping[str, str] | None = None,
+        session: aiohttp.ClientSession | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        url = server_url or os.environ.get("MIX_SERVER_URL") or DEFAULT_SERVER_URL
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise InvalidInputError(f"server_url must start with http:// or https://, not {url!r}")
+        self.server_url: str = url.rstrip("/")
+        self._policy = _make_policy(max_retries, retry_config)
+        self._user_session = session
+        if isinstance(timeout, _NotGiven):
+            # A session you pass in keeps its own timeouts.
+            self._timeout: aiohttp.ClientTimeout | None = None if session else DEFAULT_TIMEOUT
+            self._transfer_timeout: aiohttp.ClientTimeout | None = (
+                None if session else TRANSFER_TIMEOUT
+            )
+        else:
+            self._timeout = _as_timeout(timeout)
+            self._transfer_timeout = self._timeout
+        self._headers: dict[str, str] = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+        if headers:
+            self._headers.update(headers)
+        self._json_headers = {**self._headers, "Content-Type": "application/json"}
+        self._session: aiohttp.ClientSession | None = session
+        self._session_loop: asyncio.AbstractEventLoop | None = None
+        self._logger = logger or _log
+        if _env_flag("MIX_DEBUG"):
+            if logger is None:
+                _enable_debug_logging()
+            else:
+                logger.setLevel(logging.DEBUG)
+        self._closed = False
+
+    # Lifecycle ---------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP session this client created (never one you passed in)."""
+        self._closed = True
+        session, self._session = self._session, None
+        if session is not None and session is not self._user_session and not session.closed:
+            await session.close()
+
+    def _http(self) -> aiohttp.ClientSession:
+        session = self._session
+        if session is not None and session is self._user_session:
+            return session
+        loop = asyncio.get_running_loop()
+        if session is None or session.closed or self._session_loop is not loop:
+            if self._closed:
+                raise MixError("this client is closed")
+            # Created inside the running loop; a new loop (asyncio.run twice) gets a new one.
+            session = aiohttp.ClientSession(
+                headers=self._headers,
+                connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=300),
+            )
+            self._session = session
+            self._session_loop = loop
+        return session
+
+    def with_options(
+        self,
+        *,
+        timeout: Timeout | _NotGiven = _NOT_GIVEN,
+        max_retries: int | None = None,
+        retry_config: RetryConfig | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> AsyncMix:
+        """A client sharing this one's connection pool with other defaults."""
+        clone = object.__new__(AsyncMix)
+        clone.__dict__.update(self.__dict__)
+        if max_retries is not None or retry_config is not None:
+            clone._policy = _make_policy(max_retries, retry_config)
+        if not isinstance(timeout, _NotGiven):
+            clone._timeout = clone._transfer_timeout = _as_timeout(timeout)
+        if headers:
+            clone._headers = {**self._headers, **headers}
+            clone._json_headers = {**self._json_headers, **headers}
+        return clone
+
+    # Transport ---------------------------------------------------------------
+
+    async def _call(
+        self,
+        op: _Op[T],
+        path: str,
+        opts: RequestOptions,
+        *,
+        query: str = "",
+        body: bytes | None = None,
+        upload: _Upload | None = None,
+    ) -> T:
+        resp, raw = await self._request(op, path, opts, query=query, body=body, upload=upload)
+        try:
+            return op.decode(resp.status, raw)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise ResponseValidationError(
+                f"{op.method} {resp.url} -> {resp.status}: unexpected response body: {exc}",
+                cause=exc,
+                body=raw,
+                status_code=resp.status,
+                headers=resp.headers,
+                method=op.method,
+                url=str(resp.url),
+                raw_response=resp,
+            ) from exc
+
+    async def _request(
+        self,
+        op: _Op[Any],
+        path: str,
+        opts: RequestOptions,
+        *,
+        query: str = "",
+        body: bytes | None = None,
+        upload: _Upload | None = None,
+        stream: bool = False,
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> tuple[aiohttp.ClientResponse, bytes]:
+        """Send with retries. Returns the response: read (``stream=False``) or open."""
+        policy = self._policy
+        timeout = self._transfer_timeout if op.transfer else self._timeout
+        headers: Mapping[str, str] | None = self._json_headers if body is not None else None
+        if opts:
+            if "max_retries" in opts or "retry_config" in opts:
+                policy = _make_policy(opts.get("max_retries"), opts.get("retry_config"))
+            if "timeout" in opts:
+                timeout = _as_timeout(opts["timeout"])
+            if "headers" in opts:
+                headers = {**(headers or {}), **opts["headers"]}
+        if self._user_session is not None:
+            headers = {
+                **(self._json_headers if body is not None else self._headers),
+                **(headers or {}),
+            }
+        if upload is not None:
+            headers = {**(headers or {}), "Content-Type": upload.content_type}
+            if upload.size is not None:
+                headers["Content-Length"] = str(upload.size)
+        if extra_headers:
+            headers = {**(headers or {}), **extra_headers}
+        url_text = self.server_url + path + ("?" + query if query else "")
+        url = URL(url_text, encoded=True)
+        method = op.method
+        session = self._http()
+        debug = self._logger.isEnabledFor(logging.DEBUG)
+        attempt = 0
+        started = time.monotonic()
+        while True:
+            if debug:
+                self._logger.debug(
+                    "-> %s %s headers=%s body=%s",
+                    method,
+                    url_text,
+                    _redact_headers(headers or {}),
+                    _redact_body(body) if upload is None else f"<multipart {upload.filename!r}>",
+                )
+            data: Any = body if upload is None else upload.body()
+            try:
+                resp = await session.request(
+                    method, url, data=data, headers=headers, timeout=timeout
+                )
+            except _TRANSPORT_ERRORS as exc:
+                error, unsent = _connection_error(exc, method, url_text)
+                replayable = upload is None or upload.replayable
+                retry = (
+                    policy.retry_connection_errors
+                    and replayable
+                    and (op.idempotent or unsent)
+                    and attempt < policy.max_retries
+                )
+                delay = policy.delay(attempt, None) if retry else 0.0
+                if not retry or not self._within(policy, started, delay):
+                    if debug:
+                        self._logger.debug("!! %s %s: %s", method, url_text, error)
+                    raise error from exc
+                if debug:
+                    self._logger.debug("retry %d in %.2fs after %s", attempt + 1, delay, error)
+                await asyncio.sleep(delay)
+                attempt += 1
+                continue
+            status = resp.status
+            if 200 <= status < 300:
+                if stream:
+                    if debug:
+                        self._logger.debug("<- %s %s %d (streaming)", method, url_text, status)
+                    return resp, b""
+                try:
+                    raw = await resp.read()
+                except _TRANSPORT_ERRORS as exc:
+                    error, _ = _connection_error(exc, method, url_text)
+                    if (
+                        op.idempotent
+                        and attempt < policy.max_retries
+                        and policy.retry_connection_errors
+                    ):
+                        delay = policy.delay(attempt, None)
+                        if self._within(policy, started, delay):
+                            await asyncio.sleep(delay)
+                            attempt += 1
+                            continue
+                    raise error from exc
+                finally:
+                    resp.release()
+                if debug:
+                    self._logger.debug(
+                        "<- %s %s %d %s", method, url_text, status, _redact_body(raw)
+                    )
+                return resp, raw
+            try:
+                raw = await resp.read()
+            except _TRANSPORT_ERRORS:
+                raw = b""
+            finally:
+                resp.release()
+            if debug:
+                self._logger.debug("<- %s %s %d %s", method, url_text, status, _redact_body(raw))
+            if (
+                status in op.retry_statuses
+                and attempt < policy.max_retries
+                and (upload is None or upload.replayable)
+            ):
+                delay = policy.delay(attempt, _parse_retry_after(resp.headers))
+                if self._within(policy, started, delay):
+                    if debug:
+                        self._logger.debug(
+                            "retry %d in %.2fs after HTTP %d", attempt + 1, delay, status
+                        )
+                    await asyncio.sleep(delay)
+                    attempt += 1
+                    continue
+            raise _status_error(method, url_text, status, resp.headers, raw, resp)
+
+    @staticmethod
+    def _within(policy: _Policy, started: float, delay: float) -> bool:
+        if policy.max_elapsed is None:
+            return True
+        return time.monotonic() - started + delay <= policy.max_elapsed
+
+    # Authentication ----------------------------------------------------------
+
+    async def store_api_key(
+        self, *, api_key: str, provider: Provider, **opts: Unpack[RequestOptions]
+    ) -> StoreApiKeyResponse:
+        """Store an API key for a provider (``POST /api/auth/api-key``)."""
+        body = _encode(_StoreApiKeyBody(provider=provider, api_key=api_key))
+        return await self._call(_store_api_key, "/api/auth/api-key", opts, body=body)
+
+    async def set_api_key(
+        self, *, api_key: str, **opts: Unpack[RequestOptions]
+    ) -> SetApiKeyResponse:
+        """Set the API key on servers of API version 0.2 (``POST /api/auth/apikey``)."""
+        body = _encode(_SetApiKeyBody(api_key=api_key))
+        return await self._call(_set_api_key, "/api/auth/apikey", opts, body=body)
+
+    async def initiate_oauth_login(self, **opts: Unpack[RequestOptions]) -> OAuthLoginResponse:
+        """Start OAuth login on servers of API version 0.2 (``POST /api/auth/login``)."""
+        return await self._call(_initiate_oauth_login, "/api/auth/login", opts)
+
+    async def handle_oauth_callback(
+        self, *, provider: str, code: str, state: str, **opts: Unpack[RequestOptions]
+    ) -> OAuthCallbackResponse:
+        """Exchange an OAuth code for a token (``POST /api/auth/oauth-callback``)."""
+        body = _encode(_OAuthCallbackBody(provider=provider, code=code, state=state))
+        return await self._call(_handle_oauth_callback, "/api/auth/oauth-callback", opts, body=body)
+
+    async def start_oauth_flow(
+        self, provider: str, /, **opts: Unpack[RequestOptions]
+    ) -> OAuthFlowResponse:
+        """Start an OAuth flow; open ``auth_url`` in a browser (``POST /api/auth/oauth/{provider}``)."""
+        path = f"/api/auth/oauth/{_segment(provider, 'provider')}"
+        return await self._call(_start_oauth_flow, path, opts)
+
+    async def get_auth_status(self, **opts: Unpack[RequestOptions]) -> AuthStatusResponse:
+        """Authentication status of every provider (``GET /api/auth/status``)."""
+        return await self._call(_get_auth_status, "/api/auth/status", opts)
+
+    async def validate_preferred_provider(
+        self, **opts: Unpack[RequestOptions]
+    ) -> ValidateProviderResponse:
+        """Whether the preferred provider is authenticated (``GET /api/auth/validate``)."""
+        return await self._call(_validate_preferred_provider, "/api/auth/validate", opts)
+
+    async def delete_credentials(
+        self, provider: str, /, **opts: Unpack[RequestOptions]
+    ) -> DeleteCredentialsResponse:
+        """Delete a provider's API key and OAuth tokens (``DELETE /api/auth/{provider}``)."""
+        path = f"/api/auth/{_segment(provider, 'provider')}"
+        return await self._call(_delete_credentials, path, opts)
+
+    async def get_oauth_health(self, **opts: Unpack[RequestOptions]) -> OAuthHealthResponse:
+        """Health of the stored OAuth tokens (``GET /health/auth``)."""
+        return await self._call(_get_oauth_health, "/health/auth", opts)
+
+    async def refresh_oauth_tokens(self, **opts: Unpack[RequestOptions]) -> RefreshTokensResponse:
+        """Refresh expired OAuth tokens now (``POST /internal/auth/refresh-tokens``)."""
+        return await self._call(_refresh_oauth_tokens, "/internal/auth/refresh-tokens", opts)
+
+    # System --------------------------------------------------------------------
+
+    async def health_check(self, **opts: Unpack[RequestOptions]) -> HealthResponse:
+        """Server health (``GET /health``)."""
+        return await self._call(_health_check, "/health", opts)
+
+    async def get_system_info(self, **opts: Unpack[RequestOptions]) -> SystemInfo:
+        """Storage configuration (``GET /api/system/info``)."""
+        return await self._call(_get_system_info, "/api/system/info", opts)
+
+    async def list_commands(self, **opts: Unpack[RequestOptions]) -> list[Command]:
+        """Slash commands (``GET /api/commands``)."""
+        return await self._call(_list_commands, "/api/commands", opts)
+
+    async def get_command(self, name: str, /, **opts: Unpack[RequestOptions]) -> Command:
+        """One slash command (``GET /api/commands/{name}``)."""
+        return await self._call(_get_command, f"/api/commands/{_segment(name, 'name')}", opts)
+
+    async def list_mcp_servers(self, **opts: Unpack[RequestOptions]) -> list[McpServer]:
+        """MCP servers and their tools (``GET /api/mcp``)."""
+        return await self._call(_list_mcp_servers, "/api/mcp", opts)
+
+    async def list_llm_tools(self, **opts: Unpack[RequestOptions]) -> LLMToolsResponse:
+        """Tools the agent can call (``GET /api/tools``)."""
+        return await self._call(_list_llm_tools, "/api/tools", opts)
+
+    async def get_tool_credentials_status(
+        self, **opts: Unpack[RequestOptions]
+    ) -> ToolsStatusResponse:
+        """Credential status of external tool integrations (``GET /api/tools/credentials-status``)."""
+        return await self._call(_get_tool_credentials_status, "/api/tools/credentials-status", opts)
+
+    async def get_tools_status(self, **opts: Unpack[RequestOptions]) -> ToolsStatusResponse:
+        """Tool status by category (``GET /api/tools/status``; older servers)."""
+        return await self._call(_get_tools_status, "/api/tools/status", opts)
+
+    # Preferences ---------------------------------------------------------------
+
+    async def get_preferences(self, **opts: Unpack[RequestOptions]) -> PreferencesResponse:
+        """Preferences and available providers (``GET /api/preferences``)."""
+        return await self._call(_get_preferences, "/api/preferences", opts)
+
+    async def update_preferences(
+        self,
+        *,
+        main_agent_max_tokens: int | UnsetType | None = UNSET,
+        main_agent_model: str | UnsetType | None = UNSET,
+        main_agent_reasoning_effort: str | UnsetType | None = UNSET,
+        preferred_provider: str | UnsetType | None = UNSET,
+        sub_agent_max_tokens: int | UnsetType | None = UNSET,
+        sub_agent_model: str | UnsetType | None = UNSET,
+        sub_agent_reasoning_effort: str | UnsetType | None = UNSET,
+        **opts: Unpack[RequestOptions],
+    ) -> UserPreferences:
+        """Change some preferences (``POST /api/preferences``).
+
+        Only the fields you pass are sent; the others stay as they are. ``None`` is sent as
+        ``null``.
+        """
+        body = _encode(
+            _PreferencesBody(
+                main_agent_max_tokens=main_agent_max_tokens,
+                main_agent_model=main_agent_model,
+                main_agent_reasoning_effort=main_agent_reasoning_effort,
+                preferred_provider=preferred_provider,
+                sub_agent_max_tokens=sub_agent_max_tokens,
+                sub_agent_model=sub_agent_model,
+                sub_agent_reasoning_effort=sub_agent_reasoning_effort,
+            )
+        )
+        return await self._call(_update_preferences, "/api/preferences", opts, body=body)
+
+    async def get_available_providers(
+        self, **opts: Unpack[RequestOptions]
+    ) -> dict[str, ProviderInfo]:
+        """Providers and their models (``GET /api/preferences/providers``)."""
+        return await self._call(_get_available_providers, "/api/preferences/providers", opts)
+
+    async def reset_preferences(self, **opts: Unpack[RequestOptions]) -> UserPreferences:
+        """Reset preferences to defaults (``POST /api/preferences/reset``)."""
+        return await self._call(_reset_preferences, "/api/preferences/reset", opts)
+
+    # Sessions ------------------------------------------------------------------
+
+    async def list_sessions(
+        self, *, include_subagents: bool = False, **opts: Unpack[RequestOptions]
+    ) -> list[SessionData]:
+        """All sessions; sub-agent sessions only when asked (``GET /api/sessions``)."""
+        query = "includeSubagents=true" if include_subagents else "includeSubagents=false"
+        return await self._call(_list_sessions, "/api/sessions", opts, query=query)
+
+    async def create_session(
+        self,
+        *,
+        title: str,
+        browser_mode: BrowserMode,
+        callbacks: list[Callback] | UnsetType = UNSET,
+        cdp_url: str | UnsetType = UNSET,
+        custom_system_prompt: str | UnsetType = UNSET,
+        prompt_mode: PromptMode | UnsetType = UNSET,
+        session_type: Literal["main"] | UnsetType = UNSET,
+        subagent_type: str | UnsetType = UNSET,
+        **opts: Unpack[RequestOptions],
+    ) -> SessionData:
+        """Create a session (``POST /api/sessions``)."""
+        body = _encode(
+            _CreateSessionBody(
+                title=title,
+                browser_mode=browser_mode,
+                callbacks=callbacks,
+                cdp_url=cdp_url,
+                custom_system_prompt=custom_system_prompt,
+                prompt_mode=prompt_mode,
+                session_type=session_type,
+                subagent_type=subagent_type,
+            )
+        )
+        return await self._call(_create_session, "/api/sessions", opts, body=body)
+
+    async def get_session(self, id: str, /, **opts: Unpack[RequestOptions]) -> SessionData:
+        """One session (``GET /api/sessions/{id}``)."""
+        return await self._call(_get_session, f"/api/sessions/{_segment(id, 'id')}", opts)
+
+    async def delete_session(self, id: str, /, **opts: Unpack[RequestOptions]) -> None:
+        """Delete a session and its data (``DELETE /api/sessions/{id}``)."""
+        await self._call(_delete_session, f"/api/sessions/{_segment(id, 'id')}", opts)
+
+    async def update_session_callbacks(
+        self, id: str, /, *, callbacks: list[Callback], **opts: Unpack[RequestOptions]
+    ) -> SessionData:
+        """Replace a session's callbacks; ``[]`` clears them (``PATCH /api/sessions/{id}/callbacks``)."""
+        body = _encode(_CallbacksBody(callbacks=callbacks))
+        path = f"/api/sessions/{_segment(id, 'id')}/callbacks"
+        return await self._call(_update_session_callbacks, path, opts, body=body)
+
+    async def cancel_session_processing(
+        self, id: str, /, **opts: Unpack[RequestOptions]
+    ) -> CancelResult:
+        """Cancel the agent's current run (``POST /api/sessions/{id}/cancel``)."""
+        return await self._call(
+            _cancel_session_processing, f"/api/sessions/{_segment(id, 'id')}/cancel", opts
+        )
+
+    async def export_session(self, id: str, /, **opts: Unpack[RequestOptions]) -> ExportSession:
+        """The full transcript (``GET /api/sessions/{id}/export``)."""
+        return await self._call(_export_session, f"/api/sessions/{_segment(id, 'id')}/export", opts)
+
+    async def fork_session(
+        self,
+        id: str,
+        /,
+        *,
+        message_index: int,
+        title: str | UnsetType = UNSET,
+        **opts: Unpack[RequestOptions],
+    ) -> SessionData:
+        """Copy a session up to a message, on servers that have the route (``POST /api/sessions/{id}/fork``)."""
+        if (
+            isinstance(message_index, bool)
+            or not isinstance(message_index, int)
+            or message_index < 1
+        ):
+            raise InvalidInputError(f"message_index must be an integer >= 1, not {message_index!r}")
+        body = _encode(_ForkBody(message_index=message_index, title=title))
+        return await self._call(
+            _fork_session, f"/api/sessions/{_segment(id, 'id')}/fork", opts, body=body
+        )
+
+    async def rewind_session(
+        self,
+        id: str,
+        /,
+        *,
+        message_id: str,
+        cleanup_media: bool = True,
+        **opts: Unpack[RequestOptions],
+    ) -> SessionData:
+        """Delete the messages after ``message_id`` (``POST /api/sessions/{id}/rewind``)."""
+        body = _encode(_RewindBody(message_id=message_id, cleanup_media=cleanup_media))
+        return await self._call(
+            _rewind_session, f"/api/sessions/{_segment(id, 'id')}/rewind", opts, body=body
+        )
+
+    # Messages --------------------------------------------------------------------
+
+    async def get_session_messages(
+        self, id: str, /, **opts: Unpack[RequestOptions]
+    ) -> list[BackendMessage]:
+        """A session's messages (``GET /api/sessions/{id}/messages``)."""
+        return await self._call(
+            _get_session_messages, f"/api/sessions/{_segment(id, 'id')}/messages", opts
+        )
+
+    async def send_message(
+        self,
+        id: str,
+        /,
+        *,
+        text: str,
+        plan_mode: bool = False,
+        thinking_level: ThinkingLevel | UnsetType | None = UNSET,
+        max_steps: int | UnsetType = UNSET,
+        **opts: Unpack[RequestOptions],
+    ) -> SendMessageResponse:
+        """Send a message (``POST /api/sessions/{id}/messages``).
+
+        Returns at once (202): the agent's work arrives on :meth:`stream_events`. Open the
+        stream first, or use :meth:`query` / :meth:`send_and_wait`, which do it for you.
+        """
+        if not isinstance(text, str) or not text:
+            raise InvalidInputError("text must be a non-empty string")
+        if not isinstance(max_steps, UnsetType) and (
+            isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1
+        ):
+            raise InvalidInputError(f"max_steps must be an integer >= 1, not {max_steps!r}")
+        body = _encode(
+            _SendMessageBody(
+                text=text, plan_mode=plan_mode, thinking_level=thinking_level, max_steps=max_steps
+            )
+        )
+        return await self._call(
+            _send_message, f"/api/sessions/{_segment(id, 'id')}/messages", opts, body=body
+        )
+
+    async def get_message_history(
+        self, *, limit: int = 50, offset: int = 0, **opts: Unpack[RequestOptions]
+    ) -> list[BackendMessage]:
+        """Messages across all sessions, newest first (``GET /api/messages/history``)."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise InvalidInputError(f"limit must be an integer from 1 to 1000, not {limit!r}")
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise InvalidInputError(f"offset must be an integer >= 0, not {offset!r}")
+        query = f"limit={limit}&offset={offset}"
+        return await self._call(_get_message_history, "/api/messages/history", opts, query=query)
+
+    # Permissions and notifications -------------------------------------------------
+
+    async def grant_permission(
+        self, id: str, /, **opts: Unpack[RequestOptions]
+    ) -> PermissionResult:
+        """Grant a permission the agent asked for (``POST /api/permissions/{id}/grant``)."""
+        return await self._call(
+            _grant_permission, f"/api/permissions/{_segment(id, 'id')}/grant", opts
+        )
+
+    async def deny_permission(self, id: str, /, **opts: Unpack[RequestOptions]) -> PermissionResult:
+        """Deny a permission the agent asked for (``POST /api/permissions/{id}/deny``)."""
+        return await self._call(
+            _deny_permission, f"/api/permissions/{_segment(id, 'id')}/deny", opts
+        )
+
+    async def respond_to_notification(
+        self,
+        id: str,
+        /,
+        *,
+        type: NotificationResponseType,
+        value: str | UnsetType = UNSET,
+        **opts: Unpack[RequestOptions],
+    ) -> None:
+        """Answer a notification (``POST /api/notifications/{id}/respond``)."""
+        body = _encode(_NotificationReplyBody(type=type, value=value))
+        path = f"/api/notifications/{_segment(id, 'id')}/respond"
+        await self._call(_respond_to_notification, path, opts, body=body)
+
+    # Files -------------------------------------------------------------------------
+
+    async def list_session_files(
+        self, id: str, /, **opts: Unpack[RequestOptions]
+    ) -> list[FileInfo]:
+        """Files in a session's storage (``GET /api/sessions/{id}/files``)."""
+        return await self._call(
+            _list_session_files, f"/api/sessions/{_segment(id, 'id')}/files", opts
+        )
+
+    async def upload_session_file(
+        self,
+        id: str,
+        file: FileInput | Mapping[str, Any],
+        /,
+        *,
+        filename: str | None = None,
+        content_type: str | None = None,
+        **opts: Unpack[RequestOptions],
+    ) -> FileInfo:
+        """Upload a file (``POST /api/sessions/{id}/files/upload``), streamed in chunks.
+
+        ``file`` is a path, bytes, an open binary file or an async iterator of bytes.
+        ``filename`` defaults to the path's or file's name; bytes and iterators need it.
+        A path, bytes or a seekable file may be retried; other streams never are.
+        """
+        path = f"/api/sessions/{_segment(id, 'id')}/files/upload"
+        upload = _Upload(file, filename, content_type)
+        return await self._call(_upload_session_file, path, opts, upload=upload)
+
+    async def delete_session_file(
+        self, id: str, filename: str, /, **opts: Unpack[RequestOptions]
+    ) -> None:
+        """Delete a file (``DELETE /api/sessions/{id}/files/{filename}``)."""
+        path = f"/api/sessions/{_segment(id, 'id')}/files/{_segment(_check_file_name(filename), 'filename')}"
+        await self._call(_delete_session_file, path, opts)
+
+    def _file_path(
+        self, id: str, filename: str, thumb: str | None, time: float | None
+    ) -> tuple[str, str]:
+        path = f"/api/sessions/{_segment(id, 'id')}/files/{_segment(_check_file_name(filename), 'filename')}"
+        if thumb is not None and (not isinstance(thumb, str) or not _THUMB.fullmatch(thumb)):
+            raise InvalidInputError(f"thumb must look like '100', 'w100' or 'h100', not {thumb!r}")
+        if time is not None and (
+            isinstance(time, bool) or not isinstance(time, (int, float)) or not 0 <= time <= 86400
+        ):
+            raise InvalidInputError(
+                f"time must be a number of seconds from 0 to 86400, not {time!r}"
+            )
+        return path, _query({"thumb": thumb, "time": time})
+
+    async def get_session_file(
+        self,
+        id: str,
+        filename: str,
+        /,
+        *,
+        thumb: str | None = None,
+        time: float | None = None,
+        **opts: Unpack[RequestOptions],
+    ) -> bytes:
+        """A file's bytes, or a thumbnail of it (``GET /api/sessions/{id}/files/{filename}``).
+
+        For large files use :meth:`download_session_file` or :meth:`iter_session_file`.
+        """
+        path, query = self._file_path(id, filename, thumb, time)
+        resp, _ = await self._request(_get_session_file, path, opts, query=query, stream=True)
+        try:
+            size = resp.content_length
+            buf = io.BytesIO()
+            if size:
+                # Allocate once at the final size so the result needs no copy.
+                buf.seek(size - 1)
+                buf.write(b"\0")
+                buf.seek(0)
+            async for chunk in resp.content.iter_any():
+                buf.write(chunk)
+            buf.truncate()
+            return buf.getvalue()
+        except _TRANSPORT_ERRORS as exc:
+            error, _ = _connection_error(exc, "GET", str(resp.url))
+            raise error from exc
+        finally:
+            resp.close()
+
+    def iter_session_file(
+        self,
+        id: str,
+        filename: str,
+        /,
+        *,
+        thumb: str | None = None,
+        time: float | None = None,
+        chunk_size: int = 1 << 20,
+        **opts: Unpack[RequestOptions],
+    ) -> FileDownload:
+        """Stream a file in chunks with constant memory.
+
+        ``async with mix.iter_session_file(sid, "a.mp4") as chunks: async for c in chunks: ...``
+        """
+        path, query = self._file_path(id, filename, thumb, time)
+        return FileDownload(self, path, query, chunk_size, opts)
+
+    async def download_session_file(
+        self,
+        id: str,
+        filename: str,
+        dest: str | os.PathLike[str],
+        /,
+        *,
+        thumb: str | None = None,
+        time: float | None = None,
+        **opts: Unpack[RequestOptions],
+    ) -> int:
+        """Save a file to ``dest`` with constant memory; returns the number of bytes written."""
+        target = os.fspath(dest)
+        if os.path.isdir(target):  # noqa: ASYNC240 (a stat; cheap)
+            target = os.path.join(target, filename)
+        async with self.iter_session_file(id, filename, thumb=thumb, time=time, **opts) as chunks:
+            loop = asyncio.get_running_loop()
+            f = await loop.run_in_executor(None, open, target, "wb")
+            written = 0
+            try:
+                async for chunk in chunks:
+                    await loop.run_in_executor(None, f.write, chunk)
+                    written += len(chunk)
+            finally:
+                await loop.run_in_executor(None, f.close)
+        return written
+
+    # Streaming ---------------------------------------------------------------------
+
+    def stream_events(
+        self,
+        session_id: str,
+        /,
+        *,
+        last_event_id: str | None = None,
+        reconnect: bool = True,
+        include_other_sessions: bool = False,
+        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+        max_reconnects: int = 5,
+        **opts: Unpack[RequestOptions],
+    ) -> EventStream:
+        """The session's event stream (``GET /stream``); see :class:`EventStream`.
+
+        ``async with mix.stream_events(sid) as events: async for event in events: ...``
+        """
+        return EventStream(
+            self,
+            session_id,
+            last_event_id=last_event_id,
+            reconnect=reconnect,
+            include_other_sessions=include_other_sessions,
+            idle_timeout=idle_timeout,
+            max_reconnects=max_reconnects,
+            opts=opts,
+        )
+
+    def query(
+        self,
+        session_id: str,
+        text: str,
+        /,
+        *,
+        plan_mode: bool = False,
+        thinking_level: ThinkingLevel | UnsetType | None = UNSET,
+        max_steps: int | UnsetType = UNSET,
+        timeout: float | None = None,
+        cancel_on_exit: bool = False,
+    ) -> TurnStream:
+        """Send ``text`` and yield the turn's events until the agent is done.
+
+        Opens the stream, waits for ``connected`` (the server drops events sent before a
+        stream is registered), then sends the message. Ends after the main agent's
+        ``complete``; its ``error`` raises :class:`AgentError`. ``timeout`` bounds the whole
+        turn (:class:`APITimeoutError`). With ``cancel_on_exit=True``, leaving early
+        (``break``, an exception, cancellation, the timeout) also cancels the agent's run.
+
+        ``async with mix.query(sid, "hi") as events: async for event in events: ...``
+        """
+        _check_id(session_id, "session_id")
+        if not isinstance(text, str) or not text:
+            raise InvalidInputError("text must be a non-empty string")
+        return TurnStream(
+            self._turn(
+                session_id, text, plan_mode, thinking_level, max_steps, timeout, cancel_on_exit
+            )
+        )
+
+    async def _turn(
+        self,
+        session_id: str,
+        text: str,
+        plan_mode: bool,
+        thinking_level: ThinkingLevel | UnsetType | None,
+        max_steps: int | UnsetType,
+        timeout: float | None,
+        cancel_on_exit: bool,
+    ) -> AsyncIterator[StreamEvent]:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        finished = False
+        sent = False
+        stream = self.stream_events(session_id)
+        try:
+            async with stream:
+                it = stream.__aiter__()
+
+                async def next_event() -> StreamEvent:
+                    if deadline is None:
+                        return await it.__anext__()
+                    remaining = deadline - loop.time()
+                    try:
+                        return await asyncio.wait_for(it.__anext__(), max(remaining, 0.0))
+                    except asyncio.TimeoutError:
+                        raise APITimeoutError(
+                            f"turn in session {session_id!r} did not finish within {timeout} s"
+                        ) from None
+
+                while True:
+                    try:
+                        event = await next_event()
+                    except StopAsyncIteration:
+                        raise APIConnectionError(
+                            f"event stream of session {session_id!r} ended before it connected"
+                        ) from None
+                    if isinstance(event, ConnectedEvent):
+                        yield event
+                        break
+                    if isinstance(event, ErrorEvent):
+                        raise AgentError(f"stream error: {event.data.error}", event=event)
+                await self.send_message(
+                    session_id,
+                    text=text,
+                    plan_mode=plan_mode,
+                    thinking_level=thinking_level,
+                    max_steps=max_steps,
+                )
+                sent = True
+                while True:
+                    try:
+                        event = await next_event()
+                    except StopAsyncIteration:
+                        raise APIConnectionError(
+                            f"event stream of session {session_id!r} ended before the turn finished"
+                        ) from None
+                    if isinstance(event, ErrorEvent) and _is_fatal(event):
+                        finished = True
+                        yield event
+                        raise AgentError(f"agent error: {event.data.error}", event=event)
+                    yield event
+                    if isinstance(event, CompleteEvent) and not event.data.parent_tool_call_id:
+                        finished = True
+                        return
+        finally:
+            if cancel_on_exit and sent and not finished:
+                with contextlib.suppress(MixError):
+                    await asyncio.shield(self.cancel_session_processing(session_id, max_retries=0))
+
+    async def send_and_wait(
+        self,
+        session_id: str,
+        text: str,
+        /,
+        *,
+        plan_mode: bool = False,
+        thinking_level: ThinkingLevel | UnsetType | None = UNSET,
+        max_steps: int | UnsetType = UNSET,
+        timeout: float | None = None,
+        cancel_on_exit: bool = False,
+        on_thinking: Callable[[str], Any] | None = None,
+        on_content: Callable[[str], Any] | None = None,
+        on_tool: Callable[[TurnToolCall], Any] | None = None,
+        on_tool_result: Callable[[TurnToolCall], Any] | None = None,
+        on_permission: Callable[[PermissionEvent], Any] | None = None,
+        on_notification: Callable[[NotificationEvent], Any] | None = None,
+        on_error: Callable[[ErrorEvent], Any] | None = None,
+        on_complete: Callable[[Turn], Any] | None = None,
+        on_event: Callable[[StreamEvent], Any] | None = None,
+    ) -> Turn:
+        """Run one turn and return it whole: text, thinking, tool calls, requests seen.
+
+        Callbacks (plain functions or coroutines) see the turn as it happens: deltas of
+        thinking and content, each tool call once its input is known and again with its
+        result, permission and notification requests (grant or answer them from the
+        callback), errors, and the finished :class:`Turn`. After a reconnect the text and
+        tool results are recovered from the stored messages, so nothing is lost.
+        """
+        turn = Turn(session_id=session_id)
+        text_parts: list[str] = []
+        thinking_parts: list[str] = []
+        calls: dict[str, TurnToolCall] = {}
+        inputs = ToolInputAccumulator()
+        async with self.query(
+            session_id,
+            text,
+            plan_mode=plan_mode,
+            thinking_level=thinking_level,
+            max_steps=max_steps,
+            timeout=timeout,
+            cancel_on_exit=cancel_on_exit,
+        ) as events:
+            try:
+                async for event in events:
+                    turn.events += 1
+                    await _maybe_await(on_event, event)
+                    if isinstance(event, ContentEvent):
+                        if not event.data.parent_tool_call_id:
+                            text_parts.append(event.data.content)
+                            await _maybe_await(on_content, event.data.content)
+                    elif isinstance(event, ThinkingEvent):
+                        if not event.data.parent_tool_call_id:
+                            thinking_parts.append(event.data.content)
+                            await _maybe_await(on_thinking, event.data.content)
+                    elif isinstance(event, ToolUseStartEvent):
+                        call = calls.setdefault(event.data.id, TurnToolCall(id=event.data.id))
+                        call.name = event.data.name or call.name
+                        call.parent_tool_call_id = event.data.parent_tool_call_id
+                    elif isinstance(event, ToolUseParameterDeltaEvent):
+                        inputs.feed(event)
+                    elif isinstance(event, ToolUseParameterStreamingCompleteEvent):
+                        inputs.feed(event)
+                        call = calls.setdefault(event.data.id, TurnToolCall(id=event.data.id))
+                        call.name = event.data.name or call.name
+                        call.parent_tool_call_id = event.data.parent_tool_call_id
+                        call.raw_input = inputs.raw(call.id)
+                        call.input = inputs.parsed(call.id)
+                        await _maybe_await(on_tool, call)
+                    elif isinstance(event, ToolExecutionCompleteEvent):
+                        call = calls.setdefault(
+                            event.data.tool_call_id, TurnToolCall(id=event.data.tool_call_id)
+                        )
+                        call.name = call.name or event.data.tool_name
+                        call.finished = True
+                        call.is_error = not event.data.success
+                        call.result = event.data.progress
+                        await _maybe_await(on_tool_result, call)
+                    elif isinstance(event, PermissionEvent):
+                        turn.permissions.append(event)
+                        await _maybe_await(on_permission, event)
+                    elif isinstance(event, NotificationEvent):
+                        turn.notifications.append(event)
+                        await _maybe_await(on_notification, event)
+                    elif isinstance(event, ErrorEvent):
+                        if not _is_fatal(event):
+                            turn.errors.append(event)
+                        await _maybe_await(on_error, event)
+                    elif isinstance(event, CompleteEvent):
+                        if not event.data.parent_tool_call_id:
+                            turn.final = event
+                    elif isinstance(event, Reconnected):
+                        turn.reconnects += 1
+            finally:
+                turn.text = "".join(text_parts)
+                turn.thinking = "".join(thinking_parts)
+                turn.tool_calls = list(calls.values())
+        final_content = turn.final.data.content if turn.final is not None else None
+        if turn.reconnects or calls:
+            # The stream carries progress lines, not tool results; the stored message has them.
+            await self._reconcile(turn, text)
+        elif final_content and final_content != turn.text:
+            turn.text = final_content
+        await _maybe_await(on_complete, turn)
+        return turn
+
+    async def _reconcile(self, turn: Turn, text: str) -> None:
+        """Fill what the stream lost from the stored messages."""
+        messages = await self.get_session_messages(turn.session_id)
+        message = None
+        for candidate in reversed(messages):
+            if candidate.user_input == text:
+                message = candidate
+                break
+        if message is None:
+            return
+        if message.assistant_response:
+            turn.text = message.assistant_response
+        if message.reasoning:
+            turn.thinking = message.reasoning
+        known = {call.id: call for call in turn.tool_calls}
+        for stored in message.tool_calls or ():
+            call = known.get(stored.id)
+            if call is None:
+                call = TurnToolCall(id=stored.id, name=stored.name)
+                turn.tool_calls.append(call)
+                call.raw_input = stored.input
+                call.input = parse_tool_input(stored.input)
+            if stored.result is not None:
+                call.result = stored.result
+            call.is_error = bool(stored.is_error) or call.is_error
+            call.finished = stored.finished or call.finished
+
+
+_THUMB: Final = re.compile(r"\d+|w\d+|h\d+")
+
+
+class FileDownload:
+    """A file being downloaded: an async context manager and async iterator of chunks."""
+
+    def __init__(
+        self, client: AsyncMix, path: str, query: str, chunk_size: int, opts: RequestOptions
+    ) -> None:
+        if chunk_size < 1:
+            raise InvalidInputError("chunk_size must be >= 1")
+        self._client = client
+        self._path = path
+        self._query = query
+        self._chunk_size = chunk_size
+        self._opts = opts
+        self._resp: aiohttp.ClientResponse | None = None
+        self._done = False
+        self.content_type: str | None = None
+        self.content_length: int | None = None
+
+    async def _open(self) -> aiohttp.ClientResponse:
+        if self._resp is None:
+            resp, _ = await self._client._request(
+                _get_session_file, self._path, self._opts, query=self._query, stream=True
+            )
+            self._resp = resp
+            self.content_type = resp.content_type
+            self.content_length = resp.content_length
+        return self._resp
+
+    async def __aenter__(self) -> Self:
+        await self._open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        self._done = True
+        if self._resp is not None:
+            self._resp.close()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._done:
+            raise StopAsyncIteration
+        resp = await self._open()
+        try:
+            chunk = await resp.content.read(self._chunk_size)
+        except _TRANSPORT_ERRORS as exc:
+            await self.aclose()
+            error, _ = _connection_error(exc, "GET", str(resp.url))
+            raise error from exc
+        except BaseException:
+            await self.aclose()
+            raise
+        if not chunk:
+            await self.aclose()
+            raise StopAsyncIteration
+        return chunk
+
+
+# ---------------------------------------------------------------------------
+# Sync
+# ---------------------------------------------------------------------------
+
+
+class _LoopThread:
+    """A private event loop in a daemon thread that runs the async client for :class:`Mix`."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def _ensure(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is not None:
+            return loop
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                ready = threading.Event()
+
+                def run() -> None:
+                    asyncio.set_event_loop(loop)
+                    loop.call_soon(ready.set)
+                    loop.run_forever()
+
+                thread = threading.Thread(target=run, name="mix-client-loop", daemon=True)
+                thread.start()
+                ready.wait()
+                self._thread = thread
+                self._loop = loop
+            return self._loop
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        loop = self._ensure()
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise MixError(
+                "a blocking Mix call was made from inside its own callback; use AsyncMix there"
+            )
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()
+            raise
+
+    def stop(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        self._loop = self._thread = None
+        loop.call_soon_threadsafe(loop.stop)
+        if thread is not threading.current_thread():
+            thread.join(timeout=5)
+        if not loop.is_running():
+            loop.close()
+
+
+class SyncStream(Generic[T]):
+    """A blocking iterator over an async stream; close it (or use ``with``) when leaving early."""
+
+    def __init__(self, runner: _LoopThread, stream: Any) -> None:
+        self._runner = runner
+        self._stream = stream
+        self._entered = False
+
+    def __enter__(self) -> SyncStream[T]:
+        enter = getattr(self._stream, "__aenter__", None)
+        if enter is not None and not self._entered:
+            self._runner.run(enter())
+        self._entered = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __iter__(self) -> SyncStream[T]:
+        return self
+
+    def __next__(self) -> T:
+        try:
+            item: T = self._runner.run(self._stream.__anext__())
+        except StopAsyncIteration:
+            self.close()
+            raise StopIteration from None
+        return item
+
+    def close(self) -> None:
+        aclose = getattr(self._stream, "aclose", None)
+        if aclose is not None:
+            self._runner.run(aclose())
+
+
+class _SyncMethod(Generic[P, R]):
+    """Turns an ``AsyncMix`` coroutine method into a blocking ``Mix`` method."""
+
+    def __init__(self, fn: Callable[Concatenate[AsyncMix, P], Coroutine[Any, Any, R]]) -> None:
+        self._fn = fn
+        self.__doc__ = fn.__doc__
+        self.__name__ = fn.__name__
+
+    @overload
+    def __get__(self, obj: None, owner: type[Any]) -> _SyncMethod[P, R]: ...
+    @overload
+    def __get__(self, obj: Mix, owner: type[Any]) -> Callable[P, R]: ...
+    def __get__(self, obj: Mix | None, owner: type[Any]) -> _SyncMethod[P, R] | Callable[P, R]:
+        if obj is None:
+            return self
+        fn, client, runner = self._fn, obj._client, obj._runner
+
+        @functools.wraps(fn)
+        def call(*args: P.args, **kwargs: P.kwargs) -> R:
+            return runner.run(fn(client, *args, **kwargs))
+
+        return call
+
+
+class _SyncIterMethod(Generic[P, T]):
+    """Turns an ``AsyncMix`` method returning an async stream into one returning a blocking iterator."""
+
+    def __init__(self, fn: Callable[Concatenate[AsyncMix, P], AsyncIterator[T]]) -> None:
+        self._fn = fn
+        self.__doc__ = fn.__doc__
+        self.__name__ = fn.__name__
+
+    @overload
+    def __get__(self, obj: None, owner: type[Any]) -> _SyncIterMethod[P, T]: ...
+    @overload
+    def __get__(self, obj: Mix, owner: type[Any]) -> Callable[P, SyncStream[T]]: ...
+    def __get__(
+        self, obj: Mix | None, owner: type[Any]
+    ) -> _SyncIterMethod[P, T] | Callable[P, SyncStream[T]]:
+        if obj is None:
+            return self
+        fn, client, runner = self._fn, obj._client, obj._runner
+
+        @functools.wraps(fn)
+        def call(*args: P.args, **kwargs: P.kwargs) -> SyncStream[T]:
+            return SyncStream(runner, fn(client, *args, **kwargs))
+
+        return call
+
+
+class Mix:
+    """The blocking client: every :class:`AsyncMix` method, without ``await``.
+
+    It runs an :class:`AsyncMix` on a private event loop in a background thread, so it
+    works in scripts, from several threads at once, and inside a running event loop (a
+    notebook cell). Streams (:meth:`stream_events`, :meth:`query`,
+    :meth:`iter_session_file`) are plain iterators; use them in ``with`` to close early.
+
+    ``with Mix() as mix: print(mix.health_check().status)``
+
+    Arguments are those of :class:`AsyncMix`, except that an aiohttp session must belong
+    to the private loop: pass ``session_factory`` (called there) instead of ``session``.
+    """
+
+    def __init__(
+        self,
+        server_url: str | None = None,
+        *,
+        timeout: Timeout | _NotGiven = _NOT_GIVEN,
+        max_retries: int | None = None,
+        retry_config: RetryConfig | None = None,
+        headers: Mapping[str, str] | None = None,
+        session_factory: Callable[[], aiohttp.ClientSession] | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self._runner = _LoopThread()
+
+        async def make() -> AsyncMix:
+            return AsyncMix(
+                server_url,
+                timeout=timeout,
+                max_retries=max_retries,
+                retry_config=retry_config,
+                headers=headers,
+                session=session_factory() if session_factory is not None else None,
+                logger=logger,
+            )
+
+        try:
+            self._client = self._runner.run(make())
+        except BaseException:
+            self._runner.stop()
+            raise
+        self.server_url = self._client.server_url
+        self._finalizer = weakref.finalize(self, self._runner.stop)
+
+    @property
+    def async_client(self) -> AsyncMix:
+        """The underlying async client (use it only on this object's loop)."""
+        return self._client
+
+    def close(self) -> None:
+        """Close connections and stop the background loop."""
+        if self._runner._loop is not None:
+            with contextlib.suppress(Exception):
+                self._runner.run(self._client.aclose())
+        self._finalizer()
+
+    def __enter__(self) -> Mix:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    store_api_key = _SyncMethod(AsyncMix.store_api_key)
+    set_api_key = _SyncMethod(AsyncMix.set_api_key)
+    initiate_oauth_login = _SyncMethod(AsyncMix.initiate_oauth_login)
+    handle_oauth_callback = _SyncMethod(AsyncMix.handle_oauth_callback)
+    start_oauth_flow = _SyncMethod(AsyncMix.start_oauth_flow)
+    get_auth_status = _SyncMethod(AsyncMix.get_auth_status)
+    validate_preferred_provider = _SyncMethod(AsyncMix.validate_preferred_provider)
+    delete_credentials = _SyncMethod(AsyncMix.delete_credentials)
+    get_oauth_health = _SyncMethod(AsyncMix.get_oauth_health)
+    refresh_oauth_tokens = _SyncMethod(AsyncMix.refresh_oauth_tokens)
+    health_check = _SyncMethod(AsyncMix.health_check)
+    get_system_info = _SyncMethod(AsyncMix.get_system_info)
+    list_commands = _SyncMethod(AsyncMix.list_commands)
+    get_command = _SyncMethod(AsyncMix.get_command)
+    list_mcp_servers = _SyncMethod(AsyncMix.list_mcp_servers)
+    list_llm_tools = _SyncMethod(AsyncMix.list_llm_tools)
+    get_tool_credentials_status = _SyncMethod(AsyncMix.get_tool_credentials_status)
+    get_tools_status = _SyncMethod(AsyncMix.get_tools_status)
+    get_preferences = _SyncMethod(AsyncMix.get_preferences)
+    update_preferences = _SyncMethod(AsyncMix.update_preferences)
+    get_available_providers = _SyncMethod(AsyncMix.get_available_providers)
+    reset_preferences = _SyncMethod(AsyncMix.reset_preferences)
+    list_sessions = _SyncMethod(AsyncMix.list_sessions)
+    create_session = _SyncMethod(AsyncMix.create_session)
+    get_session = _SyncMethod(AsyncMix.get_session)
+    delete_session = _SyncMethod(AsyncMix.delete_session)
+    update_session_callbacks = _SyncMethod(AsyncMix.update_session_callbacks)
+    cancel_session_processing = _SyncMethod(AsyncMix.cancel_session_processing)
+    export_session = _SyncMethod(AsyncMix.export_session)
+    fork_session = _SyncMethod(AsyncMix.fork_session)
+    rewind_session = _SyncMethod(AsyncMix.rewind_session)
+    get_session_messages = _SyncMethod(AsyncMix.get_session_messages)
+    send_message = _SyncMethod(AsyncMix.send_message)
+    get_message_history = _SyncMethod(AsyncMix.get_message_history)
+    grant_permission = _SyncMethod(AsyncMix.grant_permission)
+    deny_permission = _SyncMethod(AsyncMix.deny_permission)
+    respond_to_notification = _SyncMethod(AsyncMix.respond_to_notification)
+    list_session_files = _SyncMethod(AsyncMix.list_session_files)
+    upload_session_file = _SyncMethod(AsyncMix.upload_session_file)
+    delete_session_file = _SyncMethod(AsyncMix.delete_session_file)
+    get_session_file = _SyncMethod(AsyncMix.get_session_file)
+    download_session_file = _SyncMethod(AsyncMix.download_session_file)
+    iter_session_file = _SyncIterMethod(AsyncMix.iter_session_file)
+    stream_events = _SyncIterMethod(AsyncMix.stream_events)
+    query = _SyncIterMethod(AsyncMix.query)
+    send_and_wait = _SyncMethod(AsyncMix.send_and_wait)
