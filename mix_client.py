@@ -1146,6 +1146,7 @@ class _Upload:
 # session's stream open across drops.
 
 
+
 class ServerSentEvent(msgspec.Struct, frozen=True, gc=False):
     """One dispatched SSE frame.
 
@@ -1170,27 +1171,27 @@ class ServerSentEvent(msgspec.Struct, frozen=True, gc=False):
         return self.data.decode("utf-8", "replace")
 
 
-_BOM = b"\xef\xbb\xbf"
+_SSE_BOM = b"\xef\xbb\xbf"
 
 # Decoded event names; a stream uses a handful, so each is decoded once.
-# _EVENT_NAMES is keyed by the field value, _EVENT_LINES by the whole
+# _SSE_EVENT_NAMES is keyed by the field value, _SSE_EVENT_LINES by the whole
 # ``event: NAME`` line (used by the one-frame shortcut).
-_EVENT_NAMES: dict[bytes, str] = {}
-_EVENT_LINES: dict[bytes, str] = {}
-_EVENT_CACHE_MAX = 256
+_SSE_EVENT_NAMES: dict[bytes, str] = {}
+_SSE_EVENT_LINES: dict[bytes, str] = {}
+_SSE_EVENT_CACHE_MAX = 256
 
 
-def _event_name(value: bytes) -> str:
-    name = _EVENT_NAMES.get(value)
+def _sse_event_name(value: bytes) -> str:
+    name = _SSE_EVENT_NAMES.get(value)
     if name is None:
         name = value.decode("utf-8", "replace")
-        if len(_EVENT_NAMES) < _EVENT_CACHE_MAX:
-            _EVENT_NAMES[value] = name
-            _EVENT_LINES[b"event: " + value] = name or "message"
+        if len(_SSE_EVENT_NAMES) < _SSE_EVENT_CACHE_MAX:
+            _SSE_EVENT_NAMES[value] = name
+            _SSE_EVENT_LINES[b"event: " + value] = name or "message"
     return name
 
 
-for _name in (
+for _sse_seed_name in (
     "connected",
     "heartbeat",
     "user_message_created",
@@ -1209,8 +1210,8 @@ for _name in (
     "complete",
     "rate_limit_error",
 ):
-    _event_name(_name.encode())
-del _name
+    _sse_event_name(_sse_seed_name.encode())
+del _sse_seed_name
 
 
 class SSEDecoder:
@@ -1269,7 +1270,7 @@ class SSEDecoder:
             if len(lines) == 5 and not lines[4] and not lines[3]:
                 id_line = lines[0]
                 data_line = lines[2]
-                name = _EVENT_LINES.get(lines[1])
+                name = _SSE_EVENT_LINES.get(lines[1])
                 if (
                     name is not None
                     and id_line[:4] == b"id: "
@@ -1299,12 +1300,12 @@ class SSEDecoder:
 
     def _strip_bom(self, chunk: bytes) -> bytes:
         buf = self._bom_buf + chunk
-        if len(buf) < 3 and _BOM.startswith(buf):
+        if len(buf) < 3 and _SSE_BOM.startswith(buf):
             self._bom_buf = buf  # may still become a BOM: wait for more bytes
             return b""
         self._start = False
         self._bom_buf = b""
-        return buf[3:] if buf.startswith(_BOM) else buf
+        return buf[3:] if buf.startswith(_SSE_BOM) else buf
 
     def _lines(self, lines: list[bytes]) -> list[ServerSentEvent]:
         """Process complete lines; the last item is the unfinished tail."""
@@ -1339,7 +1340,7 @@ class SSEDecoder:
                 data.append(line[6:])
                 continue
             if first == 101 and line[:7] == b"event: ":
-                event = _event_name(line[7:])
+                event = _sse_event_name(line[7:])
                 continue
             if first == 105 and line[:4] == b"id: ":
                 if 0 not in line:
@@ -1359,7 +1360,7 @@ class SSEDecoder:
             if field == b"data":
                 data.append(value)
             elif field == b"event":
-                event = _event_name(value)
+                event = _sse_event_name(value)
             elif field == b"id":
                 if 0 not in value:
                     self.last_event_id = value.decode("utf-8", "replace") or None
@@ -1530,16 +1531,19 @@ class BaseEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """
 
     id: str | None = None
+    data: Any = None  # narrowed by each subclass
 
     @property
     def session_id(self) -> str | None:
         """The ``sessionId`` the payload names, if any (else ``None``)."""
-        return getattr(self.data, "session_id", None) or None  # type: ignore[attr-defined]
+        value = getattr(self.data, "session_id", None)
+        return value if isinstance(value, str) and value else None
 
     @property
     def parent_tool_call_id(self) -> str | None:
         """Set when a sub-agent produced the event (``None`` for the main agent)."""
-        return getattr(self.data, "parent_tool_call_id", None) or None  # type: ignore[attr-defined]
+        value = getattr(self.data, "parent_tool_call_id", None)
+        return value if isinstance(value, str) and value else None
 
 
 class ConnectedEvent(BaseEvent, frozen=True, kw_only=True):
@@ -1663,7 +1667,7 @@ MixEvent: TypeAlias = (
     | UnknownEvent
 )
 
-_TYPED_EVENTS: tuple[tuple[type[BaseEvent], type[msgspec.Struct]], ...] = (
+_SSE_TYPED_EVENTS: tuple[tuple[type[BaseEvent], type[msgspec.Struct]], ...] = (
     (ConnectedEvent, ConnectedData),
     (HeartbeatEvent, HeartbeatData),
     (UserMessageCreatedEvent, UserMessageCreatedData),
@@ -1683,17 +1687,17 @@ _TYPED_EVENTS: tuple[tuple[type[BaseEvent], type[msgspec.Struct]], ...] = (
 )
 
 # event name -> (payload decoder, event class); built once, reused.
-_EVENT_DECODERS: dict[str, tuple[msgspec.json.Decoder[Any], type[BaseEvent]]] = {
+_SSE_EVENT_DECODERS: dict[str, tuple[msgspec.json.Decoder[Any], type[BaseEvent]]] = {
     event_cls.event: (msgspec.json.Decoder(data_cls, strict=False), event_cls)  # type: ignore[attr-defined]
-    for event_cls, data_cls in _TYPED_EVENTS
+    for event_cls, data_cls in _SSE_TYPED_EVENTS
 }
-_ANY_DECODER: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
+_SSE_ANY_DECODER: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
 
 
-def _unknown(frame: ServerSentEvent) -> UnknownEvent:
+def _sse_unknown(frame: ServerSentEvent) -> UnknownEvent:
     data: Any
     try:
-        data = _ANY_DECODER.decode(frame.data)
+        data = _SSE_ANY_DECODER.decode(frame.data)
     except msgspec.DecodeError:
         data = frame.data.decode("utf-8", "replace")
     return UnknownEvent(event=frame.event, data=data, id=frame.id)
@@ -1706,15 +1710,15 @@ def decode_event(frame: ServerSentEvent) -> MixEvent:
     Unknown names, data that is not JSON and data that does not fit the
     event's schema give an :class:`UnknownEvent`.
     """
-    entry = _EVENT_DECODERS.get(frame.event)
+    entry = _SSE_EVENT_DECODERS.get(frame.event)
     if entry is None:
-        return _unknown(frame)
+        return _sse_unknown(frame)
     decoder, cls = entry
     try:
         data = decoder.decode(frame.data)
     except msgspec.DecodeError:  # includes ValidationError
-        return _unknown(frame)
-    return cls(data=data, id=frame.id)  # type: ignore[call-arg,return-value]
+        return _sse_unknown(frame)
+    return cls(data=data, id=frame.id)  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------------------
@@ -1727,7 +1731,7 @@ def parse_tool_input(raw: str) -> Any:
     if not raw.strip():
         return {}
     try:
-        return _ANY_DECODER.decode(raw)
+        return _SSE_ANY_DECODER.decode(raw)
     except msgspec.DecodeError:
         return raw
 
@@ -1786,8 +1790,6 @@ class ToolInputAccumulator:
         self._pieces.pop(tool_call_id, None)
         return value
 
-
-# >>> stream client
 
 
 class ReconnectedData(msgspec.Struct, frozen=True, kw_only=True):
@@ -2048,10 +2050,23 @@ def _is_fatal(event: ErrorEvent) -> bool:
 
 
 async def _maybe_await(callback: Callable[[Any], Any] | None, value: Any) -> None:
-    if callback is not None:
+    if callback is None:
+        return
+    if _in_sync_loop.flag and not inspect.iscoroutinefunction(callback):
+        # Under the blocking Mix, a plain callback runs in a worker thread so that it can
+        # itself make blocking Mix calls (grant a permission, say) without a deadlock.
+        result = await asyncio.get_running_loop().run_in_executor(None, callback, value)
+    else:
         result = callback(value)
-        if inspect.isawaitable(result):
-            await result
+    if inspect.isawaitable(result):
+        await result
+
+
+class _SyncLoopFlag(threading.local):
+    flag = False
+
+
+_in_sync_loop = _SyncLoopFlag()
 
 
 class TurnStream:
@@ -3261,6 +3276,7 @@ class _LoopThread:
                 ready = threading.Event()
 
                 def run() -> None:
+                    _in_sync_loop.flag = True
                     asyncio.set_event_loop(loop)
                     loop.call_soon(ready.set)
                     loop.run_forever()
@@ -3493,3 +3509,55 @@ class Mix:
     stream_events = _SyncIterMethod(AsyncMix.stream_events)
     query = _SyncIterMethod(AsyncMix.query)
     send_and_wait = _SyncMethod(AsyncMix.send_and_wait)
+
+
+# ---------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------
+
+
+async def _cli(argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="mix_client", description="Talk to a Mix server.")
+    parser.add_argument(
+        "--server-url", default=None, help="default: $MIX_SERVER_URL or http://localhost:8088"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("health", help="check the server")
+    sub.add_parser("sessions", help="list sessions")
+    ask = sub.add_parser("ask", help="send a message and stream the answer")
+    ask.add_argument("text")
+    ask.add_argument("--session", help="session id (default: a new session)")
+    args = parser.parse_args(argv)
+    async with AsyncMix(args.server_url) as mix:
+        if args.command == "health":
+            print(msgspec.json.encode(await mix.health_check()).decode())
+        elif args.command == "sessions":
+            for session in await mix.list_sessions():
+                print(f"{session.id}\t{session.title}")
+        else:
+            session_id = args.session
+            if session_id is None:
+                session_id = (
+                    await mix.create_session(
+                        title="mix_client", browser_mode="local-browser-service"
+                    )
+                ).id
+                print(f"session {session_id}", file=sys.stderr)
+            async with mix.query(session_id, args.text) as events:
+                async for event in events:
+                    if isinstance(event, ContentEvent) and not event.data.parent_tool_call_id:
+                        print(event.data.content, end="", flush=True)
+                    elif isinstance(event, ToolUseStartEvent):
+                        print(f"\n[tool] {event.data.name}", file=sys.stderr)
+            print()
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        raise SystemExit(asyncio.run(_cli(sys.argv[1:])))
+    except MixError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
