@@ -3161,32 +3161,45 @@ class AsyncMix:
         return turn
 
     async def _reconcile(self, turn: Turn, text: str) -> None:
-        """Fill what the stream lost from the stored messages."""
-        messages = await self.get_session_messages(turn.session_id)
-        message = None
-        for candidate in reversed(messages):
-            if candidate.user_input == text:
-                message = candidate
-                break
-        if message is None:
-            return
-        if message.assistant_response:
-            turn.text = message.assistant_response
-        if message.reasoning:
-            turn.thinking = message.reasoning
-        known = {call.id: call for call in turn.tool_calls}
-        for stored in message.tool_calls or ():
-            call = known.get(stored.id)
-            if call is None:
-                call = TurnToolCall(id=stored.id, name=stored.name)
-                turn.tool_calls.append(call)
-                call.raw_input = stored.input
-                call.input = parse_tool_input(stored.input)
-            if stored.result is not None:
-                call.result = stored.result
-            call.is_error = bool(stored.is_error) or call.is_error
-            call.finished = stored.finished or call.finished
+        """Fill what the stream lost from the stored messages.
 
+        Servers store one row per message (``role`` user, assistant, tool) or, in the
+        spec's older shape, one row with both ``userInput`` and ``assistantResponse``:
+        take the last row holding this turn's text and the rows after it up to the next
+        user message.
+        """
+        messages = await self.get_session_messages(turn.session_id)
+        start = None
+        for index in range(len(messages) - 1, -1, -1):
+            if messages[index].user_input == text and messages[index].role in ("user", ""):
+                start = index
+                break
+        if start is None:
+            return
+        rows = [messages[start]]
+        for row in messages[start + 1 :]:
+            if row.role == "user":
+                break
+            rows.append(row)
+        answer = "".join(row.assistant_response for row in rows if row.assistant_response)
+        if answer:
+            turn.text = answer
+        reasoning = "".join(row.reasoning for row in rows if row.reasoning)
+        if reasoning:
+            turn.thinking = reasoning
+        known = {call.id: call for call in turn.tool_calls}
+        for row in rows:
+            for stored in row.tool_calls or ():
+                call = known.get(stored.id)
+                if call is None:
+                    call = known[stored.id] = TurnToolCall(id=stored.id, name=stored.name)
+                    turn.tool_calls.append(call)
+                    call.raw_input = stored.input
+                    call.input = parse_tool_input(stored.input)
+                if stored.result is not None:
+                    call.result = stored.result
+                call.is_error = bool(stored.is_error) or call.is_error
+                call.finished = stored.finished or call.finished
 
 _THUMB: Final = re.compile(r"\d+|w\d+|h\d+")
 
