@@ -69,35 +69,130 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_SERVER_URL",
+    "DEFAULT_TIMEOUT",
+    "OPERATIONS",
+    "TRANSFER_TIMEOUT",
     "UNSET",
     "APIConnectionError",
     "APIStatusError",
     "APITimeoutError",
     "AgentError",
     "AsyncMix",
+    "AuthStatusResponse",
     "AuthenticationError",
     "BackendMessage",
     "BackoffStrategy",
     "BadRequestError",
+    "BaseEvent",
+    "BrowserMode",
     "Callback",
+    "CallbackResult",
+    "CallbackType",
+    "CancelResult",
+    "Command",
+    "CompleteData",
+    "CompleteEvent",
+    "ConnectedData",
+    "ConnectedEvent",
+    "ContentData",
+    "ContentEvent",
+    "DeleteCredentialsResponse",
+    "ErrorBody",
+    "ErrorData",
+    "ErrorEvent",
     "ErrorResponse",
     "EventStream",
+    "ExportMessage",
+    "ExportSession",
+    "ExportToolCall",
+    "FileDownload",
     "FileInfo",
+    "FileInput",
+    "HealthResponse",
+    "HeartbeatData",
+    "HeartbeatEvent",
     "InternalServerError",
     "InvalidInputError",
+    "LLMTool",
+    "LLMToolsResponse",
+    "McpServer",
+    "McpTool",
     "Mix",
     "MixError",
+    "MixEvent",
     "NotFoundError",
+    "NotificationData",
+    "NotificationEvent",
+    "NotificationResponseType",
+    "OAuthCallbackResponse",
+    "OAuthFlowResponse",
+    "OAuthHealthResponse",
+    "OAuthLoginResponse",
     "PayloadTooLargeError",
+    "PermissionData",
+    "PermissionEvent",
+    "PermissionResult",
+    "PreferencesResponse",
+    "PromptMode",
+    "Provider",
+    "ProviderAuthStatus",
+    "ProviderInfo",
+    "ProviderOAuthHealth",
     "RESTError",
     "RateLimitError",
+    "Reconnected",
+    "ReconnectedData",
+    "RefreshTokensResponse",
+    "RequestOptions",
     "RequestTimeoutError",
     "ResponseValidationError",
     "RetryConfig",
+    "SSEDecoder",
+    "SendMessageResponse",
+    "ServerSentEvent",
+    "SessionCreatedData",
+    "SessionCreatedEvent",
     "SessionData",
+    "SessionDeletedData",
+    "SessionDeletedEvent",
+    "SetApiKeyResponse",
+    "StoreApiKeyResponse",
+    "StreamEvent",
+    "SyncStream",
+    "SystemInfo",
+    "ThinkingData",
+    "ThinkingEvent",
+    "ThinkingLevel",
+    "Timeout",
+    "ToolCall",
+    "ToolCategory",
+    "ToolExecutionCompleteData",
+    "ToolExecutionCompleteEvent",
+    "ToolExecutionStartData",
+    "ToolExecutionStartEvent",
+    "ToolInputAccumulator",
+    "ToolStatus",
+    "ToolUseParameterDeltaData",
+    "ToolUseParameterDeltaEvent",
+    "ToolUseParameterStreamingCompleteData",
+    "ToolUseParameterStreamingCompleteEvent",
+    "ToolUseStartData",
+    "ToolUseStartEvent",
+    "ToolsStatusResponse",
     "Turn",
+    "TurnStream",
+    "TurnToolCall",
+    "UnknownEvent",
     "UnprocessableEntityError",
     "UnsetType",
+    "UserMessageCreatedData",
+    "UserMessageCreatedEvent",
+    "UserPreferences",
+    "ValidateProviderResponse",
+    "decode_event",
+    "parse_tool_input",
 ]
 
 T = TypeVar("T")
@@ -549,7 +644,7 @@ class _SendMessageBody(_Body):
 
 class _RewindBody(_CamelBody):
     message_id: str
-    cleanup_media: bool = True
+    cleanup_media: bool  # always sent: some servers read a missing field as false
 
 
 _encode = msgspec.json.Encoder().encode
@@ -2214,6 +2309,9 @@ class AsyncMix:
     Use it as ``async with AsyncMix() as mix:`` or call :meth:`aclose` when done.
     """
 
+    _parent: AsyncMix | None = None
+    """Set on :meth:`with_options` copies: the client whose connection pool they use."""
+
     def __init__(
         self,
         server_url: str | None = None,
@@ -2230,6 +2328,8 @@ class AsyncMix:
             raise InvalidInputError(f"server_url must start with http:// or https://, not {url!r}")
         self.server_url: str = url.rstrip("/")
         self._policy = _make_policy(max_retries, retry_config)
+        self._max_retries = max_retries
+        self._retry_config = retry_config
         self._user_session = session
         if isinstance(timeout, _NotGiven):
             # A session you pass in keeps its own timeouts.
@@ -2270,11 +2370,17 @@ class AsyncMix:
     async def aclose(self) -> None:
         """Close the HTTP session this client created (never one you passed in)."""
         self._closed = True
+        if self._parent is not None:
+            return  # a with_options copy: the pool belongs to the original client
         session, self._session = self._session, None
         if session is not None and session is not self._user_session and not session.closed:
             await session.close()
 
     def _http(self) -> aiohttp.ClientSession:
+        if self._parent is not None:
+            if self._closed:
+                raise MixError("this client is closed")
+            return self._parent._http()
         session = self._session
         if session is not None and session is self._user_session:
             return session
@@ -2302,8 +2408,15 @@ class AsyncMix:
         """A client sharing this one's connection pool with other defaults."""
         clone = object.__new__(AsyncMix)
         clone.__dict__.update(self.__dict__)
+        clone._parent = self._parent or self
+        clone._session = None
         if max_retries is not None or retry_config is not None:
-            clone._policy = _make_policy(max_retries, retry_config)
+            # Each option overrides only itself: the other keeps this client's value.
+            if max_retries is not None:
+                clone._max_retries = max_retries
+            if retry_config is not None:
+                clone._retry_config = retry_config
+            clone._policy = _make_policy(clone._max_retries, clone._retry_config)
         if not isinstance(timeout, _NotGiven):
             clone._timeout = clone._transfer_timeout = _as_timeout(timeout)
         if headers:
@@ -2356,12 +2469,16 @@ class AsyncMix:
         headers: Mapping[str, str] | None = self._json_headers if body is not None else None
         if opts:
             if "max_retries" in opts or "retry_config" in opts:
-                policy = _make_policy(opts.get("max_retries"), opts.get("retry_config"))
+                policy = _make_policy(
+                    opts.get("max_retries", self._max_retries),
+                    opts.get("retry_config", self._retry_config),
+                )
             if "timeout" in opts:
                 timeout = _as_timeout(opts["timeout"])
             if "headers" in opts:
                 headers = {**(headers or {}), **opts["headers"]}
-        if self._user_session is not None:
+        if self._user_session is not None or self._parent is not None:
+            # The pool's session does not carry this client's default headers.
             headers = {
                 **(self._json_headers if body is not None else self._headers),
                 **(headers or {}),
@@ -2391,7 +2508,14 @@ class AsyncMix:
             data: Any = body if upload is None else upload.body()
             try:
                 resp = await session.request(
-                    method, url, data=data, headers=headers, timeout=timeout
+                    method,
+                    url,
+                    data=data,
+                    headers=headers,
+                    # None: your session's own timeout (aiohttp reads None as "no timeout")
+                    timeout=timeout if timeout is not None else session.timeout,
+                    # no body: no aiohttp-invented "Content-Type: application/octet-stream"
+                    skip_auto_headers=("Content-Type",) if data is None else None,
                 )
             except _TRANSPORT_ERRORS as exc:
                 error, unsent = _connection_error(exc, method, url_text)
@@ -2860,7 +2984,9 @@ class AsyncMix:
         For large files use :meth:`download_session_file` or :meth:`iter_session_file`.
         """
         path, query = self._file_path(id, filename, thumb, time)
-        resp, _ = await self._request(_get_session_file, path, opts, query=query, stream=True)
+        resp, _ = await self._request(
+            _get_session_file, path, opts, query=query, stream=True, extra_headers=_ANY_CONTENT
+        )
         try:
             size = resp.content_length
             buf = io.BytesIO()
@@ -3201,6 +3327,7 @@ class AsyncMix:
                 call.is_error = bool(stored.is_error) or call.is_error
                 call.finished = stored.finished or call.finished
 
+_ANY_CONTENT: Final = {"Accept": "*/*"}
 _THUMB: Final = re.compile(r"\d+|w\d+|h\d+")
 
 
@@ -3225,7 +3352,12 @@ class FileDownload:
     async def _open(self) -> aiohttp.ClientResponse:
         if self._resp is None:
             resp, _ = await self._client._request(
-                _get_session_file, self._path, self._opts, query=self._query, stream=True
+                _get_session_file,
+                self._path,
+                self._opts,
+                query=self._query,
+                stream=True,
+                extra_headers=_ANY_CONTENT,
             )
             self._resp = resp
             self.content_type = resp.content_type
@@ -3278,6 +3410,7 @@ class _LoopThread:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._stopped = False
 
     def _ensure(self) -> asyncio.AbstractEventLoop:
         loop = self._loop
@@ -3302,6 +3435,9 @@ class _LoopThread:
             return self._loop
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._stopped:  # closed: do not start a new loop thread that nothing stops
+            coro.close()
+            raise MixError("this client is closed")
         loop = self._ensure()
         if threading.current_thread() is self._thread:
             coro.close()
@@ -3316,6 +3452,7 @@ class _LoopThread:
             raise
 
     def stop(self) -> None:
+        self._stopped = True
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
             return
@@ -3362,6 +3499,12 @@ class SyncStream(Generic[T]):
             self._runner.run(aclose())
 
 
+def _without_self(fn: Callable[..., Any]) -> inspect.Signature:
+    """``fn``'s signature without its first parameter (what ``Mix``'s methods take)."""
+    sig = inspect.signature(fn)
+    return sig.replace(parameters=list(sig.parameters.values())[1:])
+
+
 class _SyncMethod(Generic[P, R]):
     """Turns an ``AsyncMix`` coroutine method into a blocking ``Mix`` method."""
 
@@ -3369,6 +3512,7 @@ class _SyncMethod(Generic[P, R]):
         self._fn = fn
         self.__doc__ = fn.__doc__
         self.__name__ = fn.__name__
+        self._signature = _without_self(fn)
 
     @overload
     def __get__(self, obj: None, owner: type[Any]) -> _SyncMethod[P, R]: ...
@@ -3383,6 +3527,7 @@ class _SyncMethod(Generic[P, R]):
         def call(*args: P.args, **kwargs: P.kwargs) -> R:
             return runner.run(fn(client, *args, **kwargs))
 
+        call.__signature__ = self._signature  # type: ignore[attr-defined]
         return call
 
 
@@ -3393,6 +3538,7 @@ class _SyncIterMethod(Generic[P, T]):
         self._fn = fn
         self.__doc__ = fn.__doc__
         self.__name__ = fn.__name__
+        self._signature = _without_self(fn).replace(return_annotation="SyncStream")
 
     @overload
     def __get__(self, obj: None, owner: type[Any]) -> _SyncIterMethod[P, T]: ...
@@ -3409,6 +3555,7 @@ class _SyncIterMethod(Generic[P, T]):
         def call(*args: P.args, **kwargs: P.kwargs) -> SyncStream[T]:
             return SyncStream(runner, fn(client, *args, **kwargs))
 
+        call.__signature__ = self._signature  # type: ignore[attr-defined]
         return call
 
 
