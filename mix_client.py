@@ -1241,7 +1241,6 @@ class _Upload:
 # session's stream open across drops.
 
 
-
 class ServerSentEvent(msgspec.Struct, frozen=True, gc=False):
     """One dispatched SSE frame.
 
@@ -1886,7 +1885,6 @@ class ToolInputAccumulator:
         return value
 
 
-
 class ReconnectedData(msgspec.Struct, frozen=True, kw_only=True):
     attempts: int = 0
     """Connection attempts this reconnect took."""
@@ -1911,6 +1909,18 @@ StreamEvent = Union[MixEvent, Reconnected]  # noqa: UP007 (a runtime alias on 3.
 _BROADCAST_EVENTS: Final = (SessionCreatedEvent, SessionDeletedEvent)
 DEFAULT_IDLE_TIMEOUT: Final = 90.0
 """Twice the server's 45 s heartbeat."""
+
+
+def _buffered(content: aiohttp.StreamReader) -> bytes:
+    """Bytes aiohttp received but did not hand out before it recorded a read error."""
+    read_nowait = getattr(content, "_read_nowait", None)  # readany raises before these
+    if read_nowait is None:
+        return b""
+    try:
+        data = read_nowait(-1)
+    except Exception:
+        return b""
+    return data if isinstance(data, bytes) else b""
 
 
 class EventStream:
@@ -1963,6 +1973,7 @@ class EventStream:
         self._closed = False
         self._connected_here = False
         self._last_error = False
+        self._failure: BaseException | None = None  # read error held back behind buffered bytes
         self.reconnects = 0
         """How many times the stream was reopened."""
 
@@ -2005,11 +2016,21 @@ class EventStream:
             if resp is None:
                 await self._open(first=True)
                 continue
+            failure, self._failure = self._failure, None
+            if failure is not None:
+                await self._lost(failure)
+                continue
             try:
                 chunk = await resp.content.readany()
             except _TRANSPORT_ERRORS as exc:
-                await self._lost(exc)
-                continue
+                # aiohttp raises a read error (a drop, the idle timeout) before handing
+                # out bytes it already received, so a slow reader would lose the last
+                # events: decode those first and handle the error after them.
+                chunk = _buffered(resp.content)
+                if not chunk:
+                    await self._lost(exc)
+                    continue
+                self._failure = exc
             if not chunk:
                 await self._lost(None)
                 continue
@@ -2036,6 +2057,7 @@ class EventStream:
             _stream_events, self._path, opts, query=self._query, stream=True, extra_headers=extra
         )
         self._resp = resp
+        self._failure = None
         retry = self._decoder.retry
         self._decoder = SSEDecoder(self.last_event_id)
         self._decoder.retry = retry
@@ -3326,6 +3348,7 @@ class AsyncMix:
                     call.result = stored.result
                 call.is_error = bool(stored.is_error) or call.is_error
                 call.finished = stored.finished or call.finished
+
 
 _ANY_CONTENT: Final = {"Accept": "*/*"}
 _THUMB: Final = re.compile(r"\d+|w\d+|h\d+")
