@@ -1033,30 +1033,52 @@ def _query(params: Mapping[str, object]) -> str:
 
 
 Decode = Callable[[int, bytes], T]
-
-
-@dataclass(frozen=True)
-class _Op(Generic[T]):
-    """One endpoint: everything about it that does not change from call to call."""
-
-    operation_id: str
-    method: str
-    path: str
-    decode: Decode[T]
-    retry_statuses: frozenset[int]
-    idempotent: bool
-    transfer: bool = False
-
-
 _IDEMPOTENT_RETRY: Final = frozenset({408, 429, 500, 502, 503, 504})
 _UNSAFE_RETRY: Final = frozenset({429, 503})
 
 
+class _Op(Generic[T]):
+    """One endpoint: everything about it that does not change from call to call."""
+
+    __slots__ = (
+        "decode",
+        "idempotent",
+        "method",
+        "operation_id",
+        "path",
+        "retry_statuses",
+        "skip_headers",
+        "transfer",
+    )
+
+    def __init__(
+        self, operation_id: str, method: str, path: str, decode: Decode[T], *, transfer: bool = False
+    ) -> None:
+        self.operation_id = operation_id
+        self.method = method
+        self.path = path
+        self.decode = decode
+        self.idempotent = method in ("GET", "DELETE", "HEAD", "PUT")
+        self.retry_statuses = _IDEMPOTENT_RETRY if self.idempotent else _UNSAFE_RETRY
+        self.transfer = transfer
+        # aiohttp labels a bodyless POST "application/octet-stream"; GETs need nothing
+        # (and passing the argument costs every call a trip off aiohttp's fast path).
+        self.skip_headers: tuple[str, ...] | None = (
+            None if method in ("GET", "HEAD", "DELETE") else ("Content-Type",)
+        )
+
+    def __repr__(self) -> str:
+        return f"<{self.operation_id}: {self.method} {self.path}>"
+
+
 def _decoder(type_: type[T]) -> Decode[T]:
-    dec: msgspec.json.Decoder[T] = msgspec.json.Decoder(type_)
-    decode = dec.decode
+    """A decode function for ``type_``; the msgspec Decoder is built on first use."""
+    decode: Callable[[bytes], T] | None = None
 
     def run(status: int, raw: bytes) -> T:
+        nonlocal decode
+        if decode is None:
+            decode = msgspec.json.Decoder(type_).decode
         return decode(raw)
 
     return run
@@ -1066,33 +1088,21 @@ def _no_content(status: int, raw: bytes) -> None:
     return None
 
 
-def _op(
-    operation_id: str, method: str, path: str, decode: Decode[T], *, transfer: bool = False
-) -> _Op[T]:
-    idempotent = method in ("GET", "DELETE", "HEAD", "PUT")
-    return _Op(
-        operation_id,
-        method,
-        path,
-        decode,
-        _IDEMPOTENT_RETRY if idempotent else _UNSAFE_RETRY,
-        idempotent,
-        transfer,
-    )
+_op = _Op
 
 
-_SEND_ACCEPTED = msgspec.json.Decoder(SendMessageResponse)
-_SEND_COMMAND = msgspec.json.Decoder(BackendMessage)
+_SEND_ACCEPTED = _decoder(SendMessageResponse)
+_SEND_COMMAND = _decoder(BackendMessage)
 
 
 def _decode_send(status: int, raw: bytes) -> SendMessageResponse:
     if status == 200:
         # Slash commands (``/help``) answer at once with the command's message.
-        message = _SEND_COMMAND.decode(raw)
+        message = _SEND_COMMAND(status, raw)
         return SendMessageResponse(
             status="completed", session_id=message.session_id, message=message
         )
-    return _SEND_ACCEPTED.decode(raw)
+    return _SEND_ACCEPTED(status, raw)
 
 
 def _connection_error(exc: BaseException, method: str, url: str) -> tuple[APIConnectionError, bool]:
@@ -1780,11 +1790,21 @@ _SSE_TYPED_EVENTS: tuple[tuple[type[BaseEvent], type[msgspec.Struct]], ...] = (
     (CompleteEvent, CompleteData),
 )
 
-# event name -> (payload decoder, event class); built once, reused.
-_SSE_EVENT_DECODERS: dict[str, tuple[msgspec.json.Decoder[Any], type[BaseEvent]]] = {
-    event_cls.event: (msgspec.json.Decoder(data_cls, strict=False), event_cls)  # type: ignore[attr-defined]
+_SSE_EVENT_TYPES: dict[str, tuple[type[msgspec.Struct], type[BaseEvent]]] = {
+    event_cls.event: (data_cls, event_cls)  # type: ignore[attr-defined]
     for event_cls, data_cls in _SSE_TYPED_EVENTS
 }
+# event name -> (payload decoder, event class); each built on first use, then reused.
+_SSE_EVENT_DECODERS: dict[str, tuple[msgspec.json.Decoder[Any], type[BaseEvent]]] = {}
+
+
+def _sse_entry(name: str) -> tuple[msgspec.json.Decoder[Any], type[BaseEvent]] | None:
+    types = _SSE_EVENT_TYPES.get(name)
+    if types is None:
+        return None
+    entry = _SSE_EVENT_DECODERS[name] = (msgspec.json.Decoder(types[0], strict=False), types[1])
+    return entry
+
 _SSE_ANY_DECODER: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
 
 
@@ -1804,7 +1824,7 @@ def decode_event(frame: ServerSentEvent) -> MixEvent:
     Unknown names, data that is not JSON and data that does not fit the
     event's schema give an :class:`UnknownEvent`.
     """
-    entry = _SSE_EVENT_DECODERS.get(frame.event)
+    entry = _SSE_EVENT_DECODERS.get(frame.event) or _sse_entry(frame.event)
     if entry is None:
         return _sse_unknown(frame)
     decoder, cls = entry
@@ -2537,7 +2557,7 @@ class AsyncMix:
                     # None: your session's own timeout (aiohttp reads None as "no timeout")
                     timeout=timeout if timeout is not None else session.timeout,
                     # no body: no aiohttp-invented "Content-Type: application/octet-stream"
-                    skip_auto_headers=("Content-Type",) if data is None else None,
+                    skip_auto_headers=op.skip_headers if data is None else None,
                 )
             except _TRANSPORT_ERRORS as exc:
                 error, unsent = _connection_error(exc, method, url_text)
