@@ -1052,7 +1052,13 @@ class _Op(Generic[T]):
     )
 
     def __init__(
-        self, operation_id: str, method: str, path: str, decode: Decode[T], *, transfer: bool = False
+        self,
+        operation_id: str,
+        method: str,
+        path: str,
+        decode: Decode[T],
+        *,
+        transfer: bool = False,
     ) -> None:
         self.operation_id = operation_id
         self.method = method
@@ -1804,6 +1810,7 @@ def _sse_entry(name: str) -> tuple[msgspec.json.Decoder[Any], type[BaseEvent]] |
         return None
     entry = _SSE_EVENT_DECODERS[name] = (msgspec.json.Decoder(types[0], strict=False), types[1])
     return entry
+
 
 _SSE_ANY_DECODER: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
 
