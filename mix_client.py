@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import email.utils
 import functools
 import inspect
@@ -37,9 +36,7 @@ import sys
 import threading
 import time
 import weakref
-from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Mapping
-from dataclasses import dataclass
 from types import TracebackType
 from typing import (
     TYPE_CHECKING,
@@ -839,8 +836,7 @@ def _status_error(
 # ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class BackoffStrategy:
+class BackoffStrategy(msgspec.Struct, frozen=True):
     """Exponential backoff, in milliseconds (the original SDK's shape)."""
 
     initial_interval: int
@@ -849,8 +845,7 @@ class BackoffStrategy:
     max_elapsed_time: int
 
 
-@dataclass(frozen=True)
-class RetryConfig:
+class RetryConfig(msgspec.Struct, frozen=True):
     """Retry policy in the original SDK's shape.
 
     ``RetryConfig("backoff", BackoffStrategy(500, 8000, 2.0, 60000), True)`` retries with
@@ -863,8 +858,7 @@ class RetryConfig:
     retry_connection_errors: bool = True
 
 
-@dataclass(frozen=True)
-class _Policy:
+class _Policy(msgspec.Struct, frozen=True):
     max_retries: int
     initial: float
     max_delay: float
@@ -1375,25 +1369,7 @@ class SSEDecoder:
     def feed(self, chunk: bytes) -> list[ServerSentEvent]:
         """Parse ``chunk`` and return the frames it completes (often none)."""
         if self._clean and 13 not in chunk:
-            # Shortcut: b"id: N\nevent: NAME\ndata: JSON\n\n" as one chunk.
-            lines = chunk.split(b"\n")
-            if len(lines) == 5 and not lines[4] and not lines[3]:
-                id_line = lines[0]
-                data_line = lines[2]
-                name = _SSE_EVENT_LINES.get(lines[1])
-                if (
-                    name is not None
-                    and id_line[:4] == b"id: "
-                    and data_line[:6] == b"data: "
-                    and 0 not in id_line
-                ):
-                    try:
-                        event_id = id_line[4:].decode() or None
-                    except UnicodeDecodeError:
-                        event_id = id_line[4:].decode("utf-8", "replace")
-                    self.last_event_id = event_id
-                    return [ServerSentEvent(name, data_line[6:], event_id, None)]
-            return self._lines(lines)
+            return self._frames(chunk)
         if self._start:
             chunk = self._strip_bom(chunk)
         if self._cr and chunk:
@@ -1407,6 +1383,38 @@ class SSEDecoder:
             self._partial += chunk  # (_clean is already False here)
             return []
         return self._lines(chunk.split(b"\n"))
+
+    def _frames(self, chunk: bytes) -> list[ServerSentEvent]:
+        """Shortcut, from a clean state: whole ``id: N\nevent: NAME\ndata: JSON`` frames.
+
+        What the Mix server writes. Each frame is split once; any other shape goes
+        through the general line parser, which gives the same result.
+        """
+        frames = chunk.split(b"\n\n")
+        tail = frames.pop()
+        out: list[ServerSentEvent] = []
+        names = _SSE_EVENT_LINES
+        for frame in frames:
+            parts = frame.split(b"\n")
+            if len(parts) == 3:
+                id_line, event_line, data_line = parts
+                name = names.get(event_line)
+                if (
+                    name is not None
+                    and id_line[:4] == b"id: "
+                    and data_line[:6] == b"data: "
+                    and 0 not in id_line
+                ):
+                    event_id = id_line[4:].decode("utf-8", "replace") or None
+                    self.last_event_id = event_id
+                    out.append(ServerSentEvent(name, data_line[6:], event_id, None))
+                    continue
+            parts.append(b"")  # the blank line that ended the frame
+            parts.append(b"")  # and nothing after it
+            out += self._lines(parts)
+        if tail:
+            out += self._lines(tail.split(b"\n"))
+        return out
 
     def _strip_bom(self, chunk: bytes) -> bytes:
         buf = self._bom_buf + chunk
@@ -1933,7 +1941,7 @@ class Reconnected(BaseEvent, frozen=True, kw_only=True):
 StreamEvent = Union[MixEvent, Reconnected]  # noqa: UP007 (a runtime alias on 3.10)
 """What :class:`EventStream` yields."""
 
-_BROADCAST_EVENTS: Final = (SessionCreatedEvent, SessionDeletedEvent)
+_BROADCAST_NAMES: Final = frozenset({"session_created", "session_deleted"})
 DEFAULT_IDLE_TIMEOUT: Final = 90.0
 """Twice the server's 45 s heartbeat."""
 
@@ -1996,7 +2004,8 @@ class EventStream:
             )
         self._resp: aiohttp.ClientResponse | None = None
         self._decoder = SSEDecoder()
-        self._pending: deque[StreamEvent] = deque()
+        self._pending: list[StreamEvent] = []  # decoded, not yet handed out from _next
+        self._next = 0
         self._closed = False
         self._connected_here = False
         self._last_error = False
@@ -2026,17 +2035,11 @@ class EventStream:
         return self
 
     async def __anext__(self) -> StreamEvent:
-        pending = self._pending
         while True:
-            while pending:
-                event = pending.popleft()
-                if (
-                    isinstance(event, _BROADCAST_EVENTS)
-                    and not self.include_other_sessions
-                    and event.data.session_id != self.session_id
-                ):
-                    continue
-                return event
+            index = self._next
+            if index < len(self._pending):
+                self._next = index + 1
+                return self._pending[index]
             if self._closed:
                 raise StopAsyncIteration
             resp = self._resp
@@ -2061,14 +2064,29 @@ class EventStream:
             if not chunk:
                 await self._lost(None)
                 continue
-            for frame in self._decoder.feed(chunk):
+            frames = self._decoder.feed(chunk)
+            if not frames:
+                continue
+            # One pass per chunk, no per-event bookkeeping beyond decoding.
+            events: list[StreamEvent] = []
+            own = self.session_id
+            keep_all = self.include_other_sessions
+            for frame in frames:
                 event = decode_event(frame)
-                pending.append(event)
-                if isinstance(event, ConnectedEvent):
-                    self._connected_here = True
-                self._last_error = isinstance(event, ErrorEvent)
+                if not keep_all and frame.event in _BROADCAST_NAMES and event.session_id != own:
+                    continue  # another session's lifecycle event, broadcast to every stream
+                events.append(event)
+            self._pending = events
+            self._next = 0
+            if not self._connected_here:
+                self._connected_here = any(frame.event == "connected" for frame in frames)
+            self._last_error = frames[-1].event == "error"
             if self._decoder.last_event_id is not None:
                 self.last_event_id = self._decoder.last_event_id
+
+    def _push(self, event: StreamEvent) -> None:
+        self._pending = [*self._pending[self._next :], event]
+        self._next = 0
 
     async def _open(self, *, first: bool) -> None:
         if self._closed and not first:
@@ -2134,7 +2152,7 @@ class EventStream:
                 continue
             break
         self.reconnects += 1
-        self._pending.append(
+        self._push(
             Reconnected(
                 data=ReconnectedData(
                     attempts=attempts, last_event_id=self.last_event_id, reason=reason
@@ -2149,8 +2167,7 @@ def _check_id(value: object, name: str) -> str:
     return value
 
 
-@dataclass
-class TurnToolCall:
+class TurnToolCall(msgspec.Struct, kw_only=True):
     """A tool call seen during a turn."""
 
     id: str
@@ -2165,18 +2182,17 @@ class TurnToolCall:
     """Set for calls made by a sub-agent."""
 
 
-@dataclass
-class Turn:
+class Turn(msgspec.Struct, kw_only=True):
     """Everything one :meth:`AsyncMix.send_and_wait` turn produced."""
 
     session_id: str
     text: str = ""
     """The assistant's full answer (main agent only)."""
     thinking: str = ""
-    tool_calls: list[TurnToolCall] = dataclasses.field(default_factory=list)
-    permissions: list[PermissionEvent] = dataclasses.field(default_factory=list)
-    notifications: list[NotificationEvent] = dataclasses.field(default_factory=list)
-    errors: list[ErrorEvent] = dataclasses.field(default_factory=list)
+    tool_calls: list[TurnToolCall] = []
+    permissions: list[PermissionEvent] = []
+    notifications: list[NotificationEvent] = []
+    errors: list[ErrorEvent] = []
     """Non-fatal error events (retry notices, sub-agent errors)."""
     final: CompleteEvent | None = None
     """The closing ``complete`` event."""
