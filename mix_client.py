@@ -817,6 +817,7 @@ def _status_error(
         detail = data.error.message
     else:
         detail = body.strip()[:200] or (response.reason if response and response.reason else "")
+    detail = " ".join(detail.split())  # one line, whatever the server sent
     cls = _STATUS_ERRORS.get(status) or (InternalServerError if status >= 500 else APIStatusError)
     message = f"{method} {url} -> {status}: {detail}" if detail else f"{method} {url} -> {status}"
     return cls(

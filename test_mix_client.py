@@ -1572,6 +1572,19 @@ async def test_non_json_error_body(server: LoopbackServer, client: AsyncMix) -> 
     assert "404" in str(err)
 
 
+async def test_multiline_server_message_stays_one_line(
+    server: LoopbackServer, client: AsyncMix
+) -> None:
+    server.reply(
+        Reply(400, {"error": {"code": 400, "message": "bad\nthing\r\n here", "type": "x"}})
+    )
+    with pytest.raises(BadRequestError) as info:
+        await client.get_session("s")
+    assert str(info.value).endswith("-> 400: bad thing here")
+    assert info.value.error is not None
+    assert info.value.error.message == "bad\nthing\r\n here"
+
+
 async def test_error_with_unknown_json_shape(server: LoopbackServer, client: AsyncMix) -> None:
     server.reply(Reply(400, {"message": "plain"}))
     with pytest.raises(BadRequestError) as info:
