@@ -352,7 +352,7 @@ class BackendMessage(_CamelModel):
     model: str | None = None
     output_tokens: int | None = None
     reasoning: str | None = None
-    reasoning_duration: int | None = None
+    reasoning_duration: int | float | None = None
     """Milliseconds per the spec; some server versions send seconds."""
     tool_calls: list[ToolCall] | None = None
 
@@ -461,7 +461,7 @@ class ExportMessage(_CamelModel):
     finish_reason: str | None = None
     model: str | None = None
     reasoning: str | None = None
-    reasoning_duration: int | None = None
+    reasoning_duration: int | float | None = None
     thinking_blocks: list[str] | None = None
     redacted_thinking_blocks: list[str] | None = None
     tool_calls: list[ExportToolCall] | None = None
@@ -3061,8 +3061,15 @@ class AsyncMix:
                 buf.seek(size - 1)
                 buf.write(b"\0")
                 buf.seek(0)
+            since_yield = 0
             async for chunk in resp.content.iter_any():
                 buf.write(chunk)
+                since_yield += len(chunk)
+                if since_yield >= _YIELD_EVERY:
+                    # A fast server keeps the buffer full, so reading never waits: let
+                    # the loop's other tasks run now and then.
+                    since_yield = 0
+                    await asyncio.sleep(0)
             buf.truncate()
             return buf.getvalue()
         except _TRANSPORT_ERRORS as exc:
@@ -3395,6 +3402,7 @@ class AsyncMix:
 
 
 _ANY_CONTENT: Final = {"Accept": "*/*"}
+_YIELD_EVERY: Final = 4 << 20
 _THUMB: Final = re.compile(r"\d+|w\d+|h\d+")
 
 

@@ -1498,6 +1498,9 @@ async def test_reasoning_duration_in_seconds_still_decodes(
     server.reply(Reply(200, [{**MESSAGE_JSON, "reasoningDuration": 3}]))
     messages = await client.get_session_messages("s1")
     assert messages[0].reasoning_duration == 3
+    server.reply(Reply(200, [{**MESSAGE_JSON, "reasoningDuration": 2.5}]))
+    messages = await client.get_session_messages("s1")
+    assert messages[0].reasoning_duration == 2.5
 
 
 # ---------------------------------------------------------------------------
@@ -2860,3 +2863,43 @@ async def test_stream_events_error_status(server: LoopbackServer, client: AsyncM
         async with client.stream_events("s1") as events:
             async for _ in events:
                 pass
+
+
+async def test_download_to_bytes_lets_other_tasks_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server faster than the reader never makes the read wait; the loop still gets turns."""
+    chunk = b"x" * (1 << 20)
+    seen_during: list[int] = []
+    ticks = 0
+
+    class Content:
+        async def iter_any(self) -> AsyncIterator[bytes]:
+            for _ in range(16):
+                seen_during.append(ticks)
+                yield chunk  # never suspends, like a full buffer
+
+    class Response:
+        content = Content()
+        content_length = 16 << 20
+        url = "http://test/file"
+
+        def close(self) -> None:
+            pass
+
+    async def fake_request(*args: Any, **kwargs: Any) -> tuple[Any, bytes]:
+        return Response(), b""
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    client = AsyncMix("http://test")
+    monkeypatch.setattr(client, "_request", fake_request)
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    start = ticks
+    data = await client.get_session_file("s", "big.bin")
+    task.cancel()
+    assert len(data) == 16 << 20
+    assert seen_during[-1] > start  # the ticker ran while the download was going on
