@@ -2138,7 +2138,9 @@ class EventStream:
                 ) from last
             base = (self._decoder.retry / 1000) if self._decoder.retry is not None else 0.5
             delay = min(base * 2**attempts, max(base, 8.0)) * (1.0 - 0.25 * random.random())
-            await asyncio.sleep(delay if attempts or exc is not None else min(delay, base))
+            await asyncio.sleep(delay)
+            if self._closed:  # closed by aclose() while waiting
+                return
             attempts += 1
             try:
                 await self._open(first=False)
