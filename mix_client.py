@@ -2025,6 +2025,12 @@ class EventStream:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
+    def __del__(self) -> None:
+        # Iterated without ``async with`` and dropped (a ``break``): close the connection.
+        resp = getattr(self, "_resp", None)
+        if resp is not None:
+            resp.close()
+
     async def aclose(self) -> None:
         """Close the connection; iteration ends."""
         self._closed = True
@@ -3447,6 +3453,11 @@ class FileDownload:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+    def __del__(self) -> None:
+        resp = getattr(self, "_resp", None)
+        if resp is not None:
+            resp.close()
 
     async def aclose(self) -> None:
         self._done = True

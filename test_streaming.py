@@ -892,6 +892,21 @@ async def test_break_closes_connection_and_leaks_no_task(srv: SSEServer, mix: As
     assert _leaked(before) == []
 
 
+async def test_break_without_async_with_closes_connection(srv: SSEServer, mix: AsyncMix) -> None:
+    await mix.get_session_messages("s1")
+
+    async def run() -> None:
+        async for event in mix.stream_events("s1"):
+            if isinstance(event, ConnectedEvent):
+                srv.publish("s1", "content", content="one")
+            elif isinstance(event, ContentEvent):
+                break  # the stream object is dropped here
+
+    await asyncio.wait_for(run(), WAIT)
+    await srv.wait_for(lambda: srv.open_conns == 0, "server saw the disconnect")
+    assert srv.exits in ([(1, "cancelled")], [(1, "reset")])
+
+
 async def test_cancelled_consumer_task_leaves_nothing_pending(
     srv: SSEServer, mix: AsyncMix
 ) -> None:
