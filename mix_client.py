@@ -1089,9 +1089,6 @@ def _no_content(status: int, raw: bytes) -> None:
     return None
 
 
-_op = _Op
-
-
 _SEND_ACCEPTED = _decoder(SendMessageResponse)
 _SEND_COMMAND = _decoder(BackendMessage)
 
@@ -2271,89 +2268,89 @@ class TurnStream:
 # Operations
 # ---------------------------------------------------------------------------
 
-_store_api_key = _op("storeApiKey", "POST", "/api/auth/api-key", _decoder(StoreApiKeyResponse))
-_set_api_key = _op("setApiKey", "POST", "/api/auth/apikey", _decoder(SetApiKeyResponse))
-_initiate_oauth_login = _op(
+_store_api_key = _Op("storeApiKey", "POST", "/api/auth/api-key", _decoder(StoreApiKeyResponse))
+_set_api_key = _Op("setApiKey", "POST", "/api/auth/apikey", _decoder(SetApiKeyResponse))
+_initiate_oauth_login = _Op(
     "initiateOAuthLogin", "POST", "/api/auth/login", _decoder(OAuthLoginResponse)
 )
-_handle_oauth_callback = _op(
+_handle_oauth_callback = _Op(
     "handleOAuthCallback", "POST", "/api/auth/oauth-callback", _decoder(OAuthCallbackResponse)
 )
-_start_oauth_flow = _op("startOAuthFlow", "POST", "/api/auth/oauth/{}", _decoder(OAuthFlowResponse))
-_get_auth_status = _op("getAuthStatus", "GET", "/api/auth/status", _decoder(AuthStatusResponse))
-_validate_preferred_provider = _op(
+_start_oauth_flow = _Op("startOAuthFlow", "POST", "/api/auth/oauth/{}", _decoder(OAuthFlowResponse))
+_get_auth_status = _Op("getAuthStatus", "GET", "/api/auth/status", _decoder(AuthStatusResponse))
+_validate_preferred_provider = _Op(
     "validatePreferredProvider", "GET", "/api/auth/validate", _decoder(ValidateProviderResponse)
 )
-_delete_credentials = _op(
+_delete_credentials = _Op(
     "deleteCredentials", "DELETE", "/api/auth/{}", _decoder(DeleteCredentialsResponse)
 )
-_list_commands = _op("listCommands", "GET", "/api/commands", _decoder(list[Command]))
-_get_command = _op("getCommand", "GET", "/api/commands/{}", _decoder(Command))
-_list_mcp_servers = _op("listMcpServers", "GET", "/api/mcp", _decoder(list[McpServer]))
-_get_message_history = _op(
+_list_commands = _Op("listCommands", "GET", "/api/commands", _decoder(list[Command]))
+_get_command = _Op("getCommand", "GET", "/api/commands/{}", _decoder(Command))
+_list_mcp_servers = _Op("listMcpServers", "GET", "/api/mcp", _decoder(list[McpServer]))
+_get_message_history = _Op(
     "getMessageHistory", "GET", "/api/messages/history", _decoder(list[BackendMessage])
 )
-_respond_to_notification = _op(
+_respond_to_notification = _Op(
     "respondToNotification", "POST", "/api/notifications/{}/respond", _no_content
 )
-_deny_permission = _op(
+_deny_permission = _Op(
     "denyPermission", "POST", "/api/permissions/{}/deny", _decoder(PermissionResult)
 )
-_grant_permission = _op(
+_grant_permission = _Op(
     "grantPermission", "POST", "/api/permissions/{}/grant", _decoder(PermissionResult)
 )
-_get_preferences = _op("getPreferences", "GET", "/api/preferences", _decoder(PreferencesResponse))
-_update_preferences = _op(
+_get_preferences = _Op("getPreferences", "GET", "/api/preferences", _decoder(PreferencesResponse))
+_update_preferences = _Op(
     "updatePreferences", "POST", "/api/preferences", _decoder(UserPreferences)
 )
-_get_available_providers = _op(
+_get_available_providers = _Op(
     "getAvailableProviders", "GET", "/api/preferences/providers", _decoder(dict[str, ProviderInfo])
 )
-_reset_preferences = _op(
+_reset_preferences = _Op(
     "resetPreferences", "POST", "/api/preferences/reset", _decoder(UserPreferences)
 )
-_list_sessions = _op("listSessions", "GET", "/api/sessions", _decoder(list[SessionData]))
-_create_session = _op("createSession", "POST", "/api/sessions", _decoder(SessionData))
-_delete_session = _op("deleteSession", "DELETE", "/api/sessions/{}", _no_content)
-_get_session = _op("getSession", "GET", "/api/sessions/{}", _decoder(SessionData))
-_update_session_callbacks = _op(
+_list_sessions = _Op("listSessions", "GET", "/api/sessions", _decoder(list[SessionData]))
+_create_session = _Op("createSession", "POST", "/api/sessions", _decoder(SessionData))
+_delete_session = _Op("deleteSession", "DELETE", "/api/sessions/{}", _no_content)
+_get_session = _Op("getSession", "GET", "/api/sessions/{}", _decoder(SessionData))
+_update_session_callbacks = _Op(
     "updateSessionCallbacks", "PATCH", "/api/sessions/{}/callbacks", _decoder(SessionData)
 )
-_cancel_session_processing = _op(
+_cancel_session_processing = _Op(
     "cancelSessionProcessing", "POST", "/api/sessions/{}/cancel", _decoder(CancelResult)
 )
-_export_session = _op("exportSession", "GET", "/api/sessions/{}/export", _decoder(ExportSession))
-_list_session_files = _op(
+_export_session = _Op("exportSession", "GET", "/api/sessions/{}/export", _decoder(ExportSession))
+_list_session_files = _Op(
     "listSessionFiles", "GET", "/api/sessions/{}/files", _decoder(list[FileInfo])
 )
-_upload_session_file = _op(
+_upload_session_file = _Op(
     "uploadSessionFile", "POST", "/api/sessions/{}/files/upload", _decoder(FileInfo), transfer=True
 )
-_delete_session_file = _op("deleteSessionFile", "DELETE", "/api/sessions/{}/files/{}", _no_content)
-_get_session_file = _op(
+_delete_session_file = _Op("deleteSessionFile", "DELETE", "/api/sessions/{}/files/{}", _no_content)
+_get_session_file = _Op(
     "getSessionFile", "GET", "/api/sessions/{}/files/{}", _no_content, transfer=True
 )
-_fork_session = _op("forkSession", "POST", "/api/sessions/{}/fork", _decoder(SessionData))
-_get_session_messages = _op(
+_fork_session = _Op("forkSession", "POST", "/api/sessions/{}/fork", _decoder(SessionData))
+_get_session_messages = _Op(
     "getSessionMessages", "GET", "/api/sessions/{}/messages", _decoder(list[BackendMessage])
 )
-_send_message = _op("sendMessage", "POST", "/api/sessions/{}/messages", _decode_send)
-_rewind_session = _op("rewindSession", "POST", "/api/sessions/{}/rewind", _decoder(SessionData))
-_get_system_info = _op("getSystemInfo", "GET", "/api/system/info", _decoder(SystemInfo))
-_list_llm_tools = _op("listLLMTools", "GET", "/api/tools", _decoder(LLMToolsResponse))
-_get_tool_credentials_status = _op(
+_send_message = _Op("sendMessage", "POST", "/api/sessions/{}/messages", _decode_send)
+_rewind_session = _Op("rewindSession", "POST", "/api/sessions/{}/rewind", _decoder(SessionData))
+_get_system_info = _Op("getSystemInfo", "GET", "/api/system/info", _decoder(SystemInfo))
+_list_llm_tools = _Op("listLLMTools", "GET", "/api/tools", _decoder(LLMToolsResponse))
+_get_tool_credentials_status = _Op(
     "getToolCredentialsStatus",
     "GET",
     "/api/tools/credentials-status",
     _decoder(ToolsStatusResponse),
 )
-_get_tools_status = _op("getToolsStatus", "GET", "/api/tools/status", _decoder(ToolsStatusResponse))
-_health_check = _op("healthCheck", "GET", "/health", _decoder(HealthResponse))
-_get_oauth_health = _op("getOAuthHealth", "GET", "/health/auth", _decoder(OAuthHealthResponse))
-_refresh_oauth_tokens = _op(
+_get_tools_status = _Op("getToolsStatus", "GET", "/api/tools/status", _decoder(ToolsStatusResponse))
+_health_check = _Op("healthCheck", "GET", "/health", _decoder(HealthResponse))
+_get_oauth_health = _Op("getOAuthHealth", "GET", "/health/auth", _decoder(OAuthHealthResponse))
+_refresh_oauth_tokens = _Op(
     "refreshOAuthTokens", "POST", "/internal/auth/refresh-tokens", _decoder(RefreshTokensResponse)
 )
-_stream_events = _op("streamEvents", "GET", "/stream", _no_content, transfer=True)
+_stream_events = _Op("streamEvents", "GET", "/stream", _no_content, transfer=True)
 
 OPERATIONS: Final[dict[str, _Op[Any]]] = {
     op.operation_id: op for op in list(globals().values()) if isinstance(op, _Op)
