@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import email.utils
 import functools
 import inspect
@@ -36,7 +37,15 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from types import TracebackType
 from typing import (
     TYPE_CHECKING,
@@ -85,6 +94,7 @@ __all__ = [
     "BaseEvent",
     "BrowserMode",
     "Callback",
+    "CallbackDict",
     "CallbackResult",
     "CallbackType",
     "CancelResult",
@@ -648,6 +658,112 @@ _encode = msgspec.json.Encoder().encode
 _error_body_decoder: Final = msgspec.json.Decoder(ErrorBody)
 
 
+class CallbackDict(TypedDict, total=False):
+    """A :class:`Callback` as a dict (the original SDK's ``CallbackTypedDict``).
+
+    Python names (``tool_name``) or wire names (``toolName``) are accepted; ``tool_name``
+    and ``type`` are required.
+    """
+
+    tool_name: str
+    type: str
+    bash_command: str
+    bash_timeout: int
+    exclude_from_context: bool
+    include_full_history: bool
+    message_content: str
+    name: str
+    sub_agent_prompt: str
+    sub_agent_type: str
+
+
+_body_checks: dict[type[Any], Callable[[bytes], Any]] = {}
+_WIRE_PATH: Final = re.compile(r"`\$((?:\.\w+|\[\d+\])*)`")
+
+
+def _python_names(type_: type[Any]) -> dict[str, str]:
+    """Wire name -> Python name of a Struct's fields."""
+    return {f.encode_name: f.name for f in msgspec.structs.fields(type_)}
+
+
+def _readable(exc: Exception, type_: type[Any]) -> str:
+    """A msgspec error with ``$.callbacks[0].toolName`` spelled in Python names."""
+    names = _python_names(type_)
+    names.update(_python_names(Callback))
+
+    def path(match: re.Match[str]) -> str:
+        parts = re.split(r"(\.\w+)", match.group(1))
+        return (
+            "`"
+            + "".join(
+                "." + names.get(p[1:], p[1:]) if p.startswith(".") else p for p in parts
+            ).lstrip(".")
+            + "`"
+        )
+
+    text = _WIRE_PATH.sub(path, str(exc))
+    return re.sub(r"`(\w+)`", lambda m: f"`{names.get(m.group(1), m.group(1))}`", text)
+
+
+def _body(obj: Any) -> bytes:
+    """Encode a request body Struct, refusing values the server cannot read (before sending)."""
+    try:
+        raw = _encode(obj)
+    except (TypeError, ValueError, OverflowError):
+        for field in msgspec.structs.fields(obj):
+            value = getattr(obj, field.name)
+            try:
+                _encode(value)
+            except UnicodeEncodeError:
+                raise _bad_value(
+                    field.name, "valid Unicode (it holds a lone surrogate)", value
+                ) from None
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise _bad_value(field.name, f"a JSON value ({exc})", value) from None
+        raise
+    check = _body_checks.get(type(obj))
+    if check is None:
+        check = _body_checks[type(obj)] = msgspec.json.Decoder(type(obj)).decode
+    try:
+        check(raw)
+    except msgspec.ValidationError as exc:
+        raise InvalidInputError(f"invalid argument: {_readable(exc, type(obj))}") from None
+    return raw
+
+
+def _nested(value: object, type_: type[T], name: str) -> T:
+    """A nested input: a ``type_`` Struct or a dict with its Python or wire names."""
+    if isinstance(value, type_):
+        return value
+    if not isinstance(value, Mapping):
+        raise _bad_value(name, f"a {type_.__name__} or a dict", value)
+    fields = msgspec.structs.fields(type_)  # type: ignore[arg-type]
+    wire_of = {f.name: f.encode_name for f in fields}
+    wire_of.update({f.encode_name: f.encode_name for f in fields})
+    wire: dict[str, Any] = {}
+    for key, item in value.items():
+        target = wire_of.get(key) if isinstance(key, str) else None
+        if target is None:
+            choices = [f.name for f in fields]
+            raise InvalidInputError(
+                f"{name}: unknown key {key!r}{_closest(str(key), choices)}; "
+                f"known keys: {', '.join(choices)}"
+            )
+        if target in wire:
+            raise InvalidInputError(f"{name}: {key!r} is given twice (Python and wire name)")
+        wire[target] = item
+    try:
+        return msgspec.convert(wire, type_)
+    except msgspec.ValidationError as exc:
+        raise InvalidInputError(f"{name}: {_readable(exc, type_)}") from None
+
+
+def _callbacks(value: object) -> list[Callback]:
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
+        raise _bad_value("callbacks", "a list of Callback objects or dicts", value)
+    return [_nested(item, Callback, f"callbacks[{i}]") for i, item in enumerate(value)]
+
+
 # ---------------------------------------------------------------------------
 # Errors
 # ---------------------------------------------------------------------------
@@ -879,8 +995,10 @@ _RETRY_AFTER_CAP: Final = 60.0
 
 
 def _make_policy(max_retries: int | None, config: RetryConfig | None) -> _Policy:
-    if max_retries is not None and max_retries < 0:
-        raise InvalidInputError(f"max_retries must be >= 0, not {max_retries}")
+    if max_retries is not None:
+        _check_int(max_retries, "max_retries")
+    if config is not None:
+        _check_retry_config(config)
     if config is None:
         n = _DEFAULT_MAX_RETRIES if max_retries is None else max_retries
         return _Policy(n, 0.5, 8.0, 2.0, None, True)
@@ -902,6 +1020,27 @@ def _make_policy(max_retries: int | None, config: RetryConfig | None) -> _Policy
         elapsed,
         config.retry_connection_errors,
     )
+
+
+def _check_retry_config(config: object) -> None:
+    if not isinstance(config, RetryConfig):
+        raise _bad_value("retry_config", "a RetryConfig or None", config)
+    if config.strategy not in ("backoff", "none"):
+        raise _bad_value("RetryConfig.strategy", "'backoff' or 'none'", config.strategy)
+    _check_bool(config.retry_connection_errors, "RetryConfig.retry_connection_errors")
+    b = config.backoff
+    if b is None:
+        return
+    if not isinstance(b, BackoffStrategy):
+        raise _bad_value("RetryConfig.backoff", "a BackoffStrategy or None", b)
+    for field in ("initial_interval", "max_interval", "max_elapsed_time", "exponent"):
+        value = getattr(b, field)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not 0 <= value < float("inf")
+        ):
+            raise _bad_value(f"BackoffStrategy.{field}", "a finite number >= 0", value)
 
 
 def _parse_retry_after(headers: Mapping[str, str]) -> float | None:
@@ -943,12 +1082,192 @@ def _as_timeout(value: Timeout) -> aiohttp.ClientTimeout:
 
 
 class RequestOptions(TypedDict, total=False):
-    """Per-call options every method accepts as keywords."""
+    """Per-call options every method accepts as keywords (see the README's Configuration)."""
 
     timeout: Timeout
     max_retries: int
     retry_config: RetryConfig | None
     headers: Mapping[str, str]
+    retries: RetryConfig | None
+    """The original SDK's name for ``retry_config``."""
+    timeout_ms: int
+    """The original SDK's timeout, in milliseconds (``timeout=`` in seconds wins)."""
+    http_headers: Mapping[str, str]
+    """The original SDK's name for ``headers``."""
+    server_url: str
+    """Send this one call to another server."""
+    extra_body: Mapping[str, Any]
+    """Fields merged into the JSON body (POST/PATCH only)."""
+    extra_query: Mapping[str, str | int | float | bool]
+    """Parameters added to the query string."""
+    extra_headers: Mapping[str, str]
+    """Headers added last, over every other header."""
+
+
+_OPTION_NAMES: Final = frozenset(RequestOptions.__annotations__)
+
+
+def _bad_value(name: str, expected: str, value: object) -> InvalidInputError:
+    text = repr(value)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return InvalidInputError(f"{name} must be {expected}, not {text}")
+
+
+def _check_str(value: object, name: str, *, empty: bool = False) -> str:
+    """A string that can be sent: no lone surrogates (and not empty unless ``empty``)."""
+    if not isinstance(value, str):
+        raise _bad_value(name, "a string", value)
+    if not value and not empty:
+        raise InvalidInputError(f"{name} must not be empty")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _bad_value(name, "valid Unicode (it holds a lone surrogate)", value) from None
+    return value
+
+
+def _check_bool(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise _bad_value(name, "True or False", value)
+    return value
+
+
+def _check_int(value: object, name: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise _bad_value(name, f"an integer >= {minimum}", value)
+    return value
+
+
+def _check_number(value: object, name: str, *, optional: bool = False) -> float | None:
+    """A positive, finite number of seconds (or ``None`` when ``optional``)."""
+    if value is None and optional:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not 0 < value < float("inf")
+    ):
+        raise _bad_value(name, "a positive number of seconds", value)
+    return float(value)
+
+
+_HEADER_NAME: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _check_headers(value: object, name: str = "headers") -> dict[str, str]:
+    """HTTP headers: a mapping of token names to single-line string values."""
+    if not isinstance(value, Mapping):
+        raise _bad_value(name, "a mapping of header names to strings", value)
+    out: dict[str, str] = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or not _HEADER_NAME.fullmatch(key):
+            raise _bad_value(f"{name} key", "a header name (letters, digits, '-')", key)
+        _check_str(item, f"{name}[{key!r}]", empty=True)
+        if "\r" in item or "\n" in item or "\x00" in item:
+            raise _bad_value(f"{name}[{key!r}]", "one line of text", item)
+        out[key] = item
+    return out
+
+
+def _closest(name: str, choices: Iterable[str]) -> str:
+    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _method_name(op: _Op[Any]) -> str:
+    """``getSession`` -> ``get_session`` (the AsyncMix method of an operation)."""
+    name = op.operation_id.replace("OAuth", "Oauth").replace("LLM", "Llm")
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+
+
+def _unknown_option(key: str, method: str | _Op[Any]) -> TypeError:
+    if not isinstance(method, str):
+        method = _method_name(method)
+    known = set(_OPTION_NAMES)
+    fn = getattr(AsyncMix, method, None)
+    if fn is not None:
+        known.update(
+            p.name for p in inspect.signature(fn).parameters.values() if p.kind != p.VAR_KEYWORD
+        )
+        known.discard("self")
+    return TypeError(
+        f"{method}() got an unexpected keyword argument {key!r}{_closest(key, sorted(known))}"
+    )
+
+
+def _options(opts: Mapping[str, Any], method: str | _Op[Any]) -> RequestOptions:
+    """Check per-call options and map the original SDK's names onto this client's."""
+    out: RequestOptions = {}
+    for key, value in opts.items():
+        if key == "timeout":
+            _as_timeout(value)
+            out["timeout"] = value
+        elif key == "timeout_ms":
+            ms = _check_int(value, "timeout_ms", 1)
+            if "timeout" not in opts:
+                out["timeout"] = ms / 1000
+        elif key == "max_retries":
+            out["max_retries"] = _check_int(value, "max_retries")
+        elif key in ("retry_config", "retries"):
+            if value is not None and not isinstance(value, RetryConfig):
+                raise _bad_value(key, "a RetryConfig or None", value)
+            out["retry_config"] = value
+        elif key in ("headers", "http_headers"):
+            out["headers"] = {**out.get("headers", {}), **_check_headers(value, key)}
+        elif key == "extra_headers":
+            out["extra_headers"] = _check_headers(value, key)
+        elif key == "server_url":
+            out["server_url"] = _check_server_url(value)
+        elif key == "extra_body":
+            if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+                raise _bad_value("extra_body", "a mapping with string keys", value)
+            out["extra_body"] = value
+        elif key == "extra_query":
+            if not isinstance(value, Mapping):
+                raise _bad_value("extra_query", "a mapping", value)
+            for name, item in value.items():
+                _check_str(name, "extra_query key")
+                if not isinstance(item, (str, int, float)):
+                    raise _bad_value(f"extra_query[{name!r}]", "a string, number or bool", item)
+                if isinstance(item, str):
+                    _check_str(item, f"extra_query[{name!r}]", empty=True)
+            out["extra_query"] = value
+        else:
+            raise _unknown_option(key, method)
+    return out
+
+
+def _extra_query(params: Mapping[str, str | int | float | bool]) -> str:
+    return "&".join(
+        f"{quote(key, safe='')}="
+        + quote(("true" if value else "false") if isinstance(value, bool) else str(value), safe="")
+        for key, value in params.items()
+    )
+
+
+def _merge_body(
+    body: bytes | None, extra: Mapping[str, Any], op: _Op[Any], upload: _Upload | None
+) -> bytes:
+    """``extra_body`` merged into the JSON body of a POST/PATCH (its fields win)."""
+    if upload is not None or op.method not in ("POST", "PATCH", "PUT"):
+        raise InvalidInputError(
+            f"extra_body: {_method_name(op)}() sends no JSON body "
+            "(use extra_query= or extra_headers=)"
+        )
+    merged: dict[str, Any] = msgspec.json.decode(body) if body else {}
+    merged.update(extra)
+    try:
+        return _encode(merged)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidInputError(f"extra_body cannot be sent as JSON: {exc}") from None
+
+
+def _check_server_url(value: object) -> str:
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+        raise _bad_value("server_url", "a URL starting with http:// or https://", value)
+    return _check_str(value, "server_url").rstrip("/")
 
 
 class _NotGiven:
@@ -996,13 +1315,10 @@ def _redact_body(body: bytes | None, limit: int = 2000) -> str:
 
 def _segment(value: object, name: str) -> str:
     """Percent-encode one path segment: ``/``, ``?``, ``#``, ``%``, spaces all survive."""
-    if not isinstance(value, str):
-        raise InvalidInputError(f"{name} must be a string, not {type(value).__name__}")
-    if not value:
-        raise InvalidInputError(f"{name} must not be empty")
-    if value in (".", ".."):
-        return value.replace(".", "%2E")
-    return quote(value, safe="")
+    text = _check_str(value, name)
+    if text in (".", ".."):
+        return text.replace(".", "%2E")
+    return quote(text, safe="")
 
 
 def _check_file_name(value: object, name: str = "filename") -> str:
@@ -2168,9 +2484,7 @@ class EventStream:
 
 
 def _check_id(value: object, name: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise InvalidInputError(f"{name} must be a non-empty string")
-    return value
+    return _check_str(value, name)
 
 
 class TurnToolCall(msgspec.Struct, kw_only=True):
@@ -2395,9 +2709,7 @@ class AsyncMix:
         logger: logging.Logger | None = None,
     ) -> None:
         url = server_url or os.environ.get("MIX_SERVER_URL") or DEFAULT_SERVER_URL
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise InvalidInputError(f"server_url must start with http:// or https://, not {url!r}")
-        self.server_url: str = url.rstrip("/")
+        self.server_url: str = _check_server_url(url)
         self._policy = _make_policy(max_retries, retry_config)
         self._max_retries = max_retries
         self._retry_config = retry_config
@@ -2412,8 +2724,8 @@ class AsyncMix:
             self._timeout = _as_timeout(timeout)
             self._transfer_timeout = self._timeout
         self._headers: dict[str, str] = {"User-Agent": USER_AGENT, "Accept": "application/json"}
-        if headers:
-            self._headers.update(headers)
+        if headers is not None:
+            self._headers.update(_check_headers(headers))
         self._json_headers = {**self._headers, "Content-Type": "application/json"}
         self._session: aiohttp.ClientSession | None = session
         self._session_loop: asyncio.AbstractEventLoop | None = None
@@ -2490,9 +2802,10 @@ class AsyncMix:
             clone._policy = _make_policy(clone._max_retries, clone._retry_config)
         if not isinstance(timeout, _NotGiven):
             clone._timeout = clone._transfer_timeout = _as_timeout(timeout)
-        if headers:
-            clone._headers = {**self._headers, **headers}
-            clone._json_headers = {**self._json_headers, **headers}
+        if headers is not None:
+            extra = _check_headers(headers)
+            clone._headers = {**self._headers, **extra}
+            clone._json_headers = {**self._json_headers, **extra}
         return clone
 
     # Transport ---------------------------------------------------------------
@@ -2537,6 +2850,11 @@ class AsyncMix:
         """Send with retries. Returns the response: read (``stream=False``) or open."""
         policy = self._policy
         timeout = self._transfer_timeout if op.transfer else self._timeout
+        base = self.server_url
+        if opts:
+            opts = _options(opts, op)
+            if "extra_body" in opts:
+                body = _merge_body(body, opts["extra_body"], op, upload)
         headers: Mapping[str, str] | None = self._json_headers if body is not None else None
         if opts:
             if "max_retries" in opts or "retry_config" in opts:
@@ -2548,6 +2866,11 @@ class AsyncMix:
                 timeout = _as_timeout(opts["timeout"])
             if "headers" in opts:
                 headers = {**(headers or {}), **opts["headers"]}
+            if "server_url" in opts:
+                base = opts["server_url"]
+            if "extra_query" in opts:
+                more = _extra_query(opts["extra_query"])
+                query = f"{query}&{more}" if query and more else query or more
         if self._user_session is not None or self._parent is not None:
             # The pool's session does not carry this client's default headers.
             headers = {
@@ -2560,7 +2883,9 @@ class AsyncMix:
                 headers["Content-Length"] = str(upload.size)
         if extra_headers:
             headers = {**(headers or {}), **extra_headers}
-        url_text = self.server_url + path + ("?" + query if query else "")
+        if opts and "extra_headers" in opts:
+            headers = {**(headers or {}), **opts["extra_headers"]}
+        url_text = base + path + ("?" + query if query else "")
         url = URL(url_text, encoded=True)
         method = op.method
         session = self._http()
@@ -2671,14 +2996,14 @@ class AsyncMix:
         self, *, api_key: str, provider: Provider, **opts: Unpack[RequestOptions]
     ) -> StoreApiKeyResponse:
         """Store an API key for a provider (``POST /api/auth/api-key``)."""
-        body = _encode(_StoreApiKeyBody(provider=provider, api_key=api_key))
+        body = _body(_StoreApiKeyBody(provider=provider, api_key=api_key))
         return await self._call(_store_api_key, "/api/auth/api-key", opts, body=body)
 
     async def set_api_key(
         self, *, api_key: str, **opts: Unpack[RequestOptions]
     ) -> SetApiKeyResponse:
         """Set the API key on servers of API version 0.2 (``POST /api/auth/apikey``)."""
-        body = _encode(_SetApiKeyBody(api_key=api_key))
+        body = _body(_SetApiKeyBody(api_key=api_key))
         return await self._call(_set_api_key, "/api/auth/apikey", opts, body=body)
 
     async def initiate_oauth_login(self, **opts: Unpack[RequestOptions]) -> OAuthLoginResponse:
@@ -2689,11 +3014,11 @@ class AsyncMix:
         self, *, provider: str, code: str, state: str, **opts: Unpack[RequestOptions]
     ) -> OAuthCallbackResponse:
         """Exchange an OAuth code for a token (``POST /api/auth/oauth-callback``)."""
-        body = _encode(_OAuthCallbackBody(provider=provider, code=code, state=state))
+        body = _body(_OAuthCallbackBody(provider=provider, code=code, state=state))
         return await self._call(_handle_oauth_callback, "/api/auth/oauth-callback", opts, body=body)
 
     async def start_oauth_flow(
-        self, provider: str, /, **opts: Unpack[RequestOptions]
+        self, provider: str, **opts: Unpack[RequestOptions]
     ) -> OAuthFlowResponse:
         """Start an OAuth flow; open ``auth_url`` in a browser (``POST /api/auth/oauth/{provider}``)."""
         path = f"/api/auth/oauth/{_segment(provider, 'provider')}"
@@ -2710,7 +3035,7 @@ class AsyncMix:
         return await self._call(_validate_preferred_provider, "/api/auth/validate", opts)
 
     async def delete_credentials(
-        self, provider: str, /, **opts: Unpack[RequestOptions]
+        self, provider: str, **opts: Unpack[RequestOptions]
     ) -> DeleteCredentialsResponse:
         """Delete a provider's API key and OAuth tokens (``DELETE /api/auth/{provider}``)."""
         path = f"/api/auth/{_segment(provider, 'provider')}"
@@ -2738,7 +3063,7 @@ class AsyncMix:
         """Slash commands (``GET /api/commands``)."""
         return await self._call(_list_commands, "/api/commands", opts)
 
-    async def get_command(self, name: str, /, **opts: Unpack[RequestOptions]) -> Command:
+    async def get_command(self, name: str, **opts: Unpack[RequestOptions]) -> Command:
         """One slash command (``GET /api/commands/{name}``)."""
         return await self._call(_get_command, f"/api/commands/{_segment(name, 'name')}", opts)
 
@@ -2783,7 +3108,7 @@ class AsyncMix:
         Only the fields you pass are sent; the others stay as they are. ``None`` is sent as
         ``null``.
         """
-        body = _encode(
+        body = _body(
             _PreferencesBody(
                 main_agent_max_tokens=main_agent_max_tokens,
                 main_agent_model=main_agent_model,
@@ -2812,6 +3137,7 @@ class AsyncMix:
         self, *, include_subagents: bool = False, **opts: Unpack[RequestOptions]
     ) -> list[SessionData]:
         """All sessions; sub-agent sessions only when asked (``GET /api/sessions``)."""
+        _check_bool(include_subagents, "include_subagents")
         query = "includeSubagents=true" if include_subagents else "includeSubagents=false"
         return await self._call(_list_sessions, "/api/sessions", opts, query=query)
 
@@ -2820,7 +3146,7 @@ class AsyncMix:
         *,
         title: str,
         browser_mode: BrowserMode,
-        callbacks: list[Callback] | UnsetType = UNSET,
+        callbacks: Sequence[Callback | CallbackDict | Mapping[str, Any]] | UnsetType = UNSET,
         cdp_url: str | UnsetType = UNSET,
         custom_system_prompt: str | UnsetType = UNSET,
         prompt_mode: PromptMode | UnsetType = UNSET,
@@ -2829,11 +3155,11 @@ class AsyncMix:
         **opts: Unpack[RequestOptions],
     ) -> SessionData:
         """Create a session (``POST /api/sessions``)."""
-        body = _encode(
+        body = _body(
             _CreateSessionBody(
                 title=title,
                 browser_mode=browser_mode,
-                callbacks=callbacks,
+                callbacks=UNSET if callbacks is UNSET else _callbacks(callbacks),
                 cdp_url=cdp_url,
                 custom_system_prompt=custom_system_prompt,
                 prompt_mode=prompt_mode,
@@ -2843,38 +3169,41 @@ class AsyncMix:
         )
         return await self._call(_create_session, "/api/sessions", opts, body=body)
 
-    async def get_session(self, id: str, /, **opts: Unpack[RequestOptions]) -> SessionData:
+    async def get_session(self, id: str, **opts: Unpack[RequestOptions]) -> SessionData:
         """One session (``GET /api/sessions/{id}``)."""
         return await self._call(_get_session, f"/api/sessions/{_segment(id, 'id')}", opts)
 
-    async def delete_session(self, id: str, /, **opts: Unpack[RequestOptions]) -> None:
+    async def delete_session(self, id: str, **opts: Unpack[RequestOptions]) -> None:
         """Delete a session and its data (``DELETE /api/sessions/{id}``)."""
         await self._call(_delete_session, f"/api/sessions/{_segment(id, 'id')}", opts)
 
     async def update_session_callbacks(
-        self, id: str, /, *, callbacks: list[Callback], **opts: Unpack[RequestOptions]
+        self,
+        id: str,
+        *,
+        callbacks: Sequence[Callback | CallbackDict | Mapping[str, Any]],
+        **opts: Unpack[RequestOptions],
     ) -> SessionData:
         """Replace a session's callbacks; ``[]`` clears them (``PATCH /api/sessions/{id}/callbacks``)."""
-        body = _encode(_CallbacksBody(callbacks=callbacks))
+        body = _body(_CallbacksBody(callbacks=_callbacks(callbacks)))
         path = f"/api/sessions/{_segment(id, 'id')}/callbacks"
         return await self._call(_update_session_callbacks, path, opts, body=body)
 
     async def cancel_session_processing(
-        self, id: str, /, **opts: Unpack[RequestOptions]
+        self, id: str, **opts: Unpack[RequestOptions]
     ) -> CancelResult:
         """Cancel the agent's current run (``POST /api/sessions/{id}/cancel``)."""
         return await self._call(
             _cancel_session_processing, f"/api/sessions/{_segment(id, 'id')}/cancel", opts
         )
 
-    async def export_session(self, id: str, /, **opts: Unpack[RequestOptions]) -> ExportSession:
+    async def export_session(self, id: str, **opts: Unpack[RequestOptions]) -> ExportSession:
         """The full transcript (``GET /api/sessions/{id}/export``)."""
         return await self._call(_export_session, f"/api/sessions/{_segment(id, 'id')}/export", opts)
 
     async def fork_session(
         self,
         id: str,
-        /,
         *,
         message_index: int,
         title: str | UnsetType = UNSET,
@@ -2887,7 +3216,7 @@ class AsyncMix:
             or message_index < 1
         ):
             raise InvalidInputError(f"message_index must be an integer >= 1, not {message_index!r}")
-        body = _encode(_ForkBody(message_index=message_index, title=title))
+        body = _body(_ForkBody(message_index=message_index, title=title))
         return await self._call(
             _fork_session, f"/api/sessions/{_segment(id, 'id')}/fork", opts, body=body
         )
@@ -2895,14 +3224,13 @@ class AsyncMix:
     async def rewind_session(
         self,
         id: str,
-        /,
         *,
         message_id: str,
         cleanup_media: bool = True,
         **opts: Unpack[RequestOptions],
     ) -> SessionData:
         """Delete the messages after ``message_id`` (``POST /api/sessions/{id}/rewind``)."""
-        body = _encode(_RewindBody(message_id=message_id, cleanup_media=cleanup_media))
+        body = _body(_RewindBody(message_id=message_id, cleanup_media=cleanup_media))
         return await self._call(
             _rewind_session, f"/api/sessions/{_segment(id, 'id')}/rewind", opts, body=body
         )
@@ -2910,7 +3238,7 @@ class AsyncMix:
     # Messages --------------------------------------------------------------------
 
     async def get_session_messages(
-        self, id: str, /, **opts: Unpack[RequestOptions]
+        self, id: str, **opts: Unpack[RequestOptions]
     ) -> list[BackendMessage]:
         """A session's messages (``GET /api/sessions/{id}/messages``)."""
         return await self._call(
@@ -2920,7 +3248,6 @@ class AsyncMix:
     async def send_message(
         self,
         id: str,
-        /,
         *,
         text: str,
         plan_mode: bool = False,
@@ -2933,13 +3260,12 @@ class AsyncMix:
         Returns at once (202): the agent's work arrives on :meth:`stream_events`. Open the
         stream first, or use :meth:`query` / :meth:`send_and_wait`, which do it for you.
         """
-        if not isinstance(text, str) or not text:
-            raise InvalidInputError("text must be a non-empty string")
+        _check_str(text, "text")
         if not isinstance(max_steps, UnsetType) and (
             isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1
         ):
             raise InvalidInputError(f"max_steps must be an integer >= 1, not {max_steps!r}")
-        body = _encode(
+        body = _body(
             _SendMessageBody(
                 text=text, plan_mode=plan_mode, thinking_level=thinking_level, max_steps=max_steps
             )
@@ -2961,15 +3287,13 @@ class AsyncMix:
 
     # Permissions and notifications -------------------------------------------------
 
-    async def grant_permission(
-        self, id: str, /, **opts: Unpack[RequestOptions]
-    ) -> PermissionResult:
+    async def grant_permission(self, id: str, **opts: Unpack[RequestOptions]) -> PermissionResult:
         """Grant a permission the agent asked for (``POST /api/permissions/{id}/grant``)."""
         return await self._call(
             _grant_permission, f"/api/permissions/{_segment(id, 'id')}/grant", opts
         )
 
-    async def deny_permission(self, id: str, /, **opts: Unpack[RequestOptions]) -> PermissionResult:
+    async def deny_permission(self, id: str, **opts: Unpack[RequestOptions]) -> PermissionResult:
         """Deny a permission the agent asked for (``POST /api/permissions/{id}/deny``)."""
         return await self._call(
             _deny_permission, f"/api/permissions/{_segment(id, 'id')}/deny", opts
@@ -2978,22 +3302,19 @@ class AsyncMix:
     async def respond_to_notification(
         self,
         id: str,
-        /,
         *,
         type: NotificationResponseType,
         value: str | UnsetType = UNSET,
         **opts: Unpack[RequestOptions],
     ) -> None:
         """Answer a notification (``POST /api/notifications/{id}/respond``)."""
-        body = _encode(_NotificationReplyBody(type=type, value=value))
+        body = _body(_NotificationReplyBody(type=type, value=value))
         path = f"/api/notifications/{_segment(id, 'id')}/respond"
         await self._call(_respond_to_notification, path, opts, body=body)
 
     # Files -------------------------------------------------------------------------
 
-    async def list_session_files(
-        self, id: str, /, **opts: Unpack[RequestOptions]
-    ) -> list[FileInfo]:
+    async def list_session_files(self, id: str, **opts: Unpack[RequestOptions]) -> list[FileInfo]:
         """Files in a session's storage (``GET /api/sessions/{id}/files``)."""
         return await self._call(
             _list_session_files, f"/api/sessions/{_segment(id, 'id')}/files", opts
@@ -3003,7 +3324,6 @@ class AsyncMix:
         self,
         id: str,
         file: FileInput | Mapping[str, Any],
-        /,
         *,
         filename: str | None = None,
         content_type: str | None = None,
@@ -3020,7 +3340,7 @@ class AsyncMix:
         return await self._call(_upload_session_file, path, opts, upload=upload)
 
     async def delete_session_file(
-        self, id: str, filename: str, /, **opts: Unpack[RequestOptions]
+        self, id: str, filename: str, **opts: Unpack[RequestOptions]
     ) -> None:
         """Delete a file (``DELETE /api/sessions/{id}/files/{filename}``)."""
         path = f"/api/sessions/{_segment(id, 'id')}/files/{_segment(_check_file_name(filename), 'filename')}"
@@ -3044,7 +3364,6 @@ class AsyncMix:
         self,
         id: str,
         filename: str,
-        /,
         *,
         thumb: str | None = None,
         time: float | None = None,
@@ -3087,7 +3406,6 @@ class AsyncMix:
         self,
         id: str,
         filename: str,
-        /,
         *,
         thumb: str | None = None,
         time: float | None = None,
@@ -3099,6 +3417,7 @@ class AsyncMix:
         ``async with mix.iter_session_file(sid, "a.mp4") as chunks: async for c in chunks: ...``
         """
         path, query = self._file_path(id, filename, thumb, time)
+        opts = _options(opts, "iter_session_file")
         return FileDownload(self, path, query, chunk_size, opts)
 
     async def download_session_file(
@@ -3106,7 +3425,6 @@ class AsyncMix:
         id: str,
         filename: str,
         dest: str | os.PathLike[str],
-        /,
         *,
         thumb: str | None = None,
         time: float | None = None,
@@ -3146,6 +3464,14 @@ class AsyncMix:
 
         ``async with mix.stream_events(sid) as events: async for event in events: ...``
         """
+        _check_id(session_id, "session_id")
+        if last_event_id is not None:
+            _check_str(last_event_id, "last_event_id", empty=True)
+        _check_bool(reconnect, "reconnect")
+        _check_bool(include_other_sessions, "include_other_sessions")
+        _check_number(idle_timeout, "idle_timeout", optional=True)
+        _check_int(max_reconnects, "max_reconnects")
+        opts = _options(opts, "stream_events")
         return EventStream(
             self,
             session_id,
@@ -3180,8 +3506,14 @@ class AsyncMix:
         ``async with mix.query(sid, "hi") as events: async for event in events: ...``
         """
         _check_id(session_id, "session_id")
-        if not isinstance(text, str) or not text:
-            raise InvalidInputError("text must be a non-empty string")
+        _check_str(text, "text")
+        _check_bool(plan_mode, "plan_mode")
+        if thinking_level is not None and not isinstance(thinking_level, UnsetType):
+            _check_str(thinking_level, "thinking_level")
+        if not isinstance(max_steps, UnsetType):
+            _check_int(max_steps, "max_steps", 1)
+        _check_number(timeout, "timeout", optional=True)
+        _check_bool(cancel_on_exit, "cancel_on_exit")
         return TurnStream(
             self._turn(
                 session_id, text, plan_mode, thinking_level, max_steps, timeout, cancel_on_exit
@@ -3590,6 +3922,11 @@ def _without_self(fn: Callable[..., Any]) -> inspect.Signature:
     return sig.replace(parameters=list(sig.parameters.values())[1:])
 
 
+def _as_mix_error(exc: TypeError) -> TypeError:
+    text = str(exc)
+    return TypeError(text.replace("AsyncMix.", "Mix.", 1)) if "AsyncMix." in text else exc
+
+
 class _SyncMethod(Generic[P, R]):
     """Turns an ``AsyncMix`` coroutine method into a blocking ``Mix`` method."""
 
@@ -3606,11 +3943,15 @@ class _SyncMethod(Generic[P, R]):
     def __get__(self, obj: Mix | None, owner: type[Any]) -> _SyncMethod[P, R] | Callable[P, R]:
         if obj is None:
             return self
-        fn, client, runner = self._fn, obj._client, obj._runner
+        fn, client, run_sync = self._fn, obj._client, obj.run_sync
 
         @functools.wraps(fn)
         def call(*args: P.args, **kwargs: P.kwargs) -> R:
-            return runner.run(fn(client, *args, **kwargs))
+            try:
+                coro = fn(client, *args, **kwargs)
+            except TypeError as exc:  # a missing or extra argument: name Mix, not AsyncMix
+                raise _as_mix_error(exc) from None
+            return run_sync(coro)
 
         call.__signature__ = self._signature  # type: ignore[attr-defined]
         return call
@@ -3638,7 +3979,11 @@ class _SyncIterMethod(Generic[P, T]):
 
         @functools.wraps(fn)
         def call(*args: P.args, **kwargs: P.kwargs) -> SyncStream[T]:
-            return SyncStream(runner, fn(client, *args, **kwargs))
+            try:
+                stream = fn(client, *args, **kwargs)
+            except TypeError as exc:
+                raise _as_mix_error(exc) from None
+            return SyncStream(runner, stream)
 
         call.__signature__ = self._signature  # type: ignore[attr-defined]
         return call
@@ -3692,8 +4037,20 @@ class Mix:
 
     @property
     def async_client(self) -> AsyncMix:
-        """The underlying async client (use it only on this object's loop)."""
+        """The underlying async client (use it only on this object's loop: see :meth:`run_sync`)."""
         return self._client
+
+    def run_sync(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on this client's background loop and return its result (blocking).
+
+        Every blocking method is built on it: ``mix.get_session(sid)`` is
+        ``mix.run_sync(mix.async_client.get_session(sid))``. Use it to run your own
+        coroutine that uses :attr:`async_client` (several calls at once with
+        ``asyncio.gather``, say) from blocking code, a thread or a notebook cell.
+        """
+        if not isinstance(coro, Coroutine):
+            raise _bad_value("run_sync()'s argument", "a coroutine", coro)
+        return self._runner.run(coro)
 
     def close(self) -> None:
         """Close connections and stop the background loop."""
