@@ -721,6 +721,10 @@ def _body(obj: Any) -> bytes:
             except (TypeError, ValueError, OverflowError) as exc:
                 raise _bad_value(field.name, f"a JSON value ({exc})", value) from None
         raise
+    for name in obj.__struct_fields__:
+        value = getattr(obj, name)
+        if isinstance(value, (bytes, bytearray, memoryview)):  # msgspec would send base64
+            raise _bad_value(name, "a string, not bytes", value)
     check = _body_checks.get(type(obj))
     if check is None:
         check = _body_checks[type(obj)] = msgspec.json.Decoder(type(obj)).decode
