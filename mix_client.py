@@ -3455,7 +3455,6 @@ class AsyncMix:
     def stream_events(
         self,
         session_id: str,
-        /,
         *,
         last_event_id: str | None = None,
         reconnect: bool = True,

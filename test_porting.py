@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -109,6 +110,8 @@ async def test_path_parameters_accept_the_official_keyword_form(fake: MixFake) -
         assert (await mix.delete_credentials(provider="openai")).provider == "openai"
         assert (await mix.start_oauth_flow(provider="anthropic")).auth_url
         assert await mix.get_session_messages(id=sid) == []
+        async with mix.stream_events(session_id=sid, reconnect=False) as events:
+            assert (await anext(aiter(events))).event == "connected"
         await mix.delete_session(id=sid)
     assert "DELETE /api/sessions/" + sid in paths(fake)
 
@@ -550,3 +553,118 @@ def test_blocking_bad_input_is_refused(thread_fake: ThreadFake) -> None:
         ):
             pass
     assert thread_fake.fake.requests == []
+
+
+# ---------------------------------------------------------------------------
+# 7. README: every sample runs as printed (issue 10, README)
+# ---------------------------------------------------------------------------
+
+SAMPLE = re.compile(r"<!-- sample: ([\w-]+) -->\n```python\n(.*?)\n```\n", re.DOTALL)
+README_SAMPLES = dict(SAMPLE.findall((ROOT / "README.md").read_text()))
+
+
+def run_sample(name: str, url: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    child = {k: v for k, v in os.environ.items() if not k.startswith("MIX_")}
+    child.update(env, MIX_SERVER_URL=url, PYTHONPATH=str(ROOT))
+    script = cwd / f"{name}.py"
+    script.write_text(README_SAMPLES[name])
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=cwd,
+        env=child,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_readme_has_every_official_sample() -> None:
+    assert set(README_SAMPLES) == {
+        "sync",
+        "async",
+        "upload",
+        "retries-per-call",
+        "retries-global",
+        "server-url",
+        "custom-session",
+        "resources",
+        "debugging",
+        "middleware",
+        "run-sync",
+    }
+    migrating = (ROOT / "README.md").read_text().split("## Migrating from mix-python-sdk")[1]
+    for heading in (
+        "Synchronous and asynchronous",
+        "File upload",
+        "Retries",
+        "Error handling",
+        "Server selection",
+        "Custom HTTP client",
+        "Resource management",
+        "Debugging",
+    ):
+        assert f"\n### {heading}\n" in migrating.split("\n## ")[0], heading
+
+
+@pytest.mark.parametrize("name", ["sync", "async", "retries-per-call", "retries-global"])
+def test_readme_store_api_key_samples(name: str, thread_fake: ThreadFake, tmp_path: Path) -> None:
+    # One 503 first: the samples with a RetryConfig retry it, the others by default.
+    thread_fake.fake.fail_next("storeApiKey", times=1, status=503)
+    proc = run_sample(name, thread_fake.url, tmp_path)
+    assert proc.stderr == ""
+    assert re.fullmatch(
+        r"StoreApiKeyResponse\(message='API key stored successfully for openrouter', "
+        r"provider='openrouter', status='success'\)\n",
+        proc.stdout,
+    ), proc.stdout
+    assert paths(thread_fake.fake) == ["POST /api/auth/api-key"] * 2
+
+
+def test_readme_upload_sample(thread_fake: ThreadFake, tmp_path: Path) -> None:
+    (tmp_path / "example.file").write_bytes(b"example bytes")
+    proc = run_sample("upload", thread_fake.url, tmp_path)
+    assert proc.stderr == ""
+    assert proc.stdout.startswith("FileInfo(name='example.file', size=13")
+    upload = thread_fake.fake.requests[-1].path
+    sid = upload.removeprefix("/api/sessions/").removesuffix("/files/upload")
+    assert upload == f"/api/sessions/{sid}/files/upload"
+    with Mix(thread_fake.url) as mix:
+        assert mix.get_session_file(id=sid, filename="example.file") == b"example bytes"
+
+
+def test_readme_server_url_sample(thread_fake: ThreadFake, tmp_path: Path) -> None:
+    proc = run_sample("server-url", thread_fake.url, tmp_path)
+    assert proc.stderr == ""
+    assert proc.stdout.splitlines()[1] == "ok"
+    assert paths(thread_fake.fake) == ["POST /api/auth/api-key", "GET /health"]
+
+
+def test_readme_custom_session_and_middleware_samples(
+    thread_fake: ThreadFake, tmp_path: Path
+) -> None:
+    proc = run_sample("custom-session", thread_fake.url, tmp_path)
+    assert proc.stderr == "" and proc.stdout.startswith("HealthResponse(status='ok'")
+    assert thread_fake.fake.requests[-1].headers["x-custom-header"] == "someValue"
+    proc = run_sample("middleware", thread_fake.url, tmp_path)
+    assert proc.stderr == ""
+    assert proc.stdout == "GET /health 200\nok\n"
+    assert thread_fake.fake.requests[-1].headers["Client-Level-Header"] == "added by client"
+
+
+def test_readme_resources_and_run_sync_samples(thread_fake: ThreadFake, tmp_path: Path) -> None:
+    proc = run_sample("resources", thread_fake.url, tmp_path)
+    assert proc.stderr == "" and proc.stdout == "ok\nok\n"
+    proc = run_sample("run-sync", thread_fake.url, tmp_path)
+    assert proc.stderr == "" and proc.stdout == "['s0', 's1', 's2']\n"
+
+
+def test_readme_debugging_sample_and_mix_debug(thread_fake: ThreadFake, tmp_path: Path) -> None:
+    proc = run_sample("debugging", thread_fake.url, tmp_path)
+    assert re.search(r"-> GET http://127\.0\.0\.1:\d+/health", proc.stderr), proc.stderr
+    assert re.search(r"<- GET http://127\.0\.0\.1:\d+/health 200", proc.stderr)
+    # MIX_DEBUG=true: the same lines without configuring logging, key redacted.
+    proc = run_sample("sync", thread_fake.url, tmp_path, MIX_DEBUG="true")
+    assert "-> POST" in proc.stderr and "/api/auth/api-key" in proc.stderr
+    assert '"api_key":"***"' in proc.stderr and "<value>" not in proc.stderr
