@@ -1326,8 +1326,7 @@ def _segment(value: object, name: str) -> str:
 
 
 def _check_file_name(value: object, name: str = "filename") -> str:
-    if not isinstance(value, str) or not value:
-        raise InvalidInputError(f"{name} must be a non-empty string")
+    value = _check_str(value, name)
     if "/" in value or "\\" in value or ".." in value or "\x00" in value:
         raise InvalidInputError(
             f"{name} {value!r} must be a plain file name (no '/', '\\' or '..')"

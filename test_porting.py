@@ -474,6 +474,11 @@ async def test_bad_input_is_refused_before_any_request(fake: MixFake) -> None:
             (lambda: mix.get_session("a\ud800b"), r"id must be valid Unicode"),
             (lambda: mix.send_message(sid, text="x\udfff"), r"text must be valid Unicode"),
             (lambda: mix.get_command("\ud800"), r"name must be valid Unicode"),
+            (
+                lambda: mix.upload_session_file(sid, b"x", filename="a\udcff.txt"),
+                r"filename must be valid Unicode",
+            ),
+            (lambda: mix.get_session_file(sid, "\ud800"), r"filename must be valid Unicode"),
             (lambda: mix.get_session(sid, max_retries="3"), r"max_retries must be an integer"),
             (lambda: mix.get_session(sid, max_retries=-1), r"max_retries"),
             (lambda: mix.get_session(sid, headers={"X": None}), r"headers\['X'\] must be"),
