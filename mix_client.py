@@ -2732,6 +2732,10 @@ class AsyncMix:
         self._json_headers = {**self._headers, "Content-Type": "application/json"}
         self._session: aiohttp.ClientSession | None = session
         self._session_loop: asyncio.AbstractEventLoop | None = None
+        if logger is not None and not isinstance(logger, (logging.Logger, logging.LoggerAdapter)):
+            raise _bad_value("logger", "a logging.Logger", logger)
+        if session is not None and not isinstance(session, aiohttp.ClientSession):
+            raise _bad_value("session", "an aiohttp.ClientSession", session)
         self._logger = logger or _log
         if _env_flag("MIX_DEBUG"):
             if logger is None:
@@ -3420,6 +3424,7 @@ class AsyncMix:
         ``async with mix.iter_session_file(sid, "a.mp4") as chunks: async for c in chunks: ...``
         """
         path, query = self._file_path(id, filename, thumb, time)
+        _check_int(chunk_size, "chunk_size", 1)
         opts = _options(opts, "iter_session_file")
         return FileDownload(self, path, query, chunk_size, opts)
 

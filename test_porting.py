@@ -539,6 +539,12 @@ def test_bad_client_settings_are_refused(thread_fake: ThreadFake) -> None:
             Mix(url, **kwargs)
     with pytest.raises(InvalidInputError, match="server_url"):
         AsyncMix("http://x\ud800")
+    with pytest.raises(InvalidInputError, match="logger"):
+        AsyncMix(url, logger="mix")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="session"):
+        AsyncMix(url, session="http")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="chunk_size"):
+        AsyncMix(url).iter_session_file("s", "f", chunk_size="big")  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError, match="headers"):
         AsyncMix(url).with_options(headers={"X": 1})  # type: ignore[dict-item]
     with pytest.raises(InvalidInputError, match="max_retries"):
@@ -673,3 +679,17 @@ def test_readme_debugging_sample_and_mix_debug(thread_fake: ThreadFake, tmp_path
     proc = run_sample("sync", thread_fake.url, tmp_path, MIX_DEBUG="true")
     assert "-> POST" in proc.stderr and "/api/auth/api-key" in proc.stderr
     assert '"api_key":"***"' in proc.stderr and "<value>" not in proc.stderr
+
+
+def test_readme_samples_type_check(tmp_path: Path) -> None:
+    for name, code in README_SAMPLES.items():
+        (tmp_path / f"{name.replace('-', '_')}.py").write_text(code + "\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MYPYPATH": str(ROOT)},
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout
