@@ -261,6 +261,7 @@ def test_official_retry_config_on_the_blocking_client(thread_fake: ThreadFake) -
     config = RetryConfig("backoff", BackoffStrategy(1, 50, 1.1, 5000), False)
     with Mix(thread_fake.url, retry_config=config) as mix:
         assert mix.health_check().status
+    with Mix(thread_fake.url) as mix:
         thread_fake.fake.fail_next("healthCheck", times=3, status=503)
         assert mix.health_check(retries=config).status
     assert paths(thread_fake.fake).count("GET /health") == 8
