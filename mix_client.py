@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import difflib
 import email.utils
 import functools
 import inspect
@@ -1176,6 +1175,8 @@ def _check_headers(value: object, name: str = "headers") -> dict[str, str]:
 
 
 def _closest(name: str, choices: Iterable[str]) -> str:
+    import difflib  # only on this error path: keeps the import of this module fast
+
     match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {match[0]!r}?)" if match else ""
 
