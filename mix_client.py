@@ -42,6 +42,7 @@ from collections.abc import (
     Callable,
     Coroutine,
     Iterable,
+    Iterator,
     Mapping,
     Sequence,
 )
@@ -55,6 +56,7 @@ from typing import (
     Generic,
     Literal,
     ParamSpec,
+    Protocol,
     TypeAlias,
     TypedDict,
     TypeVar,
@@ -105,6 +107,7 @@ __all__ = [
     "ContentData",
     "ContentEvent",
     "DeleteCredentialsResponse",
+    "DownloadedFile",
     "ErrorBody",
     "ErrorData",
     "ErrorEvent",
@@ -141,6 +144,7 @@ __all__ = [
     "PermissionEvent",
     "PermissionResult",
     "PreferencesResponse",
+    "ProgressCallback",
     "PromptMode",
     "Provider",
     "ProviderAuthStatus",
@@ -166,6 +170,7 @@ __all__ = [
     "SetApiKeyResponse",
     "StoreApiKeyResponse",
     "StreamEvent",
+    "SyncFileDownload",
     "SyncStream",
     "SystemInfo",
     "ThinkingData",
@@ -1319,21 +1324,31 @@ def _redact_body(body: bytes | None, limit: int = 2000) -> str:
 
 
 def _segment(value: object, name: str) -> str:
-    """Percent-encode one path segment: ``/``, ``?``, ``#``, ``%``, spaces all survive."""
+    """Percent-encode one path segment: ``/``, ``\\``, ``?``, ``#``, ``%``, spaces all survive.
+
+    ``.`` and ``..`` alone are refused: URL handling (and any proxy that normalises
+    ``%2E`` back to a dot, as RFC 3986 allows) would remove them and hit another route,
+    e.g. ``DELETE /api/sessions/{id}/files/..`` becoming ``DELETE /api/sessions/{id}``.
+    """
     text = _check_str(value, name)
     if text in (".", ".."):
-        return text.replace(".", "%2E")
+        raise InvalidInputError(
+            f"{name} must not be {text!r}: URL handling would drop it and reach another route"
+        )
     return quote(text, safe="")
 
 
 def _check_file_name(value: object, name: str = "filename") -> str:
+    """A file name for a multipart upload: any non-empty text but ``.`` and ``..``.
+
+    The server decides what else it accepts (``sub/dir.txt``, ``a\\b``, ``v1..2``); only
+    line breaks and NUL, which a MIME header cannot carry, are refused here.
+    """
     value = _check_str(value, name)
-    if "/" in value or "\\" in value or ".." in value or "\x00" in value:
-        raise InvalidInputError(
-            f"{name} {value!r} must be a plain file name (no '/', '\\' or '..')"
-        )
-    if "\r" in value or "\n" in value:
-        raise InvalidInputError(f"{name} {value!r} must not contain line breaks")
+    if value in (".", ".."):
+        raise InvalidInputError(f"{name} must not be {value!r}: it names no file")
+    if "\r" in value or "\n" in value or "\x00" in value:
+        raise InvalidInputError(f"{name} {value!r} must not contain line breaks or NUL")
     return value
 
 
@@ -1449,29 +1464,65 @@ _TRANSPORT_ERRORS: Final = (aiohttp.ClientError, asyncio.TimeoutError, TimeoutEr
 # Uploads --------------------------------------------------------------------
 
 _UPLOAD_CHUNK: Final = 256 * 1024
-FileInput = Union[
-    str, "os.PathLike[str]", bytes, bytearray, memoryview, io.IOBase, AsyncIterable[bytes]
+
+
+class _ReadsBytes(Protocol):
+    """A binary file: ``read(size)`` returns bytes (``BinaryIO``, ``IO[bytes]``, ...)."""
+
+    def read(self, size: int, /) -> bytes: ...
+
+
+FileInput: TypeAlias = Union[
+    str,
+    "os.PathLike[str]",
+    bytes,
+    bytearray,
+    memoryview,
+    _ReadsBytes,
+    AsyncIterable[bytes],
+    Iterable[bytes],
 ]
-"""What :meth:`AsyncMix.upload_session_file` accepts."""
+"""What :meth:`AsyncMix.upload_session_file` accepts: a path, bytes, a file opened in
+binary mode (``BinaryIO``, ``IO[bytes]``, ``SpooledTemporaryFile[bytes]``, ``BytesIO``...),
+or an async or plain iterator of bytes. Text files (``TextIO``) are refused."""
+
+ProgressCallback: TypeAlias = Callable[[int, int | None], object]
+"""``progress(done, total)``: bytes moved so far and the total when known (else ``None``)."""
 
 
 class _Upload:
     """A multipart/form-data body with one part named ``file``, streamed in chunks."""
 
-    def __init__(self, file: Any, filename: str | None, content_type: str | None) -> None:
+    def __init__(
+        self,
+        file: Any,
+        filename: str | None,
+        content_type: str | None,
+        progress: ProgressCallback | None = None,
+    ) -> None:
         self.path: str | None = None
         self.fileobj: Any = None
         self.data: bytes | memoryview | None = None
-        self.aiter: AsyncIterable[bytes] | None = None
+        self.aiter: AsyncIterator[Any] | None = None
+        self.iter: Iterator[Any] | None = None
+        self.first: bytes | None = None
+        """A stream's first chunk, pulled (and checked) before anything is sent."""
+        self.failure: Exception | None = None
+        """What went wrong inside the body (a chunk of text, the progress callback)."""
+        self.progress = progress
         self.start = 0
         size: int | None = None
         name = filename
+        if progress is not None and not callable(progress):
+            raise InvalidInputError("upload_session_file: progress must be callable")
         if isinstance(file, Mapping):  # the original SDK's {"file_name": ..., "content": ...}
             name = name or file.get("file_name")
             content_type = content_type or file.get("content_type")
             file = file.get("content")
         if isinstance(file, (str, os.PathLike)):
             path = os.fspath(file)
+            if not isinstance(path, str):
+                raise InvalidInputError("upload_session_file: a path must be text, not bytes")
             if not os.path.exists(path):
                 raise InvalidInputError(f"upload_session_file: no such file: {path!r}")
             if not os.path.isfile(path):
@@ -1482,6 +1533,10 @@ class _Upload:
         elif isinstance(file, (bytes, bytearray, memoryview)):
             self.data = file if isinstance(file, bytes) else memoryview(file).cast("B")
             size = len(self.data)
+        elif isinstance(file, io.TextIOBase):
+            raise InvalidInputError(
+                "upload_session_file: the file is open in text mode; open it in binary mode ('rb')"
+            )
         elif hasattr(file, "read"):
             self.fileobj = file
             if name is None and isinstance(getattr(file, "name", None), str):
@@ -1493,10 +1548,12 @@ class _Upload:
                 file.seek(self.start)
                 size = end - self.start
         elif isinstance(file, AsyncIterable):
-            self.aiter = file
+            self.aiter = aiter(file)
+        elif isinstance(file, Iterable) and not isinstance(file, (str, Mapping)):
+            self.iter = iter(file)
         else:
             raise InvalidInputError(
-                "upload_session_file: file must be a path, bytes, a binary file or an async "
+                "upload_session_file: file must be a path, bytes, a binary file or an "
                 f"iterator of bytes, not {type(file).__name__}"
             )
         if name is None:
@@ -1511,13 +1568,48 @@ class _Upload:
             f"Content-Type: {ctype}\r\n\r\n"
         ).encode()
         self.tail = f"\r\n--{self.boundary}--\r\n".encode()
+        self.data_size = size
         self.size = None if size is None else len(self.head) + size + len(self.tail)
-        self.replayable = self.aiter is None and (self.fileobj is None or size is not None)
+        self.replayable = (
+            self.aiter is None and self.iter is None and (self.fileobj is None or size is not None)
+        )
         self.used = False
 
     @property
     def content_type(self) -> str:
         return f"multipart/form-data; boundary={self.boundary}"
+
+    async def prime(self) -> None:
+        """Read a stream's first chunk now, so text instead of bytes fails before sending."""
+        loop = asyncio.get_running_loop()
+        if self.fileobj is not None:
+            first = self._check(await loop.run_in_executor(None, self.fileobj.read, _UPLOAD_CHUNK))
+            if self.size is not None:  # seekable: every attempt reads from the start
+                await loop.run_in_executor(None, self.fileobj.seek, self.start)
+            else:
+                self.first = first
+        elif self.aiter is not None:
+            try:
+                self.first = self._check(await anext(self.aiter))
+            except StopAsyncIteration:
+                self.first = b""
+        elif self.iter is not None:
+            item = await loop.run_in_executor(None, next, self.iter, _END)
+            self.first = b"" if item is _END else self._check(item)
+
+    def _check(self, chunk: object) -> bytes:
+        if isinstance(chunk, bytes):
+            return chunk
+        if isinstance(chunk, (bytearray, memoryview)):
+            return bytes(chunk)
+        if self.fileobj is not None:
+            raise InvalidInputError(
+                "upload_session_file: the file must be opened in binary mode ('rb'); its "
+                f"read() returned {type(chunk).__name__}"
+            )
+        raise InvalidInputError(
+            f"upload_session_file: the iterator must yield bytes, not {type(chunk).__name__}"
+        )
 
     def body(self) -> AsyncIterator[bytes]:
         if self.used and not self.replayable:
@@ -1526,11 +1618,29 @@ class _Upload:
         return self._chunks()
 
     async def _chunks(self) -> AsyncIterator[bytes]:
-        yield self.head
+        progress, total, done = self.progress, self.data_size, 0
+        try:
+            if progress is not None:
+                progress(0, total)
+            yield self.head
+            async for chunk in self._data():
+                yield chunk
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, total)
+            yield self.tail
+        except Exception as exc:
+            # aiohttp reports any failure of the body as a connection error; keep the
+            # real one for the caller.
+            self.failure = exc
+            raise
+
+    async def _data(self) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        first, self.first = self.first, None
         if self.data is not None:
             yield self.data if isinstance(self.data, bytes) else bytes(self.data)
         elif self.path is not None:
-            loop = asyncio.get_running_loop()
             f = await loop.run_in_executor(None, open, self.path, "rb")
             try:
                 while chunk := await loop.run_in_executor(None, f.read, _UPLOAD_CHUNK):
@@ -1539,26 +1649,28 @@ class _Upload:
                 f.close()
         elif self.fileobj is not None:
             f = self.fileobj
-            loop = asyncio.get_running_loop()
-            if self.size is not None:
-                f.seek(self.start)
-            while True:
-                chunk = await loop.run_in_executor(None, f.read, _UPLOAD_CHUNK)
-                if not chunk:
-                    break
-                if not isinstance(chunk, (bytes, bytearray)):
-                    raise InvalidInputError(
-                        "upload_session_file: the file must be opened in binary mode"
-                    )
-                yield bytes(chunk)
+            if first:
+                yield first
+            elif first is None and self.size is not None:
+                await loop.run_in_executor(None, f.seek, self.start)
+            if first != b"":
+                while chunk := self._check(await loop.run_in_executor(None, f.read, _UPLOAD_CHUNK)):
+                    yield chunk
         elif self.aiter is not None:
-            async for chunk in self.aiter:
-                if not isinstance(chunk, (bytes, bytearray, memoryview)):
-                    raise InvalidInputError(
-                        "upload_session_file: the async iterator must yield bytes"
-                    )
-                yield bytes(chunk)
-        yield self.tail
+            if first:
+                yield first
+            async for item in self.aiter:
+                if chunk := self._check(item):
+                    yield chunk
+        elif self.iter is not None:
+            if first:
+                yield first
+            while (item := await loop.run_in_executor(None, next, self.iter, _END)) is not _END:
+                if chunk := self._check(item):
+                    yield chunk
+
+
+_END: Final = object()
 
 
 # ---------------------------------------------------------------------------
@@ -2922,6 +3034,8 @@ class AsyncMix:
                     skip_auto_headers=op.skip_headers if data is None else None,
                 )
             except _TRANSPORT_ERRORS as exc:
+                if upload is not None and upload.failure is not None:
+                    raise upload.failure from None  # bad chunk or progress callback: no retry
                 error, unsent = _connection_error(exc, method, url_text)
                 replayable = upload is None or upload.replayable
                 retry = (
@@ -3335,29 +3449,36 @@ class AsyncMix:
         *,
         filename: str | None = None,
         content_type: str | None = None,
+        progress: ProgressCallback | None = None,
         **opts: Unpack[RequestOptions],
     ) -> FileInfo:
         """Upload a file (``POST /api/sessions/{id}/files/upload``), streamed in chunks.
 
-        ``file`` is a path, bytes, an open binary file or an async iterator of bytes.
-        ``filename`` defaults to the path's or file's name; bytes and iterators need it.
-        A path, bytes or a seekable file may be retried; other streams never are.
+        ``file`` is a path, bytes, a file opened in binary mode, or an async or plain
+        iterator of bytes. ``filename`` defaults to the path's or file's name; bytes and
+        iterators need it. A path, bytes or a seekable file may be retried; other streams
+        never are. A stream's first chunk is read before the request starts, so a text
+        file or an iterator of ``str`` raises :class:`InvalidInputError` with nothing sent.
+        ``progress(done, total)`` is called on the event loop as the file's bytes go out.
         """
         path = f"/api/sessions/{_segment(id, 'id')}/files/upload"
-        upload = _Upload(file, filename, content_type)
+        upload = _Upload(file, filename, content_type, progress)
+        if opts:
+            opts = _options(opts, _upload_session_file)  # before a stream is touched
+        await upload.prime()
         return await self._call(_upload_session_file, path, opts, upload=upload)
 
     async def delete_session_file(
         self, id: str, filename: str, **opts: Unpack[RequestOptions]
     ) -> None:
         """Delete a file (``DELETE /api/sessions/{id}/files/{filename}``)."""
-        path = f"/api/sessions/{_segment(id, 'id')}/files/{_segment(_check_file_name(filename), 'filename')}"
+        path = f"/api/sessions/{_segment(id, 'id')}/files/{_segment(filename, 'filename')}"
         await self._call(_delete_session_file, path, opts)
 
     def _file_path(
         self, id: str, filename: str, thumb: str | None, time: float | None
     ) -> tuple[str, str]:
-        path = f"/api/sessions/{_segment(id, 'id')}/files/{_segment(_check_file_name(filename), 'filename')}"
+        path = f"/api/sessions/{_segment(id, 'id')}/files/{_segment(filename, 'filename')}"
         if thumb is not None and (not isinstance(thumb, str) or not _THUMB.fullmatch(thumb)):
             raise InvalidInputError(f"thumb must look like '100', 'w100' or 'h100', not {thumb!r}")
         if time is not None and (
@@ -3375,38 +3496,50 @@ class AsyncMix:
         *,
         thumb: str | None = None,
         time: float | None = None,
+        progress: ProgressCallback | None = None,
         **opts: Unpack[RequestOptions],
     ) -> bytes:
         """A file's bytes, or a thumbnail of it (``GET /api/sessions/{id}/files/{filename}``).
 
-        For large files use :meth:`download_session_file` or :meth:`iter_session_file`.
+        Memory follows the bytes that arrive, whatever ``Content-Length`` claims. For
+        large files, or the response's headers, use :meth:`download_session_file` or
+        :meth:`iter_session_file`. ``progress(done, total)`` is called as bytes arrive.
         """
         path, query = self._file_path(id, filename, thumb, time)
+        _check_progress(progress)
         resp, _ = await self._request(
             _get_session_file, path, opts, query=query, stream=True, extra_headers=_ANY_CONTENT
         )
+        total = _body_length(resp)
+        received = 0
+        in_callback = False
         try:
-            size = resp.content_length
+            # No allocation up front at the announced size: a server may announce 1 PiB.
+            # BytesIO grows in place as chunks arrive and hands its buffer over at the end.
             buf = io.BytesIO()
-            if size:
-                # Allocate once at the final size so the result needs no copy.
-                buf.seek(size - 1)
-                buf.write(b"\0")
-                buf.seek(0)
+            if progress is not None:
+                in_callback = True
+                progress(0, total)
+                in_callback = False
             since_yield = 0
             async for chunk in resp.content.iter_any():
                 buf.write(chunk)
+                received += len(chunk)
+                if progress is not None:
+                    in_callback = True
+                    progress(received, total)
+                    in_callback = False
                 since_yield += len(chunk)
                 if since_yield >= _YIELD_EVERY:
                     # A fast server keeps the buffer full, so reading never waits: let
                     # the loop's other tasks run now and then.
                     since_yield = 0
                     await asyncio.sleep(0)
-            buf.truncate()
             return buf.getvalue()
         except _TRANSPORT_ERRORS as exc:
-            error, _ = _connection_error(exc, "GET", str(resp.url))
-            raise error from exc
+            if in_callback:  # the progress callback's own error
+                raise
+            raise _body_error(exc, resp, received, total) from exc
         finally:
             resp.close()
 
@@ -3418,16 +3551,21 @@ class AsyncMix:
         thumb: str | None = None,
         time: float | None = None,
         chunk_size: int = 1 << 20,
+        progress: ProgressCallback | None = None,
         **opts: Unpack[RequestOptions],
     ) -> FileDownload:
         """Stream a file in chunks with constant memory.
 
         ``async with mix.iter_session_file(sid, "a.mp4") as chunks: async for c in chunks: ...``
+
+        Once open (``async with``, or after the first chunk), the download carries
+        ``content_type``, ``content_length`` (``None`` when unknown) and ``headers``.
         """
         path, query = self._file_path(id, filename, thumb, time)
         _check_int(chunk_size, "chunk_size", 1)
+        _check_progress(progress)
         opts = _options(opts, "iter_session_file")
-        return FileDownload(self, path, query, chunk_size, opts)
+        return FileDownload(self, path, query, chunk_size, opts, progress)
 
     async def download_session_file(
         self,
@@ -3437,23 +3575,41 @@ class AsyncMix:
         *,
         thumb: str | None = None,
         time: float | None = None,
+        progress: ProgressCallback | None = None,
         **opts: Unpack[RequestOptions],
-    ) -> int:
-        """Save a file to ``dest`` with constant memory; returns the number of bytes written."""
+    ) -> DownloadedFile:
+        """Save a file to ``dest`` with constant memory.
+
+        Returns the number of bytes written, as a :class:`DownloadedFile` (an ``int`` that
+        also carries ``path``, ``content_type``, ``content_length`` and ``headers``). The
+        bytes go to a temporary file beside ``dest``, renamed over it once complete: if
+        the transfer fails, an existing ``dest`` is untouched and nothing is left behind.
+        A directory as ``dest`` receives the file under the last part of ``filename``.
+        """
         target = os.fspath(dest)
         if os.path.isdir(target):  # noqa: ASYNC240 (a stat; cheap)
-            target = os.path.join(target, filename)
-        async with self.iter_session_file(id, filename, thumb=thumb, time=time, **opts) as chunks:
+            target = os.path.join(target, _local_name(filename))
+        async with self.iter_session_file(
+            id, filename, thumb=thumb, time=time, progress=progress, **opts
+        ) as chunks:
             loop = asyncio.get_running_loop()
-            f = await loop.run_in_executor(None, open, target, "wb")
+            tmp, f = await loop.run_in_executor(None, _open_temp, target)
             written = 0
             try:
                 async for chunk in chunks:
                     await loop.run_in_executor(None, f.write, chunk)
                     written += len(chunk)
-            finally:
-                await loop.run_in_executor(None, f.close)
-        return written
+                await loop.run_in_executor(None, _finish_temp, f, tmp, target)
+            except BaseException:
+                _discard_temp(f, tmp)
+                raise
+            return DownloadedFile(
+                written,
+                path=target,
+                content_type=chunks.content_type,
+                content_length=chunks.content_length,
+                headers=chunks.headers,
+            )
 
     # Streaming ---------------------------------------------------------------------
 
@@ -3751,23 +3907,150 @@ _YIELD_EVERY: Final = 4 << 20
 _THUMB: Final = re.compile(r"\d+|w\d+|h\d+")
 
 
+def _check_progress(progress: object) -> None:
+    if progress is not None and not callable(progress):
+        raise InvalidInputError(f"progress must be callable, not {type(progress).__name__}")
+
+
+def _body_length(resp: aiohttp.ClientResponse) -> int | None:
+    """How many bytes the body will have, when the response says (and is not compressed)."""
+    if resp.headers.get("Content-Encoding", "identity").lower() not in ("", "identity"):
+        return None
+    return resp.content_length
+
+
+def _body_error(
+    exc: BaseException, resp: aiohttp.ClientResponse, received: int, total: int | None
+) -> APIConnectionError:
+    url = str(resp.url)
+    method = resp.method
+    if total is not None and received < total and isinstance(exc, aiohttp.ClientPayloadError):
+        return APIConnectionError(
+            f"{method} {url}: the response ended after {received} of the {total} bytes "
+            "its Content-Length announced",
+            method=method,
+            url=url,
+        )
+    error, _ = _connection_error(exc, method, url)
+    return error
+
+
+def _local_name(filename: str) -> str:
+    """Where ``download_session_file`` puts ``filename`` inside a directory."""
+    name = re.split(r"[/\\]", _check_str(filename, "filename"))[-1]
+    if name in ("", ".", ".."):
+        raise InvalidInputError(
+            f"download_session_file: {filename!r} has no file name to save under; "
+            "pass the full destination path"
+        )
+    return name
+
+
+def _open_temp(target: str) -> tuple[str, io.BufferedWriter]:
+    """A new file beside ``target`` (its link's target), with ``target``'s permissions."""
+    real = os.path.realpath(target) if os.path.islink(target) else target
+    folder, base = os.path.split(real)
+    while True:
+        tmp = os.path.join(folder, f".{base[:40]}.{os.urandom(6).hex()}.part")
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+            fd = os.open(tmp, flags, 0o666)  # the umask applies, as with open(..., "wb")
+        except FileExistsError:
+            continue
+        break
+    try:
+        with contextlib.suppress(OSError):
+            os.chmod(fd if os.chmod in os.supports_fd else tmp, os.stat(real).st_mode & 0o7777)
+        return tmp, open(fd, "wb")
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+
+
+def _finish_temp(f: io.BufferedWriter, tmp: str, target: str) -> None:
+    f.close()
+    real = os.path.realpath(target) if os.path.islink(target) else target
+    os.replace(tmp, real)
+
+
+def _discard_temp(f: io.BufferedWriter, tmp: str) -> None:
+    with contextlib.suppress(OSError):
+        f.close()
+    with contextlib.suppress(OSError):
+        os.unlink(tmp)
+
+
+class DownloadedFile(int):
+    """What :meth:`AsyncMix.download_session_file` returns: the number of bytes written
+    (an ``int``, as before), which also says where they went and what the server said."""
+
+    path: str
+    """The file written (``dest``, or ``dest/<name>`` when ``dest`` is a directory)."""
+    content_type: str | None
+    content_length: int | None
+    """The announced size; ``None`` when the server did not say (or compressed the body)."""
+    headers: Mapping[str, str]
+    """The response headers (case-insensitive)."""
+
+    def __new__(
+        cls,
+        size: int,
+        *,
+        path: str,
+        content_type: str | None,
+        content_length: int | None,
+        headers: Mapping[str, str],
+    ) -> DownloadedFile:
+        self = super().__new__(cls, size)
+        self.path = path
+        self.content_type = content_type
+        self.content_length = content_length
+        self.headers = headers
+        return self
+
+    @property
+    def size(self) -> int:
+        """The number of bytes written."""
+        return int(self)
+
+
+_NO_HEADERS: Final[Mapping[str, str]] = {}
+
+
 class FileDownload:
-    """A file being downloaded: an async context manager and async iterator of chunks."""
+    """A file being downloaded: an async context manager and async iterator of chunks.
+
+    Once the response has arrived (``async with``, or the first chunk), it carries
+    ``content_type``, ``content_length`` (``None`` when unknown) and ``headers``.
+    """
 
     def __init__(
-        self, client: AsyncMix, path: str, query: str, chunk_size: int, opts: RequestOptions
+        self,
+        client: AsyncMix,
+        path: str,
+        query: str,
+        chunk_size: int,
+        opts: RequestOptions,
+        progress: ProgressCallback | None = None,
     ) -> None:
-        if chunk_size < 1:
-            raise InvalidInputError("chunk_size must be >= 1")
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise InvalidInputError("chunk_size must be an int >= 1")
         self._client = client
         self._path = path
         self._query = query
         self._chunk_size = chunk_size
         self._opts = opts
+        self._progress = progress
         self._resp: aiohttp.ClientResponse | None = None
         self._done = False
+        self.received = 0
+        """Bytes of the body read so far."""
         self.content_type: str | None = None
         self.content_length: int | None = None
+        """The body's size as announced; ``None`` when unknown (or compressed)."""
+        self.headers: Mapping[str, str] = _NO_HEADERS
+        """The response headers (case-insensitive); empty until the response arrived."""
 
     async def _open(self) -> aiohttp.ClientResponse:
         if self._resp is None:
@@ -3781,7 +4064,10 @@ class FileDownload:
             )
             self._resp = resp
             self.content_type = resp.content_type
-            self.content_length = resp.content_length
+            self.content_length = _body_length(resp)
+            self.headers = resp.headers
+            if self._progress is not None:
+                self._progress(0, self.content_length)
         return self._resp
 
     async def __aenter__(self) -> Self:
@@ -3812,14 +4098,20 @@ class FileDownload:
             chunk = await resp.content.read(self._chunk_size)
         except _TRANSPORT_ERRORS as exc:
             await self.aclose()
-            error, _ = _connection_error(exc, "GET", str(resp.url))
-            raise error from exc
+            raise _body_error(exc, resp, self.received, self.content_length) from exc
         except BaseException:
             await self.aclose()
             raise
         if not chunk:
             await self.aclose()
             raise StopAsyncIteration
+        self.received += len(chunk)
+        if self._progress is not None:
+            try:
+                self._progress(self.received, self.content_length)
+            except BaseException:
+                await self.aclose()
+                raise
         return chunk
 
 
@@ -3924,6 +4216,34 @@ class SyncStream(Generic[T]):
             self._runner.run(aclose())
 
 
+class SyncFileDownload(SyncStream[bytes]):
+    """:meth:`Mix.iter_session_file`: a blocking iterator of chunks, with the download's
+    ``content_type``, ``content_length`` and ``headers`` once open (``with``, or after
+    the first chunk)."""
+
+    _stream: FileDownload
+
+    def __enter__(self) -> SyncFileDownload:
+        super().__enter__()
+        return self
+
+    @property
+    def content_type(self) -> str | None:
+        return self._stream.content_type
+
+    @property
+    def content_length(self) -> int | None:
+        return self._stream.content_length
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._stream.headers
+
+    @property
+    def received(self) -> int:
+        return self._stream.received
+
+
 def _without_self(fn: Callable[..., Any]) -> inspect.Signature:
     """``fn``'s signature without its first parameter (what ``Mix``'s methods take)."""
     sig = inspect.signature(fn)
@@ -3992,6 +4312,38 @@ class _SyncIterMethod(Generic[P, T]):
             except TypeError as exc:
                 raise _as_mix_error(exc) from None
             return SyncStream(runner, stream)
+
+        call.__signature__ = self._signature  # type: ignore[attr-defined]
+        return call
+
+
+class _SyncDownloadMethod(Generic[P]):
+    """``AsyncMix.iter_session_file`` as a blocking method returning a :class:`SyncFileDownload`."""
+
+    def __init__(self, fn: Callable[Concatenate[AsyncMix, P], FileDownload]) -> None:
+        self._fn = fn
+        self.__doc__ = fn.__doc__
+        self.__name__ = fn.__name__
+        self._signature = _without_self(fn).replace(return_annotation="SyncFileDownload")
+
+    @overload
+    def __get__(self, obj: None, owner: type[Any]) -> _SyncDownloadMethod[P]: ...
+    @overload
+    def __get__(self, obj: Mix, owner: type[Any]) -> Callable[P, SyncFileDownload]: ...
+    def __get__(
+        self, obj: Mix | None, owner: type[Any]
+    ) -> _SyncDownloadMethod[P] | Callable[P, SyncFileDownload]:
+        if obj is None:
+            return self
+        fn, client, runner = self._fn, obj._client, obj._runner
+
+        @functools.wraps(fn)
+        def call(*args: P.args, **kwargs: P.kwargs) -> SyncFileDownload:
+            try:
+                download = fn(client, *args, **kwargs)
+            except TypeError as exc:  # a missing or extra argument: name Mix, not AsyncMix
+                raise _as_mix_error(exc) from None
+            return SyncFileDownload(runner, download)
 
         call.__signature__ = self._signature  # type: ignore[attr-defined]
         return call
@@ -4115,7 +4467,7 @@ class Mix:
     delete_session_file = _SyncMethod(AsyncMix.delete_session_file)
     get_session_file = _SyncMethod(AsyncMix.get_session_file)
     download_session_file = _SyncMethod(AsyncMix.download_session_file)
-    iter_session_file = _SyncIterMethod(AsyncMix.iter_session_file)
+    iter_session_file = _SyncDownloadMethod(AsyncMix.iter_session_file)
     stream_events = _SyncIterMethod(AsyncMix.stream_events)
     query = _SyncIterMethod(AsyncMix.query)
     send_and_wait = _SyncMethod(AsyncMix.send_and_wait)

@@ -104,10 +104,10 @@ PATH_VALUES = [
     "plain-id",
 ]
 
-# File names (the filename path parameter): the client refuses '/', '\\' and '..'
-# in them, as a file name cannot hold those; everything else must round-trip.
-FILE_VALUES = [v for v in PATH_VALUES if not any(bad in v for bad in ("/", "\\", ".."))]
-FILE_VALUES += ["dot.", ".hidden", "name.tar.gz"]
+# File names (the filename path parameter): the server decides what it accepts, so
+# '/', '\\' and '..' inside a name go out as one percent-encoded segment like everything
+# else; only the dot segments '.' and '..' themselves are refused by the client.
+FILE_VALUES = [*PATH_VALUES, "dot.", ".hidden", "name.tar.gz", "v1..2.txt", "../up", "..."]
 
 # JSON string values: escapes, unicode, characters HTML-escaping servers touch.
 TEXT_VALUES = [
@@ -143,6 +143,7 @@ UPLOAD_NAMES = [
     "with space.txt",
     "semi;colon=1,comma.bin",
     "plain.bin",
+    "v1..2.bin",
     "percent%41.bin",
     "+plus & amp.dat",
     'quote"d name.bin',

@@ -1322,8 +1322,9 @@ async def test_query_strings(
         lambda c: c.get_session_file("s", "f", thumb="x1"),
         lambda c: c.get_session_file("s", "f", time=-1),
         lambda c: c.get_session_file("s", "f", time=True),
-        lambda c: c.get_session_file("s", "a/b"),
         lambda c: c.get_session_file("s", ".."),
+        lambda c: c.get_session_file("s", "."),
+        lambda c: c.get_session(".."),
         lambda c: c.get_session(""),
         lambda c: c.get_session(5),
         lambda c: c.get_message_history(limit=0),
@@ -1331,7 +1332,7 @@ async def test_query_strings(
         lambda c: c.send_message("s", text=""),
         lambda c: c.send_message("s", text="x", max_steps=0),
         lambda c: c.fork_session("s", message_index=0),
-        lambda c: c.delete_session_file("s", "../x"),
+        lambda c: c.delete_session_file("s", ".."),
     ],
 )
 async def test_invalid_arguments_send_nothing(
@@ -1355,8 +1356,9 @@ WEIRD = [
     ("a b", "a%20b"),
     ("café", "caf%C3%A9"),
     ("日本", "%E6%97%A5%E6%9C%AC"),
-    ("..", "%2E%2E"),
-    (".", "%2E"),
+    ("..x", "..x"),
+    ("a/../b", "a%2F..%2Fb"),
+    ("a\\b", "a%5Cb"),
     ("a+b&c=d;e", "a%2Bb%26c%3Dd%3Be"),
     (ODD, ODD_ENC),
 ]
@@ -1375,17 +1377,14 @@ async def test_path_parameter_is_one_intact_segment(
     assert rec.match == {"id": value}
 
 
-@pytest.mark.parametrize(
-    ("value", "encoded"), [w for w in WEIRD if "/" not in w[0] and ".." not in w[0]]
-)
+@pytest.mark.parametrize(("value", "encoded"), WEIRD)
 async def test_file_name_and_id_are_intact_segments(
     server: LoopbackServer, client: AsyncMix, value: str, encoded: str
 ) -> None:
     server.default = Reply(204)
     await client.delete_session_file(value, value + "x")
     rec = server.requests[0]
-    encoded_name = ".x" if value == "." else encoded + "x"  # only a bare "." needs %2E
-    assert rec.raw_path == f"/api/sessions/{encoded}/files/{encoded_name}"
+    assert rec.raw_path == f"/api/sessions/{encoded}/files/{encoded}x"
     assert rec.route == "/api/sessions/{id}/files/{filename}"
     assert rec.match == {"id": value, "filename": value + "x"}
 
@@ -2269,10 +2268,8 @@ async def test_upload_filename_with_quote(
         lambda tmp: (str(tmp / "missing.txt"), {}),
         lambda tmp: (tmp / "missing.txt", {}),
         lambda tmp: (str(tmp), {}),
-        lambda tmp: (b"x", {"filename": "a/b.txt"}),
-        lambda tmp: (b"x", {"filename": "..\\b.txt"}),
-        lambda tmp: (b"x", {"filename": "../b.txt"}),
         lambda tmp: (b"x", {"filename": ".."}),
+        lambda tmp: (b"x", {"filename": "."}),
         lambda tmp: (b"x", {"filename": ""}),
         lambda tmp: (b"x", {"filename": "a\nb"}),
         lambda tmp: (b"x", {}),
@@ -2880,6 +2877,7 @@ async def test_download_to_bytes_lets_other_tasks_run(monkeypatch: pytest.Monkey
     class Response:
         content = Content()
         content_length = 16 << 20
+        headers: dict[str, str] = {}  # noqa: RUF012
         url = "http://test/file"
 
         def close(self) -> None:
