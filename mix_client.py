@@ -1602,6 +1602,13 @@ class _Upload:
             return chunk
         if isinstance(chunk, (bytearray, memoryview)):
             return bytes(chunk)
+        if inspect.isawaitable(chunk):
+            if inspect.iscoroutine(chunk):
+                chunk.close()  # never awaited: no warning
+            raise InvalidInputError(
+                "upload_session_file: this file's read() is async; pass an async iterator "
+                "of bytes instead"
+            )
         if self.fileobj is not None:
             raise InvalidInputError(
                 "upload_session_file: the file must be opened in binary mode ('rb'); its "
@@ -3981,6 +3988,9 @@ def _discard_temp(f: io.BufferedWriter, tmp: str) -> None:
         os.unlink(tmp)
 
 
+_NO_HEADERS: Final[Mapping[str, str]] = {}
+
+
 class DownloadedFile(int):
     """What :meth:`AsyncMix.download_session_file` returns: the number of bytes written
     (an ``int``, as before), which also says where they went and what the server said."""
@@ -3997,10 +4007,10 @@ class DownloadedFile(int):
         cls,
         size: int,
         *,
-        path: str,
-        content_type: str | None,
-        content_length: int | None,
-        headers: Mapping[str, str],
+        path: str = "",
+        content_type: str | None = None,
+        content_length: int | None = None,
+        headers: Mapping[str, str] = _NO_HEADERS,
     ) -> DownloadedFile:
         self = super().__new__(cls, size)
         self.path = path
@@ -4013,9 +4023,6 @@ class DownloadedFile(int):
     def size(self) -> int:
         """The number of bytes written."""
         return int(self)
-
-
-_NO_HEADERS: Final[Mapping[str, str]] = {}
 
 
 class FileDownload:

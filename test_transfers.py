@@ -598,6 +598,17 @@ async def test_download_session_file_returns_path_and_metadata(
     assert str(result) == "5"
 
 
+async def test_async_reader_gets_a_clear_error(tmp_path: Path) -> None:
+    class AsyncReader:  # aiofiles-like: read() is a coroutine
+        async def read(self, size: int = -1) -> bytes:
+            return b"x"
+
+    async with RawServer(_never) as srv, AsyncMix(srv.url) as mix:
+        with pytest.raises(InvalidInputError, match="read\\(\\) is async"):
+            await mix.upload_session_file("s1", AsyncReader(), filename="a.bin")
+    assert srv.connections == 0
+
+
 def test_blocking_iter_session_file_carries_metadata(
     server: LoopbackServer, tmp_path: Path
 ) -> None:
