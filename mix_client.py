@@ -1542,11 +1542,16 @@ class _Upload:
             if name is None and isinstance(getattr(file, "name", None), str):
                 name = os.path.basename(file.name)
             seekable = getattr(file, "seekable", None)
-            if seekable is not None and seekable():
-                self.start = file.tell()
-                end = file.seek(0, io.SEEK_END)
-                file.seek(self.start)
-                size = end - self.start
+            try:
+                if seekable is not None and seekable():
+                    self.start = file.tell()
+                    end = file.seek(0, io.SEEK_END)
+                    file.seek(self.start)
+                    size = end - self.start
+            except ValueError as exc:  # a closed file
+                raise InvalidInputError(
+                    f"upload_session_file: cannot read the file: {exc}"
+                ) from exc
         elif isinstance(file, AsyncIterable):
             self.aiter = aiter(file)
         elif isinstance(file, Iterable) and not isinstance(file, (str, Mapping)):
@@ -1583,7 +1588,13 @@ class _Upload:
         """Read a stream's first chunk now, so text instead of bytes fails before sending."""
         loop = asyncio.get_running_loop()
         if self.fileobj is not None:
-            first = self._check(await loop.run_in_executor(None, self.fileobj.read, _UPLOAD_CHUNK))
+            try:
+                chunk = await loop.run_in_executor(None, self.fileobj.read, _UPLOAD_CHUNK)
+            except ValueError as exc:  # a closed file, a file opened for writing only
+                raise InvalidInputError(
+                    f"upload_session_file: cannot read the file: {exc}"
+                ) from exc
+            first = self._check(chunk)
             if self.size is not None:  # seekable: every attempt reads from the start
                 await loop.run_in_executor(None, self.fileobj.seek, self.start)
             else:
@@ -4074,7 +4085,11 @@ class FileDownload:
             self.content_length = _body_length(resp)
             self.headers = resp.headers
             if self._progress is not None:
-                self._progress(0, self.content_length)
+                try:
+                    self._progress(0, self.content_length)
+                except BaseException:
+                    await self.aclose()
+                    raise
         return self._resp
 
     async def __aenter__(self) -> Self:

@@ -598,6 +598,19 @@ async def test_download_session_file_returns_path_and_metadata(
     assert str(result) == "5"
 
 
+async def test_unreadable_files_are_invalid_input(tmp_path: Path) -> None:
+    path = tmp_path / "w.bin"
+    async with RawServer(_never) as srv, AsyncMix(srv.url) as mix:
+        with (  # opened for writing only
+            path.open("wb") as f,
+            pytest.raises(InvalidInputError, match="cannot read"),
+        ):
+            await mix.upload_session_file("s1", f)
+        with pytest.raises(InvalidInputError, match="cannot read"):
+            await mix.upload_session_file("s1", f)  # closed
+    assert srv.connections == 0
+
+
 async def test_async_reader_gets_a_clear_error(tmp_path: Path) -> None:
     class AsyncReader:  # aiofiles-like: read() is a coroutine
         async def read(self, size: int = -1) -> bytes:
