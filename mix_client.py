@@ -1513,8 +1513,7 @@ class _Upload:
         self.start = 0
         size: int | None = None
         name = filename
-        if progress is not None and not callable(progress):
-            raise InvalidInputError("upload_session_file: progress must be callable")
+        _check_progress(progress)
         if isinstance(file, Mapping):  # the original SDK's {"file_name": ..., "content": ...}
             name = name or file.get("file_name")
             content_type = content_type or file.get("content_type")
@@ -3926,8 +3925,12 @@ _THUMB: Final = re.compile(r"\d+|w\d+|h\d+")
 
 
 def _check_progress(progress: object) -> None:
-    if progress is not None and not callable(progress):
+    if progress is None:
+        return
+    if not callable(progress):
         raise InvalidInputError(f"progress must be callable, not {type(progress).__name__}")
+    if inspect.iscoroutinefunction(progress):
+        raise InvalidInputError("progress must be a plain function, not an async one")
 
 
 def _body_length(resp: aiohttp.ClientResponse) -> int | None:

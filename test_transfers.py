@@ -838,6 +838,14 @@ async def test_progress_must_be_callable(server: LoopbackServer, client: AsyncMi
         await client.get_session_file("s1", "x", progress="no")  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError):
         client.iter_session_file("s1", "x", progress=1)  # type: ignore[arg-type]
+
+    async def async_progress(done: int, total: int | None) -> None:
+        pass
+
+    with pytest.raises(InvalidInputError, match="plain function"):
+        await client.download_session_file("s1", "x", "x", progress=async_progress)
+    with pytest.raises(InvalidInputError, match="plain function"):
+        await client.upload_session_file("s1", b"x", filename="x", progress=async_progress)
     assert server.requests == []
 
 
