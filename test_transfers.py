@@ -35,6 +35,7 @@ from mix_client import (
     DownloadedFile,
     InvalidInputError,
     Mix,
+    MixError,
     NotFoundError,
     SyncFileDownload,
 )
@@ -148,6 +149,23 @@ async def test_get_session_file_petabyte_content_length_is_no_memory_error() -> 
         with pytest.raises(APIConnectionError) as info:
             await asyncio.wait_for(mix.get_session_file("s1", "f.bin", max_retries=0), WAIT)
     assert f"ended after 5 of the {claimed} bytes" in str(info.value)
+
+
+async def test_stalled_short_body_ends_at_the_read_timeout() -> None:
+    """A server that announces more and then goes quiet: the no-progress timeout, no hang."""
+    hang = asyncio.Event()
+    async with (
+        RawServer(announce(1 << 30, b"hello", hang=hang)) as srv,
+        AsyncMix(srv.url) as mix,
+    ):
+        with pytest.raises(MixError):
+            await asyncio.wait_for(
+                mix.get_session_file(
+                    "s1", "f.bin", max_retries=0, timeout=aiohttp.ClientTimeout(sock_read=0.5)
+                ),
+                WAIT,
+            )
+        hang.set()
 
 
 async def test_iter_session_file_short_body_is_a_clear_error() -> None:
