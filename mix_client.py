@@ -3603,6 +3603,8 @@ class AsyncMix:
         the transfer fails, an existing ``dest`` is untouched and nothing is left behind.
         A directory as ``dest`` receives the file under the last part of ``filename``.
         """
+        if opts:
+            opts = _options(opts, "download_session_file")  # errors name this method
         target = os.fspath(dest)
         if os.path.isdir(target):  # noqa: ASYNC240 (a stat; cheap)
             target = os.path.join(target, _local_name(filename))

@@ -849,6 +849,15 @@ async def test_progress_callback_error_aborts_download(
         await client.get_session_file("s1", "keep.bin", progress=progress)
 
 
+async def test_option_errors_name_the_method_called(
+    server: LoopbackServer, client: AsyncMix, tmp_path: Path
+) -> None:
+    with pytest.raises(TypeError, match=r"^download_session_file\(\).*max_retry"):
+        await client.download_session_file("s1", "f", tmp_path / "f", max_retry=0)  # type: ignore[call-arg]
+    assert server.requests == []
+    assert _listing(tmp_path) == []
+
+
 async def test_progress_must_be_callable(server: LoopbackServer, client: AsyncMix) -> None:
     with pytest.raises(InvalidInputError):
         await client.upload_session_file("s1", b"x", filename="x", progress=5)  # type: ignore[arg-type]
