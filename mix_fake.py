@@ -117,7 +117,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # ---------------------------------------------------------------------------
 
 DEFAULT_MAX_UPLOAD_BYTES = 32 * 1024 * 1024
-SSE_RETRY_MS = 5000
+SSE_RETRY_MS = 30000
+"""``retry:`` of ordinary frames (the Go server's value)."""
+SSE_HEARTBEAT_RETRY_MS = 45000
+SSE_ERROR_RETRY_MS = 750
+BUSY_MODES = ("queue", "refuse")
 VERSION = "1.0.0"
 
 LLM_PROVIDERS: dict[str, str] = {
@@ -465,6 +469,7 @@ class _Message:
     input_tokens: int = 0
     output_tokens: int = 0
     cost: float = 0.0
+    finish_reason: str | None = None
 
     def backend(self) -> JSON:
         data: JSON = {
@@ -496,7 +501,8 @@ class _Message:
         }
         if self.role != "user":
             data["model"] = MODEL
-            data["finishReason"] = "end_turn"
+        if self.finish_reason:
+            data["finishReason"] = self.finish_reason
         if self.reasoning:
             data["reasoning"] = self.reasoning
             data["reasoningDuration"] = self.reasoning_duration
@@ -620,6 +626,27 @@ class _Stream:
 
 
 @dataclass
+class _EventRule:
+    event: str
+    remaining: int
+    session_id: str | None = None
+
+
+def _take_event_rule(
+    rules: list[_EventRule], session_id: str | None, event: str, data: JSON
+) -> bool:
+    if not rules or data.get("parentToolCallId"):
+        return False
+    for rule in rules:
+        if rule.remaining > 0 and rule.event == event and rule.session_id in (None, session_id):
+            rule.remaining -= 1
+            if rule.remaining == 0:
+                rules.remove(rule)
+            return True
+    return False
+
+
+@dataclass
 class _Rule:
     kind: str
     key: str
@@ -650,8 +677,20 @@ class MixFake:
         slow_delay: float = 0.2,
         authenticated: bool = True,
         storage_base_path: str = "/tmp/mix/sessions",
+        busy: str = "queue",
+        retry_ms: int = SSE_RETRY_MS,
+        heartbeat_retry_ms: int = SSE_HEARTBEAT_RETRY_MS,
+        error_retry_ms: int = SSE_ERROR_RETRY_MS,
     ) -> None:
+        if busy not in BUSY_MODES:
+            raise ValueError(f"busy must be one of {BUSY_MODES}, not {busy!r}")
         self.host = host
+        self.busy = busy
+        """A message sent while a run is active: ``"queue"`` runs it after the active one,
+        ``"refuse"`` answers 500 naming the busy session (both are real server behaviours)."""
+        self.retry_ms = retry_ms
+        self.heartbeat_retry_ms = heartbeat_retry_ms
+        self.error_retry_ms = error_retry_ms
         self.port = port
         self.heartbeat_interval = heartbeat_interval
         self.max_upload_bytes = max_upload_bytes
@@ -678,6 +717,8 @@ class MixFake:
         self._tasks: set[asyncio.Task[None]] = set()
         self._rules: list[_Rule] = []
         self._cuts: deque[int] = deque()
+        self._cut_before: list[_EventRule] = []
+        self._event_drops: list[_EventRule] = []
         self._disabled: set[str] = set()
         self._counter = itertools.count(1)
         self._runner: web.AppRunner | None = None
@@ -764,6 +805,18 @@ class MixFake:
         """Make the next opened stream drop its connection after ``k`` events."""
         self._cuts.append(k)
 
+    def cut_stream_before(self, event: str, times: int = 1, session_id: str | None = None) -> None:
+        """Drop the connection of a stream (of ``session_id``, or any) instead of writing its
+        next main-agent ``event`` frame (no ``parentToolCallId``): that event is lost for the
+        stream, like a ``complete`` or ``error`` that falls into a reconnect gap. Applies to the
+        next ``times`` such frames."""
+        self._cut_before.append(_EventRule(event, times, session_id))
+
+    def drop_events(self, event: str, times: int = 1, session_id: str | None = None) -> None:
+        """Publish the next ``times`` main-agent ``event`` events (of ``session_id``, or any) to
+        no stream (counted in ``dropped_events``), like events lost while no stream was open."""
+        self._event_drops.append(_EventRule(event, times, session_id))
+
     def disable(self, *operations: str) -> None:
         """Answer 404 for these operations (a server version without the routes)."""
         for op in operations:
@@ -776,6 +829,8 @@ class MixFake:
     def clear_faults(self) -> None:
         self._rules.clear()
         self._cuts.clear()
+        self._cut_before.clear()
+        self._event_drops.clear()
         self._disabled.clear()
 
     def script_reply(self, session_id: str | None, reply: str) -> None:
@@ -850,6 +905,9 @@ class MixFake:
         return session
 
     def _publish(self, session_id: str | None, event: str, data: JSON) -> int:
+        if _take_event_rule(self._event_drops, session_id, event, data):
+            self.dropped_events += 1
+            return 0
         delivered = 0
         for stream in list(self._streams):
             if session_id is not None and stream.session_id != session_id:
@@ -1597,6 +1655,12 @@ class MixFake:
         if text.startswith("/"):
             return self._slash_command(session, text)
         previous = self._runs.get(session.id)
+        if previous is not None and not previous.done() and self.busy == "refuse":
+            raise _APIError(
+                500,
+                f"Failed to send message to agent: session {session.id} is busy",
+                "internal_error",
+            )
         task = asyncio.get_running_loop().create_task(
             self._run_turn(session, text, previous, level != "off"), name=f"mix-turn:{session.id}"
         )
@@ -1632,7 +1696,6 @@ class MixFake:
         return _json_response(
             {
                 "id": f"cmd-{name}",
-                "sessionId": session.id,
                 "role": "assistant",
                 "userInput": text,
                 "assistantResponse": result,
@@ -1826,26 +1889,33 @@ class MixFake:
             await asyncio.wait([previous])
         sid = session.id
         slow = "[slow]" in text
+        # Like the real server, the assistant message is stored as it is written: partial
+        # while the run goes on, with a finish reason (export ``finishReason``) once final.
+        answer: _Message | None = None
         try:
             await asyncio.sleep(0)
             user = _Message(_new_id("msg"), sid, "user", text, time.time())
             session.messages.append(user)
             session.updated_at = user.created_at
+            assistant_id = _new_id("msg")
+            answer = _Message(assistant_id, sid, "assistant", "", time.time())
+            if sid in self._sessions:
+                session.messages.append(answer)
             await self._emit(
                 sid, "user_message_created", {"messageId": user.id, "content": text}, slow
             )
-            assistant_id = _new_id("msg")
             reasoning = ""
             if thinking:
                 for piece in ("Let me think about ", "how to answer this."):
                     reasoning += piece
+                    answer.reasoning = reasoning
                     await self._emit(
                         sid,
                         "thinking",
                         {"content": piece, "assistantMessageId": assistant_id},
                         slow,
                     )
-            calls: list[JSON] = []
+            calls = answer.tool_calls
             if "[tool]" in text:
                 calls.append(
                     await self._tool_call(
@@ -1910,33 +1980,28 @@ class MixFake:
                     slow,
                 )
             if "[error]" in text:
+                answer.finish_reason = "error"
                 await self._emit(
                     sid, "error", {"error": "Scripted agent failure", "type": "agent_error"}, slow
                 )
                 return
             reply = self._next_reply(sid, text)
             for piece in _split(reply, 4):
+                answer.content += piece
                 await self._emit(
                     sid, "content", {"content": piece, "assistantMessageId": assistant_id}, slow
                 )
             prompt_tokens = 10 + len(text.split())
             completion_tokens = 5 + len(reply.split())
             cost = round((prompt_tokens * 3 + completion_tokens * 15) / 1_000_000, 6)
-            answer = _Message(
-                assistant_id,
-                sid,
-                "assistant",
-                reply,
-                time.time(),
-                reasoning=reasoning,
-                reasoning_duration=1200 if reasoning else 0,
-                tool_calls=calls,
-                input_tokens=prompt_tokens,
-                output_tokens=completion_tokens,
-                cost=cost,
-            )
+            answer.content = reply
+            answer.reasoning_duration = 1200 if reasoning else 0
+            answer.input_tokens = prompt_tokens
+            answer.output_tokens = completion_tokens
+            answer.cost = cost
+            answer.finish_reason = "end_turn"
+            answer.created_at = time.time()
             if sid in self._sessions:
-                session.messages.append(answer)
                 session.prompt_tokens += prompt_tokens
                 session.completion_tokens += completion_tokens
                 session.cost = round(session.cost + cost, 6)
@@ -1947,6 +2012,8 @@ class MixFake:
                 final["reasoningDuration"] = answer.reasoning_duration
             self._publish(sid, "complete", {"type": "complete", **final})
         except asyncio.CancelledError:
+            if answer is not None:
+                answer.finish_reason = "canceled"
             self._publish(sid, "error", {"type": "cancelled", "error": "Request cancelled by user"})
             raise
         finally:
@@ -1955,13 +2022,19 @@ class MixFake:
 
     # -- streaming ---------------------------------------------------------
 
-    @staticmethod
-    def _frame(stream: _Stream, event: str, data: JSON) -> bytes:
+    def _frame(self, stream: _Stream, event: str, data: JSON) -> bytes:
+        # Like the Go server: ``retry`` on every frame, by event (an error's own retryAfter).
         stream.next_id += 1
-        text = f"id: {stream.next_id}\nevent: {event}\ndata: {_dumps(data)}\n"
-        if stream.next_id == 1:
-            text += f"retry: {SSE_RETRY_MS}\n"
-        return (text + "\n").encode()
+        if event == "heartbeat":
+            retry = self.heartbeat_retry_ms
+        elif event == "error":
+            after = data.get("retryAfter")
+            retry = after if isinstance(after, int) and after > 0 else self.error_retry_ms
+        else:
+            retry = self.retry_ms
+        return (
+            f"id: {stream.next_id}\nevent: {event}\ndata: {_dumps(data)}\nretry: {retry}\n\n"
+        ).encode()
 
     async def _stream(self, request: web.Request) -> web.StreamResponse:
         sid = request.query.get("sessionId", "")
@@ -1991,6 +2064,10 @@ class MixFake:
             item: tuple[str, JSON] | None = ("connected", {"sessionId": sid})
             next_beat = loop.time() + self.heartbeat_interval
             while item is not None:
+                if _take_event_rule(self._cut_before, sid, *item):
+                    if request.transport is not None:
+                        request.transport.close()
+                    return response
                 await response.write(self._frame(stream, *item))
                 if cut is not None and stream.next_id >= cut:
                     if request.transport is not None:

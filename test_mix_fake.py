@@ -201,9 +201,11 @@ class SSE:
         assert ident == self.last_id + 1, (ident, self.last_id)
         self.last_id = ident
         retry = int(fields["retry"]) if "retry" in fields else None
-        assert (retry is not None) == (ident == 1), "retry only on the first frame"
         data = json.loads(fields["data"])
         event = fields["event"]
+        # like the Go server: retry on every frame, by event (an error's own retryAfter)
+        expected = {"heartbeat": 45000, "error": data.get("retryAfter") or 750}.get(event, 30000)
+        assert retry == expected, (event, retry)
         assert isinstance(data, dict)
         if event in SSE_SCHEMAS:
             instance: dict[str, Any] = {"id": fields["id"], "event": event, "data": data}
@@ -254,7 +256,7 @@ async def open_stream(
         assert resp.headers["Content-Type"].startswith("text/event-stream")
         sse = SSE(resp)
         first = await sse.next()
-        assert first.event == "connected" and first.id == 1 and first.retry == 5000
+        assert first.event == "connected" and first.id == 1 and first.retry == 30000
         assert first.data == {"sessionId": sid}
         assert first.raw.startswith(b"id: 1\nevent: connected\ndata: {")
         yield sse
@@ -705,7 +707,7 @@ async def test_stream_framing_and_plain_turn(api: Api, fake: MixFake) -> None:
     async with open_stream(api, sid, headers={"Last-Event-ID": "42"}) as sse:
         beat = await sse.next(timeout=2)
         assert beat.event == "heartbeat" and beat.data == {"type": "ping"} and beat.id == 2
-        assert beat.raw == b'id: 2\nevent: heartbeat\ndata: {"type":"ping"}\n\n'
+        assert beat.raw == b'id: 2\nevent: heartbeat\ndata: {"type":"ping"}\nretry: 45000\n\n'
         await api.send(sid, "hello world")
         frames = await sse.turn()
     events = [f.event for f in frames]
@@ -900,7 +902,9 @@ async def test_error_turn_has_no_complete(api: Api, fake: MixFake) -> None:
         await fake.wait_idle(sid)
         await sse.expect_marker(fake, sid)
     messages = await api.call("getSessionMessages", 200, {"id": sid})
-    assert [m["role"] for m in messages] == ["user"]
+    assert [m["role"] for m in messages] == ["user", "assistant"]  # the failed, partial answer
+    export = await api.call("exportSession", 200, {"id": sid})
+    assert [m.get("finishReason") for m in export["messages"]] == [None, "error"]
 
 
 async def test_cancel_ends_turn_with_error(api: Api, fake: MixFake) -> None:
@@ -918,7 +922,10 @@ async def test_cancel_ends_turn_with_error(api: Api, fake: MixFake) -> None:
         await fake.wait_idle(sid)
         await sse.expect_marker(fake, sid)  # the queued turn was cancelled too
     messages = await api.call("getSessionMessages", 200, {"id": sid})
-    assert [m["userInput"] for m in messages] == ["take your time [slow]"]
+    assert [m["role"] for m in messages] == ["user", "assistant"]
+    assert messages[0]["userInput"] == "take your time [slow]"
+    export = await api.call("exportSession", 200, {"id": sid})
+    assert export["messages"][-1]["finishReason"] == "canceled"
 
 
 async def test_slash_command_answers_without_agent(api: Api, fake: MixFake) -> None:
@@ -929,7 +936,10 @@ async def test_slash_command_answers_without_agent(api: Api, fake: MixFake) -> N
         ) as resp:
             assert resp.status == 200
             doc = await resp.json()
-        check_schema(component("BackendMessage"), doc, SPEC_CURRENT)
+        # the Go server's shape: a BackendMessage without the spec's required sessionId
+        check_schema(component("BackendMessage"), {**doc, "sessionId": sid}, SPEC_CURRENT)
+        assert set(doc) == {"id", "role", "userInput", "assistantResponse"}
+        assert doc["id"] == "cmd-help" and doc["role"] == "assistant"
         assert doc["userInput"] == "/help" and "/clear" in doc["assistantResponse"]
         await sse.expect_marker(fake, sid)
     assert await api.call("getSessionMessages", 200, {"id": sid}) == []
