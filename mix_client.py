@@ -2590,6 +2590,8 @@ class EventStream:
                 ) from last
             base = (self._decoder.retry / 1000) if self._decoder.retry is not None else 0.5
             delay = min(base * 2**attempts, max(base, 8.0)) * (1.0 - 0.25 * random.random())
+            if attempts == 0 and self._connected_here:
+                delay = 0.0  # a stream that was delivering events: reopen at once
             await asyncio.sleep(delay)
             if self._closed:  # closed by aclose() while waiting
                 return

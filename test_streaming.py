@@ -739,13 +739,14 @@ async def test_reconnect_honours_retry_field(
     monkeypatch.setattr(mix_client, "asyncio", spy)
     srv.retry_ms = 50
     srv.cut_after[1] = (1, "eof")
+    srv.fail_status[2] = 503  # the first reopen is at once; the retry paces the next one
     async with mix.stream_events("s1") as events:
         assert isinstance(await _next(events), ConnectedEvent)
         srv.publish("s1", "content", content="x")
         got = await _collect(events, lambda e: isinstance(e, ConnectedEvent))
     assert [type(e) for e in got] == [ContentEvent, Reconnected, ConnectedEvent]
-    assert len(spy.delays) == 1
-    assert 0.05 * 0.5 <= spy.delays[0] <= 0.05
+    assert len(spy.delays) == 2 and spy.delays[0] == 0.0
+    assert 0.1 * 0.5 <= spy.delays[1] <= 0.1
 
 
 async def test_reconnect_default_delay_without_retry_field(
@@ -755,13 +756,14 @@ async def test_reconnect_default_delay_without_retry_field(
     spy = _SleepSpy()
     monkeypatch.setattr(mix_client, "asyncio", spy)
     srv.cut_after[1] = (1, "eof")
+    srv.fail_status[2] = 503
     async with mix.stream_events("s1") as events:
         assert isinstance(await _next(events), ConnectedEvent)
         srv.publish("s1", "content", content="x")
         got = await _collect(events, lambda e: isinstance(e, ConnectedEvent))
     assert isinstance(got[1], Reconnected)
-    assert len(spy.delays) == 1
-    assert spy.delays[0] > 0.05
+    assert len(spy.delays) == 2
+    assert spy.delays[1] > 0.1
 
 
 async def test_server_down_raises_after_max_reconnects(srv: SSEServer, mix: AsyncMix) -> None:
@@ -1231,6 +1233,7 @@ async def test_send_and_wait_agent_error_raises(srv: SSEServer, mix: AsyncMix) -
 
 async def test_send_and_wait_reconciles_after_reconnect(srv: SSEServer, mix: AsyncMix) -> None:
     srv.retry_ms = 10
+    srv.register_delay = 0.2  # the reopen is at once: leave a window with no stream registered
     srv.script = disconnecting_turn
     srv.store_turn("s1", "greet", assistantResponse="an older answer to the same text")
     pieces: list[str] = []
