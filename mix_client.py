@@ -39,6 +39,7 @@ import weakref
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
+    Awaitable,
     Callable,
     Coroutine,
     Iterable,
@@ -193,6 +194,9 @@ __all__ = [
     "ToolUseStartEvent",
     "ToolsStatusResponse",
     "Turn",
+    "TurnEvent",
+    "TurnRecovered",
+    "TurnRecoveredData",
     "TurnStream",
     "TurnToolCall",
     "UnknownEvent",
@@ -2622,6 +2626,37 @@ def _check_id(value: object, name: str) -> str:
     return _check_str(value, name)
 
 
+class TurnRecoveredData(msgspec.Struct, frozen=True, kw_only=True):
+    finish_reason: str = ""
+    """The stored ``finishReason`` of the run's last message: ``end_turn``, ``max_tokens``,
+    ``canceled``, ``error``, ``permission_denied``, ... (``unknown`` when a later run began
+    without one)."""
+    content: str = ""
+    """The run's answer as stored (main agent, all its assistant messages)."""
+    message_id: str | None = None
+    """The run's last assistant message."""
+    user_message_id: str | None = None
+    """The run's user message."""
+    reasoning: str | None = None
+
+
+class TurnRecovered(BaseEvent, frozen=True, kw_only=True):
+    """Not a server event: the last event of a turn whose end the stream lost.
+
+    After a drop (a :class:`Reconnected`), or when an end event could not be matched to the
+    turn's own run, the turn reads ``GET /api/sessions/{id}/export``; once the run's last
+    message there has a final ``finishReason``, :meth:`AsyncMix.query` yields this marker and
+    ends (or raises :class:`AgentError` when the run failed or was cancelled).
+    """
+
+    event: ClassVar[str] = "turn_recovered"
+    data: TurnRecoveredData
+
+
+TurnEvent = Union[MixEvent, Reconnected, TurnRecovered]  # noqa: UP007 (a runtime alias on 3.10)
+"""What :meth:`AsyncMix.query` yields."""
+
+
 class TurnToolCall(msgspec.Struct, kw_only=True):
     """A tool call seen during a turn."""
 
@@ -2650,10 +2685,41 @@ class Turn(msgspec.Struct, kw_only=True):
     errors: list[ErrorEvent] = []
     """Non-fatal error events (retry notices, sub-agent errors)."""
     final: CompleteEvent | None = None
-    """The closing ``complete`` event."""
+    """The closing ``complete`` event (``None`` when the end was recovered, see ``recovered``).
+    For a slash command, a ``complete`` built from the reply (``id`` is ``None``)."""
     reconnects: int = 0
     """How often the stream was reopened; the text was then recovered from the server."""
+    recovered: TurnRecovered | None = None
+    """Set when the stream lost the run's end and it was read from the server instead."""
+    user_message_id: str | None = None
+    """The id of this turn's user message (from ``user_message_created``), when seen."""
     events: int = 0
+
+
+_FAILED_FINISH: Final = frozenset({"canceled", "cancelled", "error", "permission_denied"})
+_OPEN_FINISH: Final = frozenset({"", "tool_use"})  # the run goes on after a tool_use message
+_RUN_EVENTS: Final = (
+    ThinkingEvent,
+    ContentEvent,
+    ToolUseStartEvent,
+    ToolUseParameterDeltaEvent,
+    ToolUseParameterStreamingCompleteEvent,
+    ToolExecutionStartEvent,
+    ToolExecutionCompleteEvent,
+    CompleteEvent,
+    ErrorEvent,
+)
+_POLL_MIN: Final = 0.25
+_POLL_MAX: Final = 1.0
+"""Bounds of the interval between checks of a run whose end the stream may have lost."""
+
+
+def _raise_if_failed(end: TurnRecovered) -> None:
+    if end.data.finish_reason in _FAILED_FINISH:
+        raise AgentError(
+            f"agent run ended ({end.data.finish_reason}) while the stream did not show it",
+            event=end,
+        )
 
 
 def _is_fatal(event: ErrorEvent) -> bool:
@@ -2662,6 +2728,101 @@ def _is_fatal(event: ErrorEvent) -> bool:
     if data.parent_tool_call_id:
         return False
     return not (data.attempt and data.max_attempts and data.attempt < data.max_attempts)
+
+
+def _is_end(event: StreamEvent) -> bool:
+    """The main agent's ``complete``, or an error that ends its run."""
+    if isinstance(event, CompleteEvent):
+        return not event.data.parent_tool_call_id
+    return isinstance(event, ErrorEvent) and _is_fatal(event)
+
+
+def _assistant_id(event: StreamEvent) -> str | None:
+    if isinstance(event, CompleteEvent):
+        return event.data.message_id or None
+    value = getattr(event.data, "assistant_message_id", None)
+    return value if isinstance(value, str) and value else None
+
+
+def _run_rows(
+    messages: list[ExportMessage], text: str, user_message_id: str | None
+) -> tuple[list[ExportMessage], bool] | None:
+    """The stored rows of a turn's run: its user message and what follows up to the next
+    user message (and whether one follows). The user message is found by id when known,
+    else as the last user message with the turn's text."""
+    start = None
+    if user_message_id:
+        start = next((i for i, m in enumerate(messages) if m.id == user_message_id), None)
+    else:
+        want = text.strip()
+        for index in range(len(messages) - 1, -1, -1):
+            row = messages[index]
+            if row.role == "user" and row.content.strip() == want:
+                start = index
+                break
+    if start is None:
+        return None
+    rows = [messages[start]]
+    for row in messages[start + 1 :]:
+        if row.role == "user":
+            return rows, True
+        rows.append(row)
+    return rows, False
+
+
+def _run_end(rows: list[ExportMessage], followed: bool) -> TurnRecovered | None:
+    """The run's end as stored, or ``None`` while it goes on."""
+    answers = [row for row in rows[1:] if row.role == "assistant"]
+    reason = (answers[-1].finish_reason or "") if answers else ""
+    if reason in _OPEN_FINISH:
+        if not followed:
+            return None
+        reason = reason or "unknown"
+    reasoning = "".join(row.reasoning for row in answers if row.reasoning)
+    return TurnRecovered(
+        data=TurnRecoveredData(
+            finish_reason=reason,
+            content="".join(row.content for row in answers),
+            message_id=answers[-1].id if answers else None,
+            user_message_id=rows[0].id,
+            reasoning=reasoning or None,
+        )
+    )
+
+
+class _TurnState:
+    """What a turn learns as it goes, shared by :meth:`AsyncMix.query` and ``send_and_wait``."""
+
+    __slots__ = ("deadline", "no_export", "rows", "timeout", "user_message_id")
+
+    def __init__(self, timeout: float | None) -> None:
+        self.timeout = timeout
+        self.deadline: float | None = None
+        self.user_message_id: str | None = None
+        self.rows: list[ExportMessage] | None = None  # the run's stored rows, once read
+        self.no_export = False  # the server has no export route: no way to check a run's end
+
+    async def within(self, aw: Awaitable[T], session_id: str) -> T:
+        """Await ``aw`` within what is left of the turn's timeout."""
+        if self.deadline is None:
+            return await aw
+        remaining = self.deadline - asyncio.get_running_loop().time()
+        try:
+            return await asyncio.wait_for(aw, max(remaining, 0.0))
+        except asyncio.TimeoutError:
+            raise self.expired(session_id) from None
+
+    def expired(self, session_id: str) -> APITimeoutError:
+        return APITimeoutError(
+            f"turn in session {session_id!r} did not finish within {self.timeout} s"
+        )
+
+
+async def _next_or_none(it: AsyncIterator[StreamEvent]) -> StreamEvent | None:
+    try:
+        return await it.__anext__()
+    except StopAsyncIteration:
+        return None
 
 
 async def _maybe_await(callback: Callable[[Any], Any] | None, value: Any) -> None:
@@ -2692,8 +2853,9 @@ class TurnStream:
     :class:`AgentError`.
     """
 
-    def __init__(self, gen: AsyncIterator[StreamEvent]) -> None:
+    def __init__(self, gen: AsyncIterator[TurnEvent], state: _TurnState | None = None) -> None:
         self._gen = gen
+        self._state = state
 
     async def __aenter__(self) -> Self:
         return self
@@ -2704,7 +2866,7 @@ class TurnStream:
     def __aiter__(self) -> Self:
         return self
 
-    async def __anext__(self) -> StreamEvent:
+    async def __anext__(self) -> TurnEvent:
         return await self._gen.__anext__()
 
     async def aclose(self) -> None:
@@ -2831,6 +2993,9 @@ class AsyncMix:
 
     _parent: AsyncMix | None = None
     """Set on :meth:`with_options` copies: the client whose connection pool they use."""
+    _run_starts_seen = False
+    """Set once the server was seen marking runs (``user_message_created``); from then on a
+    turn drops what precedes its own run's start."""
 
     def __init__(
         self,
@@ -3683,9 +3848,16 @@ class AsyncMix:
         """Send ``text`` and yield the turn's events until the agent is done.
 
         Opens the stream, waits for ``connected`` (the server drops events sent before a
-        stream is registered), then sends the message. Ends after the main agent's
-        ``complete``; its ``error`` raises :class:`AgentError`. ``timeout`` bounds the whole
-        turn (:class:`APITimeoutError`). With ``cancel_on_exit=True``, leaving early
+        stream is registered), then sends the message. The turn owns its run: it starts at
+        the ``user_message_created`` event carrying this text; events of an earlier or
+        concurrent run on the session never fill or end it. Ends after the run's main-agent
+        ``complete``; its ``error`` raises :class:`AgentError`. After a reconnect the turn
+        checks the session's export until the run's end is known, so a ``complete`` lost in
+        the gap ends it with a :class:`TurnRecovered` marker (a failed or cancelled run
+        raises :class:`AgentError`). A slash command (``/help``) is answered at once: one
+        :class:`CompleteEvent` built from the reply (``id`` ``None``), then the end.
+        ``timeout`` bounds the whole turn (opening the stream, sending, the run, the
+        checks) with :class:`APITimeoutError`. With ``cancel_on_exit=True``, leaving early
         (``break``, an exception, cancellation, the timeout) also cancels the agent's run.
 
         ``async with mix.query(sid, "hi") as events: async for event in events: ...``
@@ -3699,10 +3871,12 @@ class AsyncMix:
             _check_int(max_steps, "max_steps", 1)
         _check_number(timeout, "timeout", optional=True)
         _check_bool(cancel_on_exit, "cancel_on_exit")
+        state = _TurnState(timeout)
         return TurnStream(
             self._turn(
-                session_id, text, plan_mode, thinking_level, max_steps, timeout, cancel_on_exit
-            )
+                session_id, text, plan_mode, thinking_level, max_steps, cancel_on_exit, state
+            ),
+            state,
         )
 
     async def _turn(
@@ -3712,68 +3886,193 @@ class AsyncMix:
         plan_mode: bool,
         thinking_level: ThinkingLevel | UnsetType | None,
         max_steps: int | UnsetType,
-        timeout: float | None,
         cancel_on_exit: bool,
-    ) -> AsyncIterator[StreamEvent]:
+        state: _TurnState,
+    ) -> AsyncIterator[TurnEvent]:
         loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
+        if state.timeout is not None:
+            state.deadline = loop.time() + state.timeout
         finished = False
         sent = False
         stream = self.stream_events(session_id)
+        pending: asyncio.Future[StreamEvent | None] | None = None
         try:
-            async with stream:
-                it = stream.__aiter__()
-
-                async def next_event() -> StreamEvent:
-                    if deadline is None:
-                        return await it.__anext__()
-                    remaining = deadline - loop.time()
-                    try:
-                        return await asyncio.wait_for(it.__anext__(), max(remaining, 0.0))
-                    except asyncio.TimeoutError:
-                        raise APITimeoutError(
-                            f"turn in session {session_id!r} did not finish within {timeout} s"
-                        ) from None
-
-                while True:
-                    try:
-                        event = await next_event()
-                    except StopAsyncIteration:
-                        raise APIConnectionError(
-                            f"event stream of session {session_id!r} ended before it connected"
-                        ) from None
-                    if isinstance(event, ConnectedEvent):
-                        yield event
-                        break
-                    if isinstance(event, ErrorEvent):
-                        raise AgentError(f"stream error: {event.data.error}", event=event)
-                await self.send_message(
+            await state.within(stream.__aenter__(), session_id)
+            while True:
+                event = await state.within(_next_or_none(stream), session_id)
+                if event is None:
+                    raise APIConnectionError(
+                        f"event stream of session {session_id!r} ended before it connected"
+                    )
+                if isinstance(event, ConnectedEvent):
+                    yield event
+                    break
+                if isinstance(event, ErrorEvent):
+                    raise AgentError(f"stream error: {event.data.error}", event=event)
+            reply = await state.within(
+                self.send_message(
                     session_id,
                     text=text,
                     plan_mode=plan_mode,
                     thinking_level=thinking_level,
                     max_steps=max_steps,
+                ),
+                session_id,
+            )
+            sent = True
+            if reply.status == "completed":
+                # A slash command: the answer is in the reply and no event follows.
+                message = reply.message
+                finished = True
+                yield CompleteEvent(
+                    data=CompleteData(
+                        type="complete",
+                        done=True,
+                        content=(message.assistant_response or "") if message else "",
+                        message_id=message.id if message else None,
+                    )
                 )
-                sent = True
-                while True:
-                    try:
-                        event = await next_event()
-                    except StopAsyncIteration:
-                        raise APIConnectionError(
-                            f"event stream of session {session_id!r} ended before the turn finished"
-                        ) from None
-                    if isinstance(event, ErrorEvent) and _is_fatal(event):
-                        finished = True
-                        yield event
-                        raise AgentError(f"agent error: {event.data.error}", event=event)
+                return
+            claimed = False  # this run's user_message_created was seen
+            strict = self._run_starts_seen  # the server marks runs: drop what precedes ours
+            foreign: set[str] = set()  # assistant message ids of other runs
+            gap = False  # reopened since sending: the run may have ended unseen
+            unmatched = False  # an end of some other run was seen before ours began
+            next_check = 0.0
+            interval = _POLL_MIN
+            while True:
+                checking = (gap or unmatched) and not state.no_export
+                if not checking and pending is None:
+                    event = await state.within(_next_or_none(stream), session_id)
+                else:
+                    # Read the stream and, at a bounded interval, check the stored run.
+                    if pending is None:
+                        pending = asyncio.ensure_future(_next_or_none(stream))
+                    wait: float | None = (next_check - loop.time()) if checking else None
+                    if state.deadline is not None:
+                        left = state.deadline - loop.time()
+                        wait = left if wait is None else min(wait, left)
+                    done, _ = await asyncio.wait(
+                        (pending,), timeout=None if wait is None else max(wait, 0.0)
+                    )
+                    if not done:
+                        if state.deadline is not None and loop.time() >= state.deadline:
+                            raise state.expired(session_id)
+                        if checking:
+                            recovered = await self._read_run(session_id, text, state)
+                            if recovered is not None:
+                                finished = True
+                                yield recovered
+                                _raise_if_failed(recovered)
+                                return
+                            next_check = loop.time() + interval
+                            interval = min(interval * 2, _POLL_MAX)
+                        continue
+                    event = pending.result()
+                    pending = None
+                if event is None:
+                    raise APIConnectionError(
+                        f"event stream of session {session_id!r} ended before the turn finished"
+                    )
+                if isinstance(event, Reconnected):
+                    gap = True
+                    next_check, interval = 0.0, _POLL_MIN  # check at once, then every <= 1 s
                     yield event
-                    if isinstance(event, CompleteEvent) and not event.data.parent_tool_call_id:
+                    continue
+                if isinstance(event, UserMessageCreatedEvent) and not event.parent_tool_call_id:
+                    self._run_starts_seen = True
+                    if not claimed and event.data.content.strip() == text.strip():
+                        claimed = True
+                        unmatched = False
+                        state.user_message_id = event.data.message_id or None
+                        yield event
+                    else:
+                        strict = True  # another run's start (or a later one's)
+                    continue
+                if not isinstance(event, _RUN_EVENTS):
+                    yield event  # connected, heartbeats, permissions, notifications, unknown
+                    continue
+                aid = _assistant_id(event)
+                if not claimed:
+                    if _is_end(event):
+                        verdict = await self._check_end(session_id, text, state, event)
+                        if verdict is None:  # another run's end: wait for ours
+                            unmatched = True
+                            next_check, interval = loop.time() + _POLL_MIN, _POLL_MIN
+                            if aid is not None:
+                                foreign.add(aid)
+                            continue
                         finished = True
+                        yield verdict
+                        if isinstance(verdict, TurnRecovered):
+                            _raise_if_failed(verdict)
+                        elif isinstance(verdict, ErrorEvent):
+                            raise AgentError(f"agent error: {verdict.data.error}", event=verdict)
                         return
+                    if strict:
+                        if aid is not None:
+                            foreign.add(aid)
+                        continue
+                    yield event  # a server that does not mark runs: take what comes
+                    continue
+                if aid is not None and aid in foreign:
+                    continue  # a concurrent run's event
+                if isinstance(event, ErrorEvent) and _is_fatal(event):
+                    finished = True
+                    yield event
+                    raise AgentError(f"agent error: {event.data.error}", event=event)
+                yield event
+                if isinstance(event, CompleteEvent) and not event.data.parent_tool_call_id:
+                    finished = True
+                    return
         finally:
+            if pending is not None:
+                pending.cancel()
+                with contextlib.suppress(BaseException):
+                    await pending
+            await stream.aclose()
             if cancel_on_exit and sent and not finished:
                 with contextlib.suppress(MixError):
                     await asyncio.shield(self.cancel_session_processing(session_id, max_retries=0))
+
+    async def _read_run(
+        self, session_id: str, text: str, state: _TurnState
+    ) -> TurnRecovered | None:
+        """The run's end as the export stores it (``None``: not over, not found, or no export)."""
+        try:
+            export = await state.within(self.export_session(session_id), session_id)
+        except NotFoundError:
+            state.no_export = True  # an older server: nothing to check against
+            return None
+        found = _run_rows(export.messages, text, state.user_message_id)
+        if found is None:
+            return None
+        rows, followed = found
+        end = _run_end(rows, followed)
+        if end is not None:
+            state.rows = rows
+            state.user_message_id = state.user_message_id or rows[0].id
+        return end
+
+    async def _check_end(
+        self, session_id: str, text: str, state: _TurnState, event: StreamEvent
+    ) -> TurnEvent | None:
+        """An end event seen before the turn's own run began: whose is it?
+
+        The export decides: the event is this turn's end when the export shows the turn's
+        run over the same way (a ``complete`` naming the run's last message, or without a
+        message id; an ``error`` for a failed run). Otherwise it belongs to another run
+        (``None``): the turn waits for its own run on the stream, checking the export at
+        a bounded interval meanwhile. A server without the export cannot tell: the event is
+        taken as this turn's end, as such servers do not mark runs anyway.
+        """
+        end = await self._read_run(session_id, text, state)
+        if end is None:
+            return event if state.no_export else None
+        if isinstance(event, CompleteEvent):
+            mid = event.data.message_id
+            return event if not mid or mid == end.data.message_id else None
+        return event if end.data.finish_reason in _FAILED_FINISH else None
 
     async def send_and_wait(
         self,
@@ -3794,22 +4093,24 @@ class AsyncMix:
         on_notification: Callable[[NotificationEvent], Any] | None = None,
         on_error: Callable[[ErrorEvent], Any] | None = None,
         on_complete: Callable[[Turn], Any] | None = None,
-        on_event: Callable[[StreamEvent], Any] | None = None,
+        on_event: Callable[[TurnEvent], Any] | None = None,
     ) -> Turn:
         """Run one turn and return it whole: text, thinking, tool calls, requests seen.
 
         Callbacks (plain functions or coroutines) see the turn as it happens: deltas of
         thinking and content, each tool call once its input is known and again with its
         result, permission and notification requests (grant or answer them from the
-        callback), errors, and the finished :class:`Turn`. After a reconnect the text and
-        tool results are recovered from the stored messages, so nothing is lost.
+        callback), errors, and the finished :class:`Turn`. The turn follows the rules of
+        :meth:`query` (its own run only, recovery after a drop, slash commands, ``timeout``
+        over everything). After a reconnect, or when tools ran, the text and tool results
+        are completed from the stored messages, so nothing is lost.
         """
         turn = Turn(session_id=session_id)
         text_parts: list[str] = []
         thinking_parts: list[str] = []
         calls: dict[str, TurnToolCall] = {}
         inputs = ToolInputAccumulator()
-        async with self.query(
+        events = self.query(
             session_id,
             text,
             plan_mode=plan_mode,
@@ -3817,7 +4118,9 @@ class AsyncMix:
             max_steps=max_steps,
             timeout=timeout,
             cancel_on_exit=cancel_on_exit,
-        ) as events:
+        )
+        state = events._state or _TurnState(timeout)
+        async with events:
             try:
                 async for event in events:
                     turn.events += 1
@@ -3830,6 +4133,13 @@ class AsyncMix:
                         if not event.data.parent_tool_call_id:
                             thinking_parts.append(event.data.content)
                             await _maybe_await(on_thinking, event.data.content)
+                    elif isinstance(event, UserMessageCreatedEvent):
+                        # This turn's run begins: anything gathered before was another run's.
+                        text_parts.clear()
+                        thinking_parts.clear()
+                        calls.clear()
+                        inputs = ToolInputAccumulator()
+                        turn.user_message_id = event.data.message_id or None
                     elif isinstance(event, ToolUseStartEvent):
                         call = calls.setdefault(event.data.id, TurnToolCall(id=event.data.id))
                         call.name = event.data.name or call.name
@@ -3868,49 +4178,74 @@ class AsyncMix:
                             turn.final = event
                     elif isinstance(event, Reconnected):
                         turn.reconnects += 1
+                    elif isinstance(event, TurnRecovered):
+                        turn.recovered = event
             finally:
                 turn.text = "".join(text_parts)
                 turn.thinking = "".join(thinking_parts)
                 turn.tool_calls = list(calls.values())
+        turn.user_message_id = turn.user_message_id or state.user_message_id
         final_content = turn.final.data.content if turn.final is not None else None
-        if turn.reconnects or calls:
+        if turn.reconnects or calls or turn.recovered is not None:
             # The stream carries progress lines, not tool results; the stored message has them.
-            await self._reconcile(turn, text)
+            await self._reconcile(turn, text, state)
         elif final_content and final_content != turn.text:
             turn.text = final_content
         await _maybe_await(on_complete, turn)
         return turn
 
-    async def _reconcile(self, turn: Turn, text: str) -> None:
+    async def _reconcile(self, turn: Turn, text: str, state: _TurnState | None = None) -> None:
         """Fill what the stream lost from the stored messages.
 
-        Servers store one row per message (``role`` user, assistant, tool) or, in the
-        spec's older shape, one row with both ``userInput`` and ``assistantResponse``:
-        take the last row holding this turn's text and the rows after it up to the next
-        user message.
+        Uses the run's rows already read from the export when its end was recovered, else
+        ``GET /api/sessions/{id}/messages``. Servers store one row per message (``role``
+        user, assistant, tool) or, in the spec's older shape, one row with both
+        ``userInput`` and ``assistantResponse``: take the turn's user row (by the id of its
+        ``user_message_created`` when seen, else the last row holding this turn's text) and
+        the rows after it up to the next user message.
         """
-        messages = await self.get_session_messages(turn.session_id)
-        start = None
-        for index in range(len(messages) - 1, -1, -1):
-            if messages[index].user_input == text and messages[index].role in ("user", ""):
-                start = index
-                break
-        if start is None:
-            return
-        rows = [messages[start]]
-        for row in messages[start + 1 :]:
-            if row.role == "user":
-                break
-            rows.append(row)
-        answer = "".join(row.assistant_response for row in rows if row.assistant_response)
+        state = state or _TurnState(None)
+        rows: list[tuple[str, str | None, str | None, list[ToolCall] | list[ExportToolCall]]]
+        if state.rows is not None:
+            rows = [
+                (
+                    m.role,
+                    m.content if m.role == "assistant" else None,
+                    m.reasoning,
+                    m.tool_calls or [],
+                )
+                for m in state.rows
+            ]
+        else:
+            messages = await state.within(
+                self.get_session_messages(turn.session_id), turn.session_id
+            )
+            start = None
+            want = state.user_message_id or turn.user_message_id
+            if want:
+                start = next((i for i, m in enumerate(messages) if m.id == want), None)
+            if start is None:
+                for index in range(len(messages) - 1, -1, -1):
+                    if messages[index].user_input == text and messages[index].role in ("user", ""):
+                        start = index
+                        break
+            if start is None:
+                return
+            picked = [messages[start]]
+            for row in messages[start + 1 :]:
+                if row.role == "user":
+                    break
+                picked.append(row)
+            rows = [(m.role, m.assistant_response, m.reasoning, m.tool_calls or []) for m in picked]
+        answer = "".join(content for _, content, _, _ in rows if content)
         if answer:
             turn.text = answer
-        reasoning = "".join(row.reasoning for row in rows if row.reasoning)
+        reasoning = "".join(r for _, _, r, _ in rows if r)
         if reasoning:
             turn.thinking = reasoning
         known = {call.id: call for call in turn.tool_calls}
-        for row in rows:
-            for stored in row.tool_calls or ():
+        for _, _, _, stored_calls in rows:
+            for stored in stored_calls:
                 call = known.get(stored.id)
                 if call is None:
                     call = known[stored.id] = TurnToolCall(id=stored.id, name=stored.name)

@@ -1,0 +1,373 @@
+"""Turns against a server that behaves like the Go one (mix_fake, loopback aiohttp servers).
+
+What is proved here: a turn's end lost in a reconnect gap is recovered from the export
+(``finishReason``), a failed or cancelled run lost in the gap raises ``AgentError``, a turn
+owns its run (stale and concurrent runs on the same session never end or fill it), a
+refused busy session surfaces as the typed error, slash commands end at once, and
+``timeout=`` bounds the whole turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from mix_client import (
+    AgentError,
+    APITimeoutError,
+    AsyncMix,
+    CompleteEvent,
+    ConnectedEvent,
+    ContentEvent,
+    InternalServerError,
+    Reconnected,
+    TurnRecovered,
+    UserMessageCreatedEvent,
+)
+from mix_fake import MixFake
+
+WAIT = 20.0  # upper bound for liveness (a slow CI machine), never a speed assertion
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[MixFake]:
+    server = MixFake()  # the Go server's retry values: 30000 ms, 45000 heartbeat, 750 error
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+async def mix(fake: MixFake) -> AsyncIterator[AsyncMix]:
+    async with AsyncMix(fake.url, max_retries=0) as client:
+        yield client
+
+
+async def bounded(aw: Any, limit: float = WAIT) -> Any:
+    return await asyncio.wait_for(aw, limit)
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    """Wait (bounded) for a condition of the fake's state."""
+
+    async def poll() -> None:
+        while not predicate():  # noqa: ASYNC110 (the fake's state has no event to wait on)
+            await asyncio.sleep(0.01)
+
+    await bounded(poll())
+
+
+# ---------------------------------------------------------------------------
+# Gap recovery
+# ---------------------------------------------------------------------------
+
+
+async def test_fake_sends_the_go_retry_values(fake: MixFake, mix: AsyncMix) -> None:
+    sid = fake.add_session()
+    async with mix.stream_events(sid) as events:
+        assert isinstance(await bounded(events.__anext__()), ConnectedEvent)
+        assert events._decoder.retry == 30000
+
+
+async def test_complete_lost_in_the_gap_is_recovered(fake: MixFake, mix: AsyncMix) -> None:
+    # The stream drops just before `complete`: with `retry: 30000` the old client waited
+    # 22-30 s to reopen, then for a `complete` that never comes.
+    sid = fake.add_session()
+    fake.cut_stream_before("complete", session_id=sid)
+    started = time.monotonic()
+    turn = await bounded(mix.send_and_wait(sid, "read it [tool]", timeout=15))
+    elapsed = time.monotonic() - started
+    assert turn.text == "Echo: read it [tool]"
+    assert turn.recovered is not None
+    assert turn.recovered.data.finish_reason == "end_turn"
+    assert turn.final is None
+    assert turn.reconnects == 1
+    assert turn.thinking == "Let me think about how to answer this."
+    [call] = turn.tool_calls
+    assert (call.name, call.result, call.finished) == ("Bash", "hello\n", True)
+    assert call.input == {"command": "echo hello", "description": "Print a greeting"}
+    assert elapsed < 10  # liveness: far from the 22-30 s the retry field asked for
+    await until(lambda: fake.stream_count(sid) == 0)
+
+
+async def test_query_ends_with_a_recovered_marker(fake: MixFake, mix: AsyncMix) -> None:
+    sid = fake.add_session()
+    fake.script_reply(sid, "The whole answer.")
+    fake.cut_stream_before("complete", session_id=sid)
+    got: list[Any] = []
+
+    async def run() -> None:
+        async with mix.query(sid, "hello", timeout=15) as events:
+            async for event in events:
+                got.append(event)
+
+    await bounded(run())
+    assert isinstance(got[0], ConnectedEvent)
+    assert any(isinstance(e, Reconnected) for e in got)
+    assert not any(isinstance(e, CompleteEvent) for e in got)
+    end = got[-1]
+    assert isinstance(end, TurnRecovered)
+    assert end.event == "turn_recovered"
+    assert end.data.content == "The whole answer."
+    assert end.data.finish_reason == "end_turn"
+    assert end.data.user_message_id is not None
+
+
+async def test_end_is_recovered_within_about_two_seconds(fake: MixFake, mix: AsyncMix) -> None:
+    # The run goes on for a while after the drop; the turn checks at a bounded interval
+    # (never a busy loop) and ends soon after the server finished.
+    fake.slow_delay = 0.15
+    sid = fake.add_session()
+    fake.cut_stream_before("content", session_id=sid)
+    fake.cut_stream_before("complete", session_id=sid)
+    finished_at: list[float] = []
+
+    async def watch() -> None:
+        await until(lambda: sid in fake._runs)
+        await fake.wait_idle(sid, timeout=WAIT)
+        finished_at.append(time.monotonic())
+
+    watcher = asyncio.ensure_future(watch())
+    turn = await bounded(mix.send_and_wait(sid, "take your time [slow]", timeout=15))
+    ended = time.monotonic()
+    await bounded(watcher)
+    assert turn.text == "Echo: take your time [slow]"
+    assert turn.recovered is not None and turn.reconnects == 2
+    assert ended - finished_at[0] < 2.5
+    # A check per interval of at least 0.25 s while the run went on: no busy loop.
+    assert 1 <= fake.hits["exportSession"] <= 12
+
+
+async def test_fatal_error_lost_in_the_gap_raises(fake: MixFake, mix: AsyncMix) -> None:
+    sid = fake.add_session()
+    fake.cut_stream_before("error", session_id=sid)
+    with pytest.raises(AgentError) as info:
+        await bounded(mix.send_and_wait(sid, "break it [error]", timeout=15))
+    marker = info.value.event
+    assert isinstance(marker, TurnRecovered)
+    assert marker.data.finish_reason == "error"
+
+
+async def test_query_raises_after_a_run_cancelled_in_the_gap(fake: MixFake, mix: AsyncMix) -> None:
+    fake.slow_delay = 0.1
+    sid = fake.add_session()
+    got: list[Any] = []
+
+    async def run() -> None:
+        async with mix.query(sid, "a long job [slow]", timeout=15) as events:
+            async for event in events:
+                got.append(event)
+                if isinstance(event, ContentEvent) and event.data.content:
+                    # The run is cancelled elsewhere; its final `error` falls in a gap.
+                    fake.cut_stream_before("error", session_id=sid)
+                    fake._cancel_runs(sid)
+
+    with pytest.raises(AgentError) as info:
+        await bounded(run())
+    assert isinstance(info.value.event, TurnRecovered)
+    assert info.value.event.data.finish_reason == "canceled"
+    assert isinstance(got[-1], TurnRecovered)
+
+
+async def test_run_start_lost_in_the_gap(fake: MixFake, mix: AsyncMix) -> None:
+    # The drop takes the run's `user_message_created`: the stream's `complete` is then
+    # matched to the turn through the export.
+    sid = fake.add_session()
+    fake.cut_stream_before("user_message_created", session_id=sid)
+    turn = await bounded(mix.send_and_wait(sid, "hello there", timeout=15))
+    assert turn.text == "Echo: hello there"
+    assert turn.reconnects == 1
+
+
+async def test_server_that_drops_the_run_start(fake: MixFake, mix: AsyncMix) -> None:
+    # No `user_message_created` at all: the unmatched `complete` is checked in the export.
+    sid = fake.add_session()
+    fake.drop_events("user_message_created", session_id=sid)
+    turn = await bounded(mix.send_and_wait(sid, "plain", timeout=15))
+    assert turn.text == "Echo: plain"
+    assert turn.final is not None and turn.recovered is None
+
+
+# ---------------------------------------------------------------------------
+# A turn owns its run
+# ---------------------------------------------------------------------------
+
+
+async def test_turn_after_an_abandoned_run_gets_its_own_answer(
+    fake: MixFake, mix: AsyncMix
+) -> None:
+    fake.slow_delay = 0.1
+    sid = fake.add_session()
+    with pytest.raises(APITimeoutError):
+        await bounded(mix.send_and_wait(sid, "first question [slow]", timeout=0.4))
+    assert sid in fake._runs  # the agent kept running after the client gave up
+    turn = await bounded(mix.send_and_wait(sid, "second question", timeout=15))
+    assert turn.text == "Echo: second question"
+    assert turn.final is not None
+    assert turn.final.data.content == "Echo: second question"
+    stored = await mix.get_session_messages(sid)
+    assert turn.user_message_id == [m.id for m in stored if m.role == "user"][1]
+
+
+async def test_query_does_not_yield_an_earlier_runs_events(fake: MixFake, mix: AsyncMix) -> None:
+    fake.slow_delay = 0.1
+    sid = fake.add_session()
+    with pytest.raises(APITimeoutError):
+        await bounded(mix.send_and_wait(sid, "first question [slow]", timeout=0.4))
+    got: list[Any] = []
+
+    async def run() -> None:
+        async with mix.query(sid, "second question", timeout=15) as events:
+            async for event in events:
+                got.append(event)
+
+    await bounded(run())
+    text = "".join(e.data.content for e in got if isinstance(e, ContentEvent))
+    assert text == "Echo: second question"
+    starts = [e for e in got if isinstance(e, UserMessageCreatedEvent)]
+    assert [e.data.content for e in starts] == ["second question"]
+    assert isinstance(got[-1], CompleteEvent)
+
+
+async def test_two_turns_on_one_session_get_their_own_answers(fake: MixFake, mix: AsyncMix) -> None:
+    fake.slow_delay = 0.05
+    sid = fake.add_session()
+    one, two = await bounded(
+        asyncio.gather(
+            mix.send_and_wait(sid, "one [slow]", timeout=15),
+            mix.send_and_wait(sid, "two [slow]", timeout=15),
+        )
+    )
+    assert one.text == "Echo: one [slow]"
+    assert two.text == "Echo: two [slow]"
+    assert one.final is not None and two.final is not None
+    assert one.final.data.message_id != two.final.data.message_id
+
+
+async def test_busy_session_refusal_surfaces(mix: AsyncMix) -> None:
+    async with MixFake(busy="refuse", slow_delay=0.2) as url, AsyncMix(url, max_retries=0) as c:
+        fake_sid = await c.create_session(title="t", browser_mode="local-browser-service")
+        sid = fake_sid.id
+        running = asyncio.Event()
+
+        def seen(event: Any) -> None:
+            if isinstance(event, UserMessageCreatedEvent):
+                running.set()
+
+        first = asyncio.ensure_future(
+            c.send_and_wait(sid, "long one [slow]", timeout=15, on_event=seen)
+        )
+        await bounded(running.wait())
+        with pytest.raises(InternalServerError) as info:
+            await bounded(c.send_and_wait(sid, "second", timeout=15))
+        assert info.value.status_code == 500
+        assert sid in str(info.value) and "busy" in str(info.value)
+        turn = await bounded(first)
+        assert turn.text == "Echo: long one [slow]"
+
+
+# ---------------------------------------------------------------------------
+# Slash commands
+# ---------------------------------------------------------------------------
+
+
+async def test_slash_command_turn_returns_at_once(fake: MixFake, mix: AsyncMix) -> None:
+    sid = fake.add_session()
+    turn = await bounded(mix.send_and_wait(sid, "/help", timeout=15), 10)
+    assert "/clear" in turn.text and turn.text.startswith("Available commands")
+    assert turn.final is not None and turn.final.data.message_id == "cmd-help"
+    assert turn.final.id is None
+    await until(lambda: fake.stream_count(sid) == 0)
+
+
+async def test_slash_command_query_yields_the_answer(fake: MixFake, mix: AsyncMix) -> None:
+    sid = fake.add_session()
+    got: list[Any] = []
+
+    async def run() -> None:
+        async with mix.query(sid, "/session", timeout=15) as events:
+            async for event in events:
+                got.append(event)
+
+    await bounded(run(), 10)
+    assert [type(e) for e in got] == [ConnectedEvent, CompleteEvent]
+    assert got[1].data.content.startswith(f"Session {sid}")
+    assert got[1].data.done is True
+
+
+# ---------------------------------------------------------------------------
+# timeout= bounds the whole turn
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def silent_url() -> AsyncIterator[str]:
+    """A server whose /stream never answers (no status line) and whose other routes hang."""
+    never = asyncio.Event()
+
+    async def hang(request: web.Request) -> web.StreamResponse:
+        await never.wait()
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", hang)
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.2)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        never.set()
+        await runner.cleanup()
+
+
+async def test_timeout_covers_opening_the_stream(silent_url: str) -> None:
+    async with AsyncMix(silent_url, max_retries=0) as c:
+        started = time.monotonic()
+        with pytest.raises(APITimeoutError):
+            await bounded(c.send_and_wait("s1", "hello", timeout=1), 10)
+        assert time.monotonic() - started < 8
+
+
+async def test_query_timeout_covers_opening_the_stream(silent_url: str) -> None:
+    async with AsyncMix(silent_url, max_retries=0) as c:
+
+        async def run() -> None:
+            async with c.query("s1", "hello", timeout=1) as events:
+                async for _ in events:
+                    pass
+
+        with pytest.raises(APITimeoutError):
+            await bounded(run(), 10)
+
+
+async def test_timeout_covers_sending(fake: MixFake, mix: AsyncMix) -> None:
+    sid = fake.add_session()
+    fake.delay_next("sendMessage", 30)
+    with pytest.raises(APITimeoutError):
+        await bounded(mix.send_and_wait(sid, "hello", timeout=1), 10)
+
+
+async def test_timeout_covers_recovery(fake: MixFake, mix: AsyncMix) -> None:
+    sid = fake.add_session()
+    fake.cut_stream_before("complete", session_id=sid)
+    fake.delay_next("exportSession", 30, times=5)
+    with pytest.raises(APITimeoutError):
+        await bounded(mix.send_and_wait(sid, "hello", timeout=2), 10)
+    assert fake.hits["exportSession"] >= 1  # it timed out while checking the run's end
+
+
+async def test_timeout_covers_reconciling(fake: MixFake, mix: AsyncMix) -> None:
+    sid = fake.add_session()
+    fake.delay_next("getSessionMessages", 30)
+    with pytest.raises(APITimeoutError):
+        await bounded(mix.send_and_wait(sid, "tools [tool]", timeout=2), 10)
