@@ -3994,10 +3994,12 @@ class AsyncMix:
                     continue
                 aid = _assistant_id(event)
                 if not claimed:
-                    if _is_end(event):
+                    if _is_end(event) and not (strict and not gap):
+                        # Ours only if this turn's start was lost in a gap, or the server
+                        # may not mark runs at all: the export decides.
                         verdict = await self._check_end(session_id, text, state, event)
                         if verdict is None:  # another run's end: wait for ours
-                            unmatched = True
+                            unmatched = not strict
                             next_check, interval = loop.time() + _POLL_MIN, _POLL_MIN
                             if aid is not None:
                                 foreign.add(aid)
@@ -4009,7 +4011,7 @@ class AsyncMix:
                         elif isinstance(verdict, ErrorEvent):
                             raise AgentError(f"agent error: {verdict.data.error}", event=verdict)
                         return
-                    if strict:
+                    if strict:  # before this turn's start: another run's event
                         if aid is not None:
                             foreign.add(aid)
                         continue

@@ -216,6 +216,31 @@ async def test_turn_after_an_abandoned_run_gets_its_own_answer(
     assert turn.user_message_id == [m.id for m in stored if m.role == "user"][1]
 
 
+async def test_same_question_again_after_an_abandoned_run(fake: MixFake, mix: AsyncMix) -> None:
+    fake.slow_delay = 0.1
+    sid = fake.add_session()
+    fake.script_reply(sid, "the first run's answer")
+    fake.script_reply(sid, "the second run's answer")
+    with pytest.raises(APITimeoutError):
+        await bounded(mix.send_and_wait(sid, "again [slow]", timeout=0.4))
+    turn = await bounded(mix.send_and_wait(sid, "again [slow]", timeout=15))
+    assert turn.text == "the second run's answer"
+    assert turn.final is not None and turn.final.data.content == "the second run's answer"
+
+
+async def test_abandoned_run_met_by_a_fresh_client(fake: MixFake, mix: AsyncMix) -> None:
+    # A new client has not yet seen the server mark runs: the earlier run's `complete`
+    # is checked in the export, found not to be this turn's, and the turn waits for its own.
+    fake.slow_delay = 0.1
+    sid = fake.add_session()
+    with pytest.raises(APITimeoutError):
+        await bounded(mix.send_and_wait(sid, "first question [slow]", timeout=0.4))
+    async with AsyncMix(fake.url, max_retries=0) as fresh:
+        turn = await bounded(fresh.send_and_wait(sid, "second question", timeout=15))
+    assert turn.text == "Echo: second question"
+    assert turn.final is not None and turn.final.data.content == "Echo: second question"
+
+
 async def test_query_does_not_yield_an_earlier_runs_events(fake: MixFake, mix: AsyncMix) -> None:
     fake.slow_delay = 0.1
     sid = fake.add_session()
