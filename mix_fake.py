@@ -22,8 +22,12 @@ at once and runs a scripted turn in the background that publishes to the session
 spelling the reply, then ``complete`` (``done: true``, ``messageId``, ``content`` = full reply).
 The default reply is ``f"Echo: {text}"``; ``fake.script_reply(session_id, text)`` queues the
 reply of the next turn and ``fake.reply_hook(session_id, text) -> str | None`` computes one.
-The user and assistant messages are stored and listed by ``GET /api/sessions/{id}/messages``
-before ``complete`` is published.
+The user message and the assistant's answer are stored as the run goes (the answer is
+partial in ``GET /api/sessions/{id}/messages`` until it is final); the export gives the
+answer ``finishReason`` ``end_turn`` before ``complete`` is published, ``error`` for an
+``[error]`` run and ``canceled`` for a cancelled one. A message sent while a run of the
+session is active is queued behind it (``busy="queue"``) or refused with 500 naming the
+busy session (``busy="refuse"``), the two behaviours of real server versions.
 
 Special texts in a message (they combine):
 
@@ -47,14 +51,18 @@ Special texts in a message (they combine):
     pauses ``slow_delay`` seconds between events (handy to cancel a turn mid-way).
 
 A text starting with ``/`` is a slash command (``/help``, ``/clear``, ``/cost``, ``/session``):
-it answers 200 with a message object and runs no agent; an unknown command answers 404.
+it answers 200 ``{"id": "cmd-<name>", "role": "assistant", "userInput", "assistantResponse"}``
+(the Go server's shape, no ``sessionId``), publishes nothing and runs no agent; an unknown
+command answers 404.
 When no LLM provider has credentials, sending a message answers 401.
 
 Streams (``GET /stream?sessionId=...``)
 ---------------------------------------
 Framing follows the real server: every event is one chunk
-``id: N\\nevent: NAME\\ndata: <one-line JSON>\\n\\n``; the first frame also carries
-``retry: 5000``.  Ids restart at 1 on every connection, ``connected`` comes first, then
+``id: N\\nevent: NAME\\ndata: <one-line JSON>\\nretry: MS\\n\\n``, with the Go server's
+``retry`` on every frame: ``retry_ms`` (30000) for ordinary events, ``heartbeat_retry_ms``
+(45000) for heartbeats, the error's ``retryAfter`` or ``error_retry_ms`` (750) for errors.
+Ids restart at 1 on every connection, ``connected`` comes first, then
 ``heartbeat`` (``{"type": "ping"}``) every ``heartbeat_interval`` seconds.  Like the real
 server: events published before a stream registers are dropped, ``Last-Event-ID`` is ignored,
 ``session_created`` / ``session_deleted`` go to every open stream, each stream buffers
@@ -73,6 +81,11 @@ a route template (``"/api/sessions/{id}"``) or a glob over the request path
 * ``fake.delay_next(op, seconds, times=1)``
 * ``fake.cut_stream_after(k)``: the next opened stream drops its connection after k events
   (``connected`` included)
+* ``fake.cut_stream_before(event, times=1, session_id=None)``: a stream drops its connection
+  instead of writing the next main-agent ``event`` (``"complete"``, ``"error"``, ...): the
+  event is lost in the reconnect gap, as with the real server
+* ``fake.drop_events(event, times=1, session_id=None)``: the next such main-agent events
+  are published to no stream
 * ``fake.disable(*ops)``: answer 404, like a server version without these routes
 * ``fake.clear_faults()``
 
