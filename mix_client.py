@@ -3989,7 +3989,10 @@ class AsyncMix:
                     else:
                         strict = True  # another run's start (or a later one's)
                     continue
-                if not isinstance(event, _RUN_EVENTS):
+                if not isinstance(event, _RUN_EVENTS) and not isinstance(
+                    event,
+                    UserMessageCreatedEvent,  # a sub-agent's, part of a run
+                ):
                     yield event  # connected, heartbeats, permissions, notifications, unknown
                     continue
                 aid = _assistant_id(event)
@@ -4019,6 +4022,9 @@ class AsyncMix:
                     continue
                 if aid is not None and aid in foreign:
                     continue  # a concurrent run's event
+                # The run shows on the reopened stream: it is alive and its end will come
+                # here (what the gap lost is filled in from the stored messages).
+                gap = False
                 if isinstance(event, ErrorEvent) and _is_fatal(event):
                     finished = True
                     yield event
@@ -4135,7 +4141,10 @@ class AsyncMix:
                         if not event.data.parent_tool_call_id:
                             thinking_parts.append(event.data.content)
                             await _maybe_await(on_thinking, event.data.content)
-                    elif isinstance(event, UserMessageCreatedEvent):
+                    elif (
+                        isinstance(event, UserMessageCreatedEvent)
+                        and not event.data.parent_tool_call_id
+                    ):
                         # This turn's run begins: anything gathered before was another run's.
                         text_parts.clear()
                         thinking_parts.clear()

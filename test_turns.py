@@ -145,6 +145,20 @@ async def test_end_is_recovered_within_about_two_seconds(fake: MixFake, mix: Asy
     assert 1 <= fake.hits["exportSession"] <= 12
 
 
+async def test_checks_stop_once_the_run_shows_on_the_new_stream(
+    fake: MixFake, mix: AsyncMix
+) -> None:
+    fake.slow_delay = 0.15
+    sid = fake.add_session()
+    fake.cut_stream_before("thinking", session_id=sid)
+    turn = await bounded(mix.send_and_wait(sid, "a long one [slow] [tool]", timeout=15))
+    assert turn.reconnects == 1 and turn.recovered is None
+    assert turn.final is not None and turn.text == "Echo: a long one [slow] [tool]"
+    # One check right after the reopen; then the run's events on the new stream show it
+    # alive, so no more reads of the export while it goes on for about two seconds.
+    assert fake.hits["exportSession"] <= 2
+
+
 async def test_fatal_error_lost_in_the_gap_raises(fake: MixFake, mix: AsyncMix) -> None:
     sid = fake.add_session()
     fake.cut_stream_before("error", session_id=sid)
@@ -193,6 +207,24 @@ async def test_server_that_drops_the_run_start(fake: MixFake, mix: AsyncMix) -> 
     turn = await bounded(mix.send_and_wait(sid, "plain", timeout=15))
     assert turn.text == "Echo: plain"
     assert turn.final is not None and turn.recovered is None
+
+
+async def test_sub_agent_run_start_is_part_of_the_turn(fake: MixFake, mix: AsyncMix) -> None:
+    # A sub-agent's user_message_created (parentToolCallId set) is not the turn's start.
+    sid = fake.add_session()
+    seen: list[Any] = []
+    turn = await bounded(
+        mix.send_and_wait(sid, "delegate [subagent]", timeout=15, on_tool=seen.append)
+    )
+    assert turn.text == "Echo: delegate [subagent]"
+    [call] = turn.tool_calls
+    assert call.name == "Task" and call.finished
+    assert call.input == {
+        "description": "Delegate research",
+        "prompt": "Research the topic",
+        "subagent_type": "general-purpose",
+    }
+    assert seen == [call]
 
 
 # ---------------------------------------------------------------------------
