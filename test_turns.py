@@ -322,8 +322,8 @@ async def test_busy_session_refusal_surfaces(mix: AsyncMix) -> None:
             c.send_and_wait(sid, "long one [slow]", timeout=15, on_event=seen)
         )
         await bounded(running.wait())
-        with pytest.raises(InternalServerError) as info:
-            await bounded(c.send_and_wait(sid, "second", timeout=15))
+        with pytest.raises(InternalServerError) as info:  # not sent: nothing to cancel
+            await bounded(c.send_and_wait(sid, "second", timeout=15, cancel_on_exit=True))
         assert info.value.status_code == 500
         assert sid in str(info.value) and "busy" in str(info.value)
         turn = await bounded(first)
