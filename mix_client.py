@@ -4046,11 +4046,20 @@ class AsyncMix:
     async def _read_run(
         self, session_id: str, text: str, state: _TurnState
     ) -> TurnRecovered | None:
-        """The run's end as the export stores it (``None``: not over, not found, or no export)."""
+        """The run's end as the export stores it (``None``: not over, not found, no export,
+        or the check failed for a passing reason and is tried again at the next interval)."""
         try:
             export = await state.within(self.export_session(session_id), session_id)
         except NotFoundError:
             state.no_export = True  # an older server: nothing to check against
+            return None
+        except (APIConnectionError, APIStatusError) as exc:
+            if isinstance(exc, APIStatusError) and (
+                exc.status_code < 500 and exc.status_code not in (408, 429)
+            ):
+                raise
+            if state.deadline is not None and (asyncio.get_running_loop().time() >= state.deadline):
+                raise
             return None
         found = _run_rows(export.messages, text, state.user_message_id)
         if found is None:

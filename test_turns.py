@@ -25,7 +25,9 @@ from mix_client import (
     ConnectedEvent,
     ContentEvent,
     InternalServerError,
+    Mix,
     Reconnected,
+    Turn,
     TurnRecovered,
     UserMessageCreatedEvent,
 )
@@ -157,6 +159,31 @@ async def test_checks_stop_once_the_run_shows_on_the_new_stream(
     # One check right after the reopen; then the run's events on the new stream show it
     # alive, so no more reads of the export while it goes on for about two seconds.
     assert fake.hits["exportSession"] <= 2
+
+
+async def test_a_failed_check_is_tried_again(fake: MixFake, mix: AsyncMix) -> None:
+    sid = fake.add_session()
+    fake.cut_stream_before("complete", session_id=sid)
+    fake.fail_next("exportSession", times=2, status=503)
+    turn = await bounded(mix.send_and_wait(sid, "hello", timeout=15))
+    assert turn.text == "Echo: hello" and turn.recovered is not None
+    assert fake.hits["exportSession"] >= 3
+
+
+async def test_blocking_facade_recovers_a_lost_complete(fake: MixFake) -> None:
+    sid = fake.add_session()
+    fake.cut_stream_before("complete", session_id=sid)
+
+    def run() -> tuple[Turn, list[Any]]:
+        with Mix(fake.url, max_retries=0) as blocking:
+            turn = blocking.send_and_wait(sid, "hello", timeout=15)
+            with blocking.query(sid, "/help", timeout=15) as events:
+                got = list(events)
+        return turn, got
+
+    turn, got = await bounded(asyncio.to_thread(run))
+    assert turn.text == "Echo: hello" and turn.recovered is not None
+    assert [type(e) for e in got] == [ConnectedEvent, CompleteEvent]
 
 
 async def test_fatal_error_lost_in_the_gap_raises(fake: MixFake, mix: AsyncMix) -> None:
