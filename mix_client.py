@@ -4036,8 +4036,9 @@ class AsyncMix:
         finally:
             if pending is not None:
                 pending.cancel()
-                with contextlib.suppress(BaseException):
-                    await pending
+                await asyncio.wait((pending,))
+                if not pending.cancelled():
+                    pending.exception()  # a read error after the turn was over: not reported
             await stream.aclose()
             if cancel_on_exit and sent and not finished:
                 with contextlib.suppress(MixError):
