@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -71,11 +72,16 @@ async def until(predicate: Callable[[], bool]) -> None:
 # ---------------------------------------------------------------------------
 
 
-async def test_fake_sends_the_go_retry_values(fake: MixFake, mix: AsyncMix) -> None:
+async def test_fake_sends_the_go_retry_values(fake: MixFake) -> None:
     sid = fake.add_session()
-    async with mix.stream_events(sid) as events:
-        assert isinstance(await bounded(events.__anext__()), ConnectedEvent)
-        assert events._decoder.retry == 30000
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(fake.url + "/stream", params={"sessionId": sid}) as resp,
+    ):
+        first = await bounded(resp.content.readuntil(b"\n\n"))
+        assert first.endswith(b"\nretry: 30000\n\n") and b"event: connected\n" in first
+        fake.publish(sid, "error", {"type": "error", "error": "x"})
+        assert (await bounded(resp.content.readuntil(b"\n\n"))).endswith(b"retry: 750\n\n")
 
 
 async def test_complete_lost_in_the_gap_is_recovered(fake: MixFake, mix: AsyncMix) -> None:
@@ -216,7 +222,7 @@ async def test_query_raises_after_a_run_cancelled_in_the_gap(fake: MixFake, mix:
                 if isinstance(event, ContentEvent) and event.data.content:
                     # The run is cancelled elsewhere; its final `error` falls in a gap.
                     fake.cut_stream_before("error", session_id=sid)
-                    fake._cancel_runs(sid)
+                    await mix.cancel_session_processing(sid)
 
     with pytest.raises(AgentError) as info:
         await bounded(run())
