@@ -2846,11 +2846,14 @@ _in_sync_loop = _SyncLoopFlag()
 
 
 class TurnStream:
-    """The events of one turn: an async context manager and async iterator.
+    """The events of one turn (see :meth:`AsyncMix.query`): an async context manager and
+    async iterator of :data:`TurnEvent`.
 
-    Ends after the ``complete`` event of the main agent (sub-agents' completes carry a
-    ``parent_tool_call_id`` and do not end it); an ``error`` event of the main agent raises
-    :class:`AgentError`.
+    Only the turn's own run is yielded, from its ``user_message_created`` on. Ends after
+    that run's main-agent ``complete`` (sub-agents' completes carry a
+    ``parent_tool_call_id`` and do not end it), or with a :class:`TurnRecovered` marker when
+    the stream lost the end and it was read from the export; an ``error`` event of the main
+    agent, or a recovered failed or cancelled run, raises :class:`AgentError`.
     """
 
     def __init__(self, gen: AsyncIterator[TurnEvent], state: _TurnState | None = None) -> None:
