@@ -349,7 +349,7 @@ async def test_two_turns_on_one_session_get_their_own_answers(fake: MixFake, mix
     assert one.final.data.message_id != two.final.data.message_id
 
 
-async def test_busy_session_refusal_surfaces(mix: AsyncMix) -> None:
+async def test_busy_session_refusal_surfaces() -> None:
     async with MixFake(busy="refuse", slow_delay=0.2) as url, AsyncMix(url, max_retries=0) as c:
         fake_sid = await c.create_session(title="t", browser_mode="local-browser-service")
         sid = fake_sid.id
