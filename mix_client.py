@@ -4895,13 +4895,23 @@ async def _cli(argv: list[str]) -> int:
                     )
                 ).id
                 print(f"session {session_id}", file=sys.stderr)
-            async with mix.query(session_id, args.text) as events:
-                async for event in events:
-                    if isinstance(event, ContentEvent) and not event.data.parent_tool_call_id:
-                        print(event.data.content, end="", flush=True)
-                    elif isinstance(event, ToolUseStartEvent):
-                        print(f"\n[tool] {event.data.name}", file=sys.stderr)
-            print()
+            streamed: list[str] = []
+
+            def show(delta: str) -> None:
+                streamed.append(delta)
+                print(delta, end="", flush=True)
+
+            def tool(call: TurnToolCall) -> None:
+                print(f"\n[tool] {call.name}", file=sys.stderr)
+
+            turn = await mix.send_and_wait(session_id, args.text, on_content=show, on_tool=tool)
+            # A slash command's answer, or an end recovered after a drop, is not (all) on
+            # the stream: print what the turn holds beyond what was shown.
+            shown = "".join(streamed)
+            if turn.text != shown:
+                print(turn.text[len(shown) :] if turn.text.startswith(shown) else "\n" + turn.text)
+            else:
+                print()
     return 0
 
 
