@@ -56,6 +56,7 @@ from typing import (
     Final,
     Generic,
     Literal,
+    NoReturn,
     ParamSpec,
     Protocol,
     TypeAlias,
@@ -78,6 +79,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_MAX_EVENT_SIZE",
     "DEFAULT_SERVER_URL",
     "DEFAULT_TIMEOUT",
     "OPERATIONS",
@@ -100,6 +102,7 @@ __all__ = [
     "CallbackResult",
     "CallbackType",
     "CancelResult",
+    "ClientClosedError",
     "Command",
     "CompleteData",
     "CompleteEvent",
@@ -114,6 +117,7 @@ __all__ = [
     "ErrorEvent",
     "ErrorResponse",
     "EventStream",
+    "EventTooLargeError",
     "ExportMessage",
     "ExportSession",
     "ExportToolCall",
@@ -894,6 +898,11 @@ class APITimeoutError(APIConnectionError):
     """The request timed out (connect, read, or total)."""
 
 
+class ClientClosedError(APIConnectionError):
+    """The client was closed: by :meth:`AsyncMix.aclose` while this call or stream was
+    in flight, or before it started."""
+
+
 class ResponseValidationError(MixError):
     """A 2xx body did not match the expected schema. ``cause`` is the msgspec error."""
 
@@ -917,6 +926,17 @@ class ResponseValidationError(MixError):
         self.method = method
         self.url = url
         self.raw_response = raw_response
+
+
+class EventTooLargeError(MixError):
+    """One SSE event (or line) grew beyond ``max_event_size`` bytes; ``limit`` is that size.
+
+    The stream is closed: nothing more was buffered than the limit.
+    """
+
+    def __init__(self, message: str, *, limit: int) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
 class AgentError(MixError):
@@ -1727,6 +1747,17 @@ class ServerSentEvent(msgspec.Struct, frozen=True, gc=False):
 
 
 _SSE_BOM = b"\xef\xbb\xbf"
+DEFAULT_MAX_EVENT_SIZE: Final = 64 << 20
+"""Largest SSE event (or line) a stream buffers: 64 MiB."""
+
+
+def _check_size(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int (bytes), not {type(value).__name__}")
+    if value < 1:
+        raise InvalidInputError(f"{name} must be >= 1, not {value}")
+    return value
+
 
 # Decoded event names; a stream uses a handful, so each is decoded once.
 # _SSE_EVENT_NAMES is keyed by the field value, _SSE_EVENT_LINES by the whole
@@ -1777,7 +1808,13 @@ class SSEDecoder:
     dropped; ``:`` starts a comment; ``data`` lines are joined with LF; an
     ``id`` containing NUL is ignored and the last id persists across events;
     ``retry`` must be ASCII digits; a blank line dispatches the event unless
-    no data line was seen.  There is no limit on line or event size.
+    no data line was seen.  ``last_event_id`` changes when an event is
+    dispatched (the blank line), never while a frame is half received; an
+    empty ``id:`` resets it to ``None``.
+
+    An event whose data (with the line still being received) grows beyond
+    ``max_event_size`` bytes (default :data:`DEFAULT_MAX_EVENT_SIZE`, 64 MiB)
+    raises :class:`EventTooLargeError` instead of buffering more.
 
     Work is linear in the bytes fed, whatever the chunking: each chunk is
     scanned once (CR/LF are normalised to LF with ``bytes.replace``, then
@@ -1799,14 +1836,22 @@ class SSEDecoder:
         "_data",
         "_event",
         "_frame_retry",
+        "_id",
+        "_max",
         "_partial",
+        "_size",
         "_start",
         "last_event_id",
         "retry",
     )
 
-    def __init__(self, last_event_id: str | None = None) -> None:
+    def __init__(
+        self, last_event_id: str | None = None, *, max_event_size: int = DEFAULT_MAX_EVENT_SIZE
+    ) -> None:
         self.last_event_id: str | None = last_event_id or None
+        self._id = self.last_event_id  # the id buffer: becomes last_event_id at dispatch
+        self._max = _check_size(max_event_size, "max_event_size")
+        self._size = 0  # bytes in _data
         self.retry: int | None = None
         self._start = True  # still looking for a BOM at stream start
         self._bom_buf = b""  # first bytes of the stream while they may be a BOM
@@ -1819,7 +1864,7 @@ class SSEDecoder:
 
     def feed(self, chunk: bytes) -> list[ServerSentEvent]:
         """Parse ``chunk`` and return the frames it completes (often none)."""
-        if self._clean and 13 not in chunk:
+        if self._clean and 13 not in chunk and len(chunk) <= self._max:
             return self._frames(chunk)
         if self._start:
             chunk = self._strip_bom(chunk)
@@ -1832,8 +1877,20 @@ class SSEDecoder:
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         elif 10 not in chunk:
             self._partial += chunk  # (_clean is already False here)
+            if len(self._partial) + self._size > self._max:
+                self._too_large()
             return []
         return self._lines(chunk.split(b"\n"))
+
+    def _too_large(self) -> NoReturn:
+        size = len(self._partial) + self._size
+        self._partial = bytearray()
+        self._data = []
+        self._size = 0
+        raise EventTooLargeError(
+            f"SSE event larger than max_event_size ({self._max} bytes): {size} bytes buffered",
+            limit=self._max,
+        )
 
     def _frames(self, chunk: bytes) -> list[ServerSentEvent]:
         """Shortcut, from a clean state: whole ``id: N\nevent: NAME\ndata: JSON`` frames.
@@ -1857,7 +1914,7 @@ class SSEDecoder:
                     and 0 not in id_line
                 ):
                     event_id = id_line[4:].decode("utf-8", "replace") or None
-                    self.last_event_id = event_id
+                    self.last_event_id = self._id = event_id
                     out.append(ServerSentEvent(name, data_line[6:], event_id, None))
                     continue
             parts.append(b"")  # the blank line that ended the frame
@@ -1888,24 +1945,32 @@ class SSEDecoder:
         out: list[ServerSentEvent] = []
         data = self._data
         event = self._event
+        size = self._size
+        limit = self._max
         for line in lines:
             if not line:  # blank line: dispatch
+                self.last_event_id = self._id
                 if data:
                     out.append(
                         ServerSentEvent(
                             event or "message",
                             data[0] if len(data) == 1 else b"\n".join(data),
-                            self.last_event_id,
+                            self._id,
                             self._frame_retry,
                         )
                     )
                     data = self._data = []
+                    size = 0
                 self._frame_retry = None
                 event = None
                 continue
             first = line[0]
             # Shortcuts for the spellings servers write.
             if first == 100 and line[:6] == b"data: ":
+                size += len(line) - 5  # the value and the LF joining it to the next
+                if size > limit:
+                    self._size = size
+                    self._too_large()
                 data.append(line[6:])
                 continue
             if first == 101 and line[:7] == b"event: ":
@@ -1913,7 +1978,7 @@ class SSEDecoder:
                 continue
             if first == 105 and line[:4] == b"id: ":
                 if 0 not in line:
-                    self.last_event_id = line[4:].decode("utf-8", "replace") or None
+                    self._id = line[4:].decode("utf-8", "replace") or None
                 continue
             if first == 58:  # ':' comment
                 continue
@@ -1927,16 +1992,23 @@ class SSEDecoder:
                     line[colon + 2 :] if line[colon + 1 : colon + 2] == b" " else line[colon + 1 :]
                 )
             if field == b"data":
+                size += len(value) + 1
+                if size > limit:
+                    self._size = size
+                    self._too_large()
                 data.append(value)
             elif field == b"event":
                 event = _sse_event_name(value)
             elif field == b"id":
                 if 0 not in value:
-                    self.last_event_id = value.decode("utf-8", "replace") or None
+                    self._id = value.decode("utf-8", "replace") or None
             elif field == b"retry" and value.isdigit():  # bytes.isdigit: ASCII only
                 with contextlib.suppress(ValueError):  # more digits than int() takes
                     self.retry = self._frame_retry = int(value)
         self._event = event
+        self._size = size
+        if len(partial) + size > limit:
+            self._too_large()
         self._clean = not (
             data
             or partial
@@ -1944,6 +2016,7 @@ class SSEDecoder:
             or self._cr
             or event is not None
             or self._frame_retry is not None
+            or self._id != self.last_event_id
         )
         return out
 
@@ -2393,6 +2466,8 @@ StreamEvent = Union[MixEvent, Reconnected]  # noqa: UP007 (a runtime alias on 3.
 """What :class:`EventStream` yields."""
 
 _BROADCAST_NAMES: Final = frozenset({"session_created", "session_deleted"})
+DEFAULT_MAX_CONNECTIONS: Final = 100
+"""Connections of plain calls, uploads and downloads (streams have a pool of their own)."""
 DEFAULT_IDLE_TIMEOUT: Final = 90.0
 """Twice the server's 45 s heartbeat."""
 
@@ -2409,6 +2484,49 @@ def _buffered(content: aiohttp.StreamReader) -> bytes:
     return data if isinstance(data, bytes) else b""
 
 
+_RECONNECT_FLOOR: Final = 0.1
+"""No reconnect attempt starts sooner than this after a failed one (``retry: 0``)."""
+_RECONNECT_BASE: Final = 0.5
+_RECONNECT_CAP: Final = 8.0
+_IMMEDIATE_EVERY: Final = 1.0
+"""At most one immediate reopen per this many seconds (a server that drops at once)."""
+
+
+def _stream_timeout(
+    value: Timeout | _NotGiven, idle_timeout: float | None
+) -> aiohttp.ClientTimeout:
+    """A stream's timeout: never a total; ``timeout=`` bounds connecting and silences."""
+    if isinstance(value, _NotGiven):
+        return aiohttp.ClientTimeout(total=None, connect=10, sock_read=idle_timeout)
+    if isinstance(value, aiohttp.ClientTimeout):
+        if value.total is not None:
+            raise InvalidInputError(
+                "a stream has no total timeout (it would cut a healthy stream): use connect="
+                " and sock_read= of aiohttp.ClientTimeout, or idle_timeout="
+            )
+        if value.sock_read is None and idle_timeout is not None:
+            return aiohttp.ClientTimeout(
+                total=None,
+                connect=value.connect,
+                sock_connect=value.sock_connect,
+                sock_read=idle_timeout,
+                ceil_threshold=value.ceil_threshold,
+            )
+        return value
+    if value is None:
+        return aiohttp.ClientTimeout(total=None, sock_read=idle_timeout)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise InvalidInputError(f"timeout must be a positive number of seconds, not {value!r}")
+    seconds = float(value)
+    idle = seconds if idle_timeout is None else min(seconds, idle_timeout)
+    return aiohttp.ClientTimeout(total=None, connect=seconds, sock_read=idle)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class EventStream:
     """The Server-Sent-Events stream of one session (``GET /stream?sessionId=...``).
 
@@ -2420,12 +2538,21 @@ class EventStream:
                     print(event.data.content, end="")
 
     When the connection drops (or nothing, not even a heartbeat, arrives for
-    ``idle_timeout`` seconds) it reconnects with backoff, sending ``Last-Event-ID``, and
-    yields a :class:`Reconnected` marker: the server does not replay, so events may have
-    been lost. After ``max_reconnects`` failed attempts in a row it raises
-    :class:`APIConnectionError`. ``session_created``/``session_deleted`` of other sessions
-    (broadcast to every stream) are dropped unless ``include_other_sessions=True``.
-    Leaving the ``async with`` closes the connection at once.
+    ``idle_timeout`` seconds) it reconnects, sending ``Last-Event-ID``, and yields a
+    :class:`Reconnected` marker before the first event of the new connection: the server
+    does not replay, so events may have been lost. After a connection that delivered
+    events, the first reopen is immediate (at most one immediate reopen a second); attempts
+    that fail (an error status, no connection, or a 200 that delivers no event) back off
+    with jitter from 0.5 s doubling up to 8 s, never more than the server's ``retry:`` and
+    never less than 0.1 s. After ``max_reconnects`` failed attempts in a row it raises
+    :class:`APIConnectionError`. A 200 that is not ``text/event-stream`` raises
+    :class:`ResponseValidationError`. ``session_created``/``session_deleted`` of other
+    sessions (broadcast to every stream) are dropped unless ``include_other_sessions=True``.
+
+    :meth:`aclose` (or leaving the ``async with``) closes the connection at once, also
+    from another task: a consumer waiting for the next event stops (``StopAsyncIteration``)
+    and nothing more is yielded. Closing the client raises :class:`ClientClosedError` in
+    that consumer instead.
     """
 
     def __init__(
@@ -2438,31 +2565,63 @@ class EventStream:
         include_other_sessions: bool = False,
         idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
         max_reconnects: int = 5,
+        max_event_size: int | None = None,
         opts: RequestOptions | None = None,
     ) -> None:
+        if idle_timeout is not None and (
+            isinstance(idle_timeout, bool)
+            or not isinstance(idle_timeout, (int, float))
+            or not idle_timeout > 0
+        ):
+            raise InvalidInputError(
+                f"idle_timeout must be a positive number of seconds or None, not {idle_timeout!r}"
+            )
+        if isinstance(max_reconnects, bool) or not isinstance(max_reconnects, int):
+            raise TypeError(f"max_reconnects must be an int, not {type(max_reconnects).__name__}")
+        if max_reconnects < 0:
+            raise InvalidInputError(f"max_reconnects must be >= 0, not {max_reconnects}")
+        if max_event_size is None:
+            max_event_size = client._max_event_size
+        self._max_event_size = _check_size(max_event_size, "max_event_size")
         self.session_id = session_id
         self._path = "/stream"
         self._query = "sessionId=" + quote(_check_id(session_id, "session_id"), safe="")
         self._client = client
-        self.last_event_id = last_event_id
         self.reconnect = reconnect
         self.include_other_sessions = include_other_sessions
         self.max_reconnects = max_reconnects
         self._opts: RequestOptions = dict(opts or {})  # type: ignore[assignment]
-        if "timeout" not in self._opts:
-            self._opts["timeout"] = aiohttp.ClientTimeout(
-                total=None, connect=10, sock_read=idle_timeout
-            )
+        self._opts["timeout"] = _stream_timeout(
+            self._opts.pop("timeout", _NOT_GIVEN),
+            idle_timeout,
+        )
         self._resp: aiohttp.ClientResponse | None = None
-        self._decoder = SSEDecoder()
+        self._decoder = SSEDecoder(last_event_id, max_event_size=self._max_event_size)
         self._pending: list[StreamEvent] = []  # decoded, not yet handed out from _next
         self._next = 0
-        self._closed = False
+        self._closed = False  # ended: hand out what is pending, then stop
+        self._shut = False  # closed by aclose() or the client: hand out nothing more
+        self._close_error: MixError | None = None  # raised once after the client closed
+        self._waiter: asyncio.Future[None] | None = None  # the reconnect wait
         self._connected_here = False
         self._last_error = False
+        self._delivered = False  # this connection dispatched at least one event
+        self._is_retry = False  # this connection was opened by a reconnect
+        self._failures = 0  # reconnect attempts in a row that delivered nothing
+        self._attempts = 0  # attempts since the last connection that delivered
+        self._reason = ""
+        self._immediate_at = -_IMMEDIATE_EVERY  # loop time of the last immediate reopen
+        self._marker = False  # yield Reconnected before the next event
+        self._sent_id: str | None = None  # Last-Event-ID sent when this connection opened
         self._failure: BaseException | None = None  # read error held back behind buffered bytes
         self.reconnects = 0
         """How many times the stream was reopened."""
+        client._streams.add(self)
+
+    @property
+    def last_event_id(self) -> str | None:
+        """The id of the last event dispatched (sent as ``Last-Event-ID`` on reconnect)."""
+        return self._decoder.last_event_id
 
     async def __aenter__(self) -> Self:
         try:
@@ -2482,23 +2641,42 @@ class EventStream:
             resp.close()
 
     async def aclose(self) -> None:
-        """Close the connection; iteration ends."""
-        self._closed = True
+        """Close the connection; iteration ends, also for a consumer waiting in another task."""
+        self._shutdown(None)
+
+    def _shutdown(self, error: MixError | None) -> None:
+        if not self._shut and error is not None and not self._closed:
+            self._close_error = error
+        self._shut = self._closed = True
+        self._pending = []
+        self._next = 0
+        waiter = self._waiter
+        if waiter is not None:
+            _wake(waiter)
         resp, self._resp = self._resp, None
         if resp is not None:
-            resp.close()
+            resp.close()  # a reader waiting in readany() wakes with a connection error
+        self._client._streams.discard(self)
+
+    def _end(self) -> NoReturn:
+        error, self._close_error = self._close_error, None
+        if error is not None:
+            raise error
+        raise StopAsyncIteration
 
     def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> StreamEvent:
         while True:
+            if self._shut:
+                self._end()
             index = self._next
             if index < len(self._pending):
                 self._next = index + 1
                 return self._pending[index]
             if self._closed:
-                raise StopAsyncIteration
+                self._end()
             resp = self._resp
             if resp is None:
                 await self._open(first=True)
@@ -2510,6 +2688,8 @@ class EventStream:
             try:
                 chunk = await resp.content.readany()
             except _TRANSPORT_ERRORS as exc:
+                if self._shut:
+                    continue
                 # aiohttp raises a read error (a drop, the idle timeout) before handing
                 # out bytes it already received, so a slow reader would lose the last
                 # events: decode those first and handle the error after them.
@@ -2519,13 +2699,34 @@ class EventStream:
                     continue
                 self._failure = exc
             if not chunk:
-                await self._lost(None)
+                if not self._shut:
+                    await self._lost(None)
                 continue
-            frames = self._decoder.feed(chunk)
+            try:
+                frames = self._decoder.feed(chunk)
+            except EventTooLargeError:
+                self._shutdown(None)
+                raise
             if not frames:
                 continue
             # One pass per chunk, no per-event bookkeeping beyond decoding.
             events: list[StreamEvent] = []
+            if not self._delivered:
+                self._delivered = True
+                self._failures = 0
+                if self._marker:
+                    self._marker = False
+                    self.reconnects += 1
+                    events.append(
+                        Reconnected(
+                            data=ReconnectedData(
+                                attempts=self._attempts,
+                                last_event_id=self._sent_id,
+                                reason=self._reason,
+                            )
+                        )
+                    )
+                self._attempts = 0
             own = self.session_id
             keep_all = self.include_other_sessions
             for frame in frames:
@@ -2538,38 +2739,92 @@ class EventStream:
             if not self._connected_here:
                 self._connected_here = any(frame.event == "connected" for frame in frames)
             self._last_error = frames[-1].event == "error"
-            if self._decoder.last_event_id is not None:
-                self.last_event_id = self._decoder.last_event_id
-
-    def _push(self, event: StreamEvent) -> None:
-        self._pending = [*self._pending[self._next :], event]
-        self._next = 0
 
     async def _open(self, *, first: bool) -> None:
-        if self._closed and not first:
+        if self._close_error is not None:
+            self._end()
+        if self._shut and not first:
             return
-        self._closed = False
+        self._shut = self._closed = False
+        self._client._streams.add(self)
         extra = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
-        if self.last_event_id:
-            extra["Last-Event-ID"] = self.last_event_id
+        last_id = self._decoder.last_event_id
+        if last_id:
+            extra["Last-Event-ID"] = last_id
         opts = self._opts
         if not first:
             opts = {**opts, "max_retries": 0}
-        resp, _ = await self._client._request(
-            _stream_events, self._path, opts, query=self._query, stream=True, extra_headers=extra
-        )
+        try:
+            resp, _ = await self._client._request(
+                _stream_events,
+                self._path,
+                opts,
+                query=self._query,
+                stream=True,
+                extra_headers=extra,
+                streams_pool=True,
+            )
+        except ClientClosedError:
+            self._close_error = None
+            self._shutdown(None)
+            raise
+        if self._shut:  # closed while connecting
+            resp.close()
+            return
+        mime = resp.headers.get("Content-Type")
+        if mime is not None and resp.content_type != "text/event-stream":
+            body = resp.content.read_nowait(2048) if resp.content.is_eof() else b""
+            resp.close()
+            self._shutdown(None)
+            url = str(resp.url)
+            raise ResponseValidationError(
+                f"GET {url} -> {resp.status}: expected an event stream, got {mime!r}"
+                " (a proxy or a web page answering instead of the Mix server?)",
+                cause=ValueError(f"Content-Type {mime!r} is not text/event-stream"),
+                body=body,
+                status_code=resp.status,
+                headers=resp.headers,
+                method="GET",
+                url=url,
+                raw_response=resp,
+            )
         self._resp = resp
         self._failure = None
+        self._sent_id = last_id
         retry = self._decoder.retry
-        self._decoder = SSEDecoder(self.last_event_id)
+        self._decoder = SSEDecoder(last_id, max_event_size=self._max_event_size)
         self._decoder.retry = retry
         self._connected_here = False
         self._last_error = False
+        self._delivered = False
+        self._is_retry = not first
+
+    def _delay(self, failures: int) -> float:
+        """Wait before attempt number ``failures + 1`` of a reconnect (failures >= 1)."""
+        cap = _RECONNECT_CAP
+        retry = self._decoder.retry
+        if retry is not None:
+            cap = min(cap, retry / 1000)
+        delay: float = min(_RECONNECT_BASE * 2.0 ** min(failures - 1, 16), cap)
+        return max(delay * (0.5 + 0.5 * random.random()), _RECONNECT_FLOOR)
+
+    async def _sleep(self, delay: float) -> None:
+        """Sleep ``delay`` seconds unless :meth:`aclose` ends the wait first."""
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        sleeper = asyncio.ensure_future(asyncio.sleep(delay))
+        sleeper.add_done_callback(lambda _: _wake(waiter))
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            sleeper.cancel()
 
     async def _lost(self, exc: BaseException | None) -> None:
         resp, self._resp = self._resp, None
         if resp is not None:
             resp.close()
+        if self._shut:
+            return
         url = f"{self._client.server_url}/stream?{self._query}"
         if self._last_error and not self._connected_here:
             # e.g. an unknown session: the server sends one error event and closes.
@@ -2582,24 +2837,34 @@ class EventStream:
             error, _ = _connection_error(exc, "GET", url)
             raise error from exc
         reason = "connection closed" if exc is None else f"{type(exc).__name__}: {exc}"
-        attempts = 0
+        loop = asyncio.get_running_loop()
+        immediate = False
+        if self._delivered:
+            self._reason = reason
+            immediate = loop.time() - self._immediate_at >= _IMMEDIATE_EVERY
+        else:
+            self._reason = self._reason or reason
+            if self._is_retry:
+                self._failures += 1  # a 200 that delivered nothing: a failed attempt
+        self._delivered = False
         last: BaseException | None = exc
         while True:
-            if attempts >= self.max_reconnects:
+            if self._failures >= self.max_reconnects:
                 self._closed = True
                 raise APIConnectionError(
-                    f"GET {url}: stream lost ({reason}); {attempts} reconnect attempts failed",
+                    f"GET {url}: stream lost ({self._reason or reason}); "
+                    f"{self._failures} reconnect attempts failed",
                     method="GET",
                     url=url,
                 ) from last
-            base = (self._decoder.retry / 1000) if self._decoder.retry is not None else 0.5
-            delay = min(base * 2**attempts, max(base, 8.0)) * (1.0 - 0.25 * random.random())
-            if attempts == 0 and self._connected_here:
-                delay = 0.0  # a stream that was delivering events: reopen at once
-            await asyncio.sleep(delay)
-            if self._closed:  # closed by aclose() while waiting
-                return
-            attempts += 1
+            if immediate:
+                immediate = False
+                self._immediate_at = loop.time()
+            else:
+                await self._sleep(self._delay(max(self._failures, 1)))
+                if self._shut:  # closed by aclose() while waiting
+                    return
+            self._attempts += 1
             try:
                 await self._open(first=False)
             except APIStatusError as error:
@@ -2607,19 +2872,18 @@ class EventStream:
                     self._closed = True
                     raise
                 last = error
+                self._failures += 1
                 continue
             except APIConnectionError as error:
+                if isinstance(error, ClientClosedError):
+                    raise
                 last = error
+                self._failures += 1
                 continue
             break
-        self.reconnects += 1
-        self._push(
-            Reconnected(
-                data=ReconnectedData(
-                    attempts=attempts, last_event_id=self.last_event_id, reason=reason
-                )
-            )
-        )
+        if self._shut:
+            return
+        self._marker = True
 
 
 def _check_id(value: object, name: str) -> str:
@@ -2991,6 +3255,14 @@ class AsyncMix:
     with every request. ``logger`` receives debug lines (credentials redacted); set
     ``MIX_DEBUG=true`` to print them without configuring logging.
 
+    Connections: event streams hold a connection for their whole life, so they get their
+    own pool, and open streams never make plain calls wait. ``max_connections`` (default
+    100) bounds the connections of plain calls, uploads and downloads;
+    ``max_stream_connections`` (default ``None``: no limit) bounds open streams. With
+    ``session=`` both share that session's connector and its limit (neither option
+    applies). ``max_event_size`` (default 64 MiB) is the largest SSE event a stream
+    buffers (:class:`EventTooLargeError` beyond).
+
     Use it as ``async with AsyncMix() as mix:`` or call :meth:`aclose` when done.
     """
 
@@ -3010,7 +3282,26 @@ class AsyncMix:
         headers: Mapping[str, str] | None = None,
         session: aiohttp.ClientSession | None = None,
         logger: logging.Logger | None = None,
+        max_connections: int | None = None,
+        max_stream_connections: int | None = None,
+        max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
     ) -> None:
+        for name, value in (
+            ("max_connections", max_connections),
+            ("max_stream_connections", max_stream_connections),
+        ):
+            if value is not None:
+                _check_size(value, name)
+                if session is not None:
+                    raise InvalidInputError(
+                        f"{name} does not apply with session=: the session's connector sets"
+                        " the limit (aiohttp.TCPConnector(limit=...))"
+                    )
+        self._max_connections: int = max_connections or DEFAULT_MAX_CONNECTIONS
+        self._max_stream_connections = max_stream_connections
+        self._max_event_size = _check_size(max_event_size, "max_event_size")
+        self._streams: weakref.WeakSet[EventStream] = weakref.WeakSet()
+        self._stream_session: aiohttp.ClientSession | None = None
         url = server_url or os.environ.get("MIX_SERVER_URL") or DEFAULT_SERVER_URL
         self.server_url: str = _check_server_url(url)
         self._policy = _make_policy(max_retries, retry_config)
@@ -3058,33 +3349,57 @@ class AsyncMix:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the HTTP session this client created (never one you passed in)."""
+        """Close the client: its open streams end and calls in flight or started later
+        raise :class:`ClientClosedError`. Closes the HTTP sessions this client created
+        (never one you passed in). On a :meth:`with_options` copy, only that copy and the
+        streams it opened are closed; closing the original closes every copy too.
+        """
         self._closed = True
+        error = ClientClosedError("the client was closed")
+        for stream in list(self._streams):
+            if self._parent is None or stream._client is self:
+                stream._shutdown(error)
         if self._parent is not None:
             return  # a with_options copy: the pool belongs to the original client
         session, self._session = self._session, None
-        if session is not None and session is not self._user_session and not session.closed:
-            await session.close()
+        streams, self._stream_session = self._stream_session, None
+        for http in (streams, session):
+            if http is not None and http is not self._user_session and not http.closed:
+                await http.close()
 
-    def _http(self) -> aiohttp.ClientSession:
+    def _is_closed(self) -> bool:
+        return self._closed or (self._parent is not None and self._parent._closed)
+
+    def _http(self, streams_pool: bool = False) -> aiohttp.ClientSession:
+        if self._closed:
+            raise ClientClosedError("this client is closed")
         if self._parent is not None:
-            if self._closed:
-                raise MixError("this client is closed")
-            return self._parent._http()
+            return self._parent._http(streams_pool)
         session = self._session
         if session is not None and session is self._user_session:
             return session
         loop = asyncio.get_running_loop()
         if session is None or session.closed or self._session_loop is not loop:
-            if self._closed:
-                raise MixError("this client is closed")
             # Created inside the running loop; a new loop (asyncio.run twice) gets a new one.
             session = aiohttp.ClientSession(
                 headers=self._headers,
-                connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=300),
+                connector=aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300),
             )
             self._session = session
             self._session_loop = loop
+            self._stream_session = None
+        if streams_pool:
+            # Streams hold their connection for their whole life: a pool of their own, so
+            # that open streams never make plain calls wait for a connection.
+            streams = self._stream_session
+            if streams is None or streams.closed:
+                streams = self._stream_session = aiohttp.ClientSession(
+                    headers=self._headers,
+                    connector=aiohttp.TCPConnector(
+                        limit=self._max_stream_connections or 0, ttl_dns_cache=300
+                    ),
+                )
+            return streams
         return session
 
     def with_options(
@@ -3153,6 +3468,7 @@ class AsyncMix:
         upload: _Upload | None = None,
         stream: bool = False,
         extra_headers: Mapping[str, str] | None = None,
+        streams_pool: bool = False,
     ) -> tuple[aiohttp.ClientResponse, bytes]:
         """Send with retries. Returns the response: read (``stream=False``) or open."""
         policy = self._policy
@@ -3195,7 +3511,7 @@ class AsyncMix:
         url_text = base + path + ("?" + query if query else "")
         url = URL(url_text, encoded=True)
         method = op.method
-        session = self._http()
+        session = self._http(streams_pool)
         debug = self._logger.isEnabledFor(logging.DEBUG)
         attempt = 0
         started = time.monotonic()
@@ -3220,9 +3536,15 @@ class AsyncMix:
                     # no body: no aiohttp-invented "Content-Type: application/octet-stream"
                     skip_auto_headers=op.skip_headers if data is None else None,
                 )
-            except _TRANSPORT_ERRORS as exc:
+            except (*_TRANSPORT_ERRORS, RuntimeError) as exc:
+                if self._is_closed():  # aiohttp: "Session is closed", or its connections cut
+                    raise ClientClosedError(
+                        f"{method} {url_text}: the client was closed", method=method, url=url_text
+                    ) from exc
                 if upload is not None and upload.failure is not None:
                     raise upload.failure from None  # bad chunk or progress callback: no retry
+                if isinstance(exc, RuntimeError):
+                    raise
                 error, unsent = _connection_error(exc, method, url_text)
                 replayable = upload is None or upload.replayable
                 retry = (
@@ -3250,6 +3572,12 @@ class AsyncMix:
                 try:
                     raw = await resp.read()
                 except _TRANSPORT_ERRORS as exc:
+                    if self._is_closed():
+                        raise ClientClosedError(
+                            f"{method} {url_text}: the client was closed",
+                            method=method,
+                            url=url_text,
+                        ) from exc
                     error, _ = _connection_error(exc, method, url_text)
                     if (
                         op.idempotent
@@ -3811,11 +4139,16 @@ class AsyncMix:
         include_other_sessions: bool = False,
         idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
         max_reconnects: int = 5,
+        max_event_size: int | None = None,
         **opts: Unpack[RequestOptions],
     ) -> EventStream:
         """The session's event stream (``GET /stream``); see :class:`EventStream`.
 
         ``async with mix.stream_events(sid) as events: async for event in events: ...``
+
+        ``timeout=`` (seconds) bounds connecting and each silence (with ``idle_timeout``,
+        the smaller wins), never the stream's lifetime; an ``aiohttp.ClientTimeout`` with a
+        ``total`` is refused. ``max_event_size`` (bytes) overrides the client's limit.
         """
         _check_id(session_id, "session_id")
         if last_event_id is not None:
@@ -3833,6 +4166,7 @@ class AsyncMix:
             include_other_sessions=include_other_sessions,
             idle_timeout=idle_timeout,
             max_reconnects=max_reconnects,
+            max_event_size=max_event_size,
             opts=opts,
         )
 
