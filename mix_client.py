@@ -2849,6 +2849,8 @@ class EventStream:
         self._delivered = False
         last: BaseException | None = exc
         while True:
+            if self._shut:  # closed by aclose() during an attempt
+                return
             if self._failures >= self.max_reconnects:
                 self._closed = True
                 raise APIConnectionError(

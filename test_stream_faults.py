@@ -1,0 +1,830 @@
+"""Stream and transport faults (issue 8: pool, reconnect, close, timeouts, SSE limits).
+
+Each test runs a small aiohttp.web server on 127.0.0.1 (port 0) whose ``/stream`` handler
+is scripted per connection, like the real Go server (``id``/``event``/``data`` frames,
+``retry:`` on every frame, no replay) or like the faults met in front of it (a 200 that
+closes at once, an HTML page, a server that never answers). Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+import mix_client
+from mix_client import (
+    DEFAULT_MAX_EVENT_SIZE,
+    APIConnectionError,
+    APITimeoutError,
+    AsyncMix,
+    ClientClosedError,
+    ConnectedEvent,
+    ContentEvent,
+    EventTooLargeError,
+    HeartbeatEvent,
+    InvalidInputError,
+    MixError,
+    Reconnected,
+    ResponseValidationError,
+    SSEDecoder,
+)
+
+WAIT = 10.0  # bound for a condition to become true (liveness, not speed)
+
+Script = Callable[[web.Request, int], Awaitable[web.StreamResponse]]
+
+
+def frame(n: int | None, name: str, data: dict[str, Any], retry: int | None = 30000) -> bytes:
+    """One frame as the Go server writes it (``retry:`` on every frame)."""
+    out = b"" if n is None else b"id: %d\n" % n
+    out += b"event: %s\ndata: %s\n" % (name.encode(), json.dumps(data).encode())
+    if retry is not None:
+        out += b"retry: %d\n" % retry
+    return out + b"\n"
+
+
+class Server:
+    """A loopback server; ``script(request, n)`` answers the n-th ``/stream`` (from 1)."""
+
+    def __init__(self) -> None:
+        self.script: Script = self.hold
+        self.conns: list[float] = []  # loop time of each /stream request
+        self.last_event_ids: list[str | None] = []
+        self.arrived = asyncio.Event()  # set on every /stream request
+        self.open = 0  # /stream responses being written
+        self.closed_by_client = 0
+        self.plain_calls = 0
+        self.plain_delay = 0.0
+        self.plain_arrived = asyncio.Event()
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_get("/stream", self._stream)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/api/sessions/{id}", self._session)
+        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _health(self, request: web.Request) -> web.Response:
+        self.plain_calls += 1
+        return web.json_response({"status": "ok"})
+
+    async def _session(self, request: web.Request) -> web.Response:
+        self.plain_calls += 1
+        self.plain_arrived.set()
+        await asyncio.sleep(self.plain_delay)
+        return web.json_response({"id": request.match_info["id"], "title": "t"})
+
+    async def _stream(self, request: web.Request) -> web.StreamResponse:
+        self.conns.append(asyncio.get_running_loop().time())
+        self.last_event_ids.append(request.headers.get("Last-Event-ID"))
+        self.arrived.set()
+        return await self.script(request, len(self.conns))
+
+    async def wait_conns(self, count: int) -> None:
+        async def run() -> None:
+            while len(self.conns) < count:
+                self.arrived.clear()
+                await self.arrived.wait()
+
+        await asyncio.wait_for(run(), WAIT)
+
+    # Building blocks for scripts ---------------------------------------------------
+
+    async def sse(self, request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        return resp
+
+    async def write_until_closed(
+        self, resp: web.StreamResponse, every: float = 0.05, retry: int = 45000
+    ) -> web.StreamResponse:
+        """Heartbeats until the client goes away (how a server notices a close)."""
+        self.open += 1
+        n = 100
+        try:
+            while True:
+                await asyncio.sleep(every)
+                n += 1
+                await resp.write(frame(n, "heartbeat", {"type": "ping"}, retry))
+        except (ConnectionError, RuntimeError):
+            self.closed_by_client += 1
+        finally:
+            self.open -= 1
+        return resp
+
+    async def hold(self, request: web.Request, n: int) -> web.StreamResponse:
+        """``connected``, then silence until the client goes away."""
+        resp = await self.sse(request)
+        await resp.write(frame(1, "connected", {"sessionId": "s1"}))
+        return await self.write_until_closed(resp, every=0.2)
+
+
+@pytest.fixture
+async def srv() -> AsyncIterator[Server]:
+    server = Server()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+async def mix(srv: Server) -> AsyncIterator[AsyncMix]:
+    async with AsyncMix(srv.url, max_retries=0) as client:
+        yield client
+
+
+async def _next(events: Any) -> Any:
+    return await asyncio.wait_for(events.__anext__(), WAIT)
+
+
+async def _until(predicate: Callable[[], bool], what: str) -> None:
+    async def run() -> None:
+        while not predicate():  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+
+    try:
+        await asyncio.wait_for(run(), WAIT)
+    except asyncio.TimeoutError:
+        pytest.fail(f"never became true: {what}")
+
+
+async def drop_after_events(
+    srv: Server, request: web.Request, retry: int = 30000
+) -> web.StreamResponse:
+    """``connected`` and one ``content`` (``retry: 30000`` like Go), then the connection drops."""
+    resp = await srv.sse(request)
+    await resp.write(frame(1, "connected", {"sessionId": "s1"}, retry))
+    await resp.write(frame(2, "content", {"content": "x"}, retry))
+    assert request.transport is not None
+    request.transport.close()
+    return resp
+
+
+async def status_503(request: web.Request) -> web.Response:
+    return web.json_response({"error": {"message": "busy", "type": "internal"}}, status=503)
+
+
+class SleepSpy:
+    """Stands in for the ``asyncio`` module inside mix_client; records sleeps."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    async def sleep(self, delay: float, result: Any = None) -> Any:
+        self.delays.append(delay)
+        await asyncio.sleep(0)
+        return result
+
+
+# ---------------------------------------------------------------------------
+# 1. Pool: open streams never starve plain calls
+# ---------------------------------------------------------------------------
+
+
+async def test_200_open_streams_do_not_starve_plain_calls(srv: Server) -> None:
+    # One default client (no session of ours): 200 open streams, then a plain call.
+    async with AsyncMix(srv.url) as mix:
+        streams = [mix.stream_events(f"s{i}") for i in range(200)]
+
+        async def open_one(stream: Any) -> None:
+            await stream.__aenter__()
+            assert isinstance(await stream.__anext__(), ConnectedEvent)
+
+        try:
+            await asyncio.wait_for(asyncio.gather(*(open_one(s) for s in streams)), 60)
+            assert srv.open == 200
+            health = await asyncio.wait_for(mix.health_check(), WAIT)
+            assert health.status == "ok"
+            session = await asyncio.wait_for(mix.get_session("a"), WAIT)
+            assert session.id == "a"
+        finally:
+            await asyncio.gather(*(s.aclose() for s in streams))
+    await _until(lambda: srv.open == 0, "server saw every stream closed")
+
+
+async def test_streams_do_not_count_against_max_connections(srv: Server) -> None:
+    srv.plain_delay = 0.2
+    async with AsyncMix(srv.url, max_connections=1, max_retries=0) as mix:
+        streams = [mix.stream_events(f"s{i}") for i in range(3)]
+        for stream in streams:
+            await asyncio.wait_for(stream.__aenter__(), WAIT)
+        # Two plain calls share the one plain connection (one after the other), while the
+        # three streams hold three connections of their own.
+        got = await asyncio.wait_for(
+            asyncio.gather(mix.get_session("a"), mix.get_session("b")), WAIT
+        )
+        assert [s.id for s in got] == ["a", "b"]
+        for stream in streams:
+            await stream.aclose()
+
+
+async def test_max_stream_connections_bounds_open_streams(srv: Server) -> None:
+    mix = AsyncMix(srv.url, max_stream_connections=1, max_retries=0)
+    async with mix, mix.stream_events("s1") as first:
+        assert isinstance(await _next(first), ConnectedEvent)
+        # The second stream waits for the first one's connection (connect timeout).
+        with pytest.raises(APITimeoutError):
+            async with mix.stream_events("s2", timeout=0.3):
+                pass
+        assert len(srv.conns) == 1
+        assert (await mix.health_check()).status == "ok"  # plain calls unaffected
+
+
+@pytest.mark.parametrize("name", ["max_connections", "max_stream_connections"])
+async def test_pool_options_validated(name: str) -> None:
+    with pytest.raises(TypeError):
+        AsyncMix("http://127.0.0.1:1", **{name: "10"})
+    with pytest.raises(TypeError):
+        AsyncMix("http://127.0.0.1:1", **{name: True})
+    with pytest.raises(InvalidInputError):
+        AsyncMix("http://127.0.0.1:1", **{name: 0})
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(InvalidInputError, match="session"):
+            AsyncMix("http://127.0.0.1:1", session=session, **{name: 10})
+
+
+async def test_user_session_streams_share_its_connector_limit(srv: Server) -> None:
+    # With session=, streams and calls share that session's connector: what the README says.
+    connector = aiohttp.TCPConnector(limit=1)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        mix = AsyncMix(srv.url, session=session, max_retries=0)
+        async with mix.stream_events("s1") as events:
+            assert isinstance(await _next(events), ConnectedEvent)
+            with pytest.raises(APITimeoutError):
+                await mix.health_check(timeout=0.3)
+        assert (await mix.health_check()).status == "ok"
+        await mix.aclose()
+
+
+# ---------------------------------------------------------------------------
+# 2. Prompt reconnect; backoff only on failures; retry: is a cap
+# ---------------------------------------------------------------------------
+
+
+async def test_reopen_after_drop_is_immediate_despite_retry_30000(
+    srv: Server, mix: AsyncMix
+) -> None:
+    async def script(request: web.Request, n: int) -> web.StreamResponse:
+        if n == 1:
+            return await drop_after_events(srv, request, retry=30000)
+        return await srv.hold(request, n)
+
+    srv.script = script
+    async with mix.stream_events("s1") as events:
+        got = [await _next(events) for _ in range(4)]
+        # The server's retry: 30000 is not a pause: the reopen is already there.
+        await asyncio.wait_for(srv.wait_conns(2), 5)
+    assert [type(e) for e in got] == [ConnectedEvent, ContentEvent, Reconnected, ConnectedEvent]
+    assert got[2].data.attempts == 1
+    assert got[2].data.last_event_id == "2"
+    assert srv.last_event_ids == [None, "2"]
+    assert events.reconnects == 1
+
+
+async def test_backoff_applies_to_failed_attempts_capped_by_retry(
+    srv: Server, mix: AsyncMix, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spy = SleepSpy()
+    monkeypatch.setattr(mix_client, "asyncio", spy)
+
+    async def script(request: web.Request, n: int) -> web.StreamResponse:
+        if n == 1:
+            return await drop_after_events(srv, request, retry=30000)
+        if n in (2, 3, 4, 5):
+            return await status_503(request)
+        return await srv.hold(request, n)
+
+    srv.script = script
+    async with mix.stream_events("s1", max_reconnects=10) as events:
+        got = [await _next(events) for _ in range(4)]
+    assert isinstance(got[2], Reconnected)
+    assert got[2].data.attempts == 5
+    # No wait before the first reopen; then 0.5 s doubling, with jitter (x0.5-1).
+    assert len(spy.delays) == 4
+    for delay, base in zip(spy.delays, [0.5, 1.0, 2.0, 4.0], strict=True):
+        assert base * 0.5 <= delay <= base
+
+
+async def test_retry_value_caps_the_backoff(
+    srv: Server, mix: AsyncMix, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spy = SleepSpy()
+    monkeypatch.setattr(mix_client, "asyncio", spy)
+
+    async def script(request: web.Request, n: int) -> web.StreamResponse:
+        if n == 1:
+            resp = await srv.sse(request)
+            await resp.write(frame(1, "connected", {"sessionId": "s1"}, 30000))
+            await resp.write(frame(2, "error", {"error": "overloaded"}, 750))  # Go: 750
+            assert request.transport is not None
+            request.transport.close()
+            return resp
+        if n in (2, 3, 4):
+            return await status_503(request)
+        return await srv.hold(request, n)
+
+    srv.script = script
+    async with mix.stream_events("s1", max_reconnects=10) as events:
+        got = [await _next(events) for _ in range(4)]
+    assert isinstance(got[2], Reconnected)
+    assert len(spy.delays) == 3
+    assert all(0.1 <= delay <= 0.75 for delay in spy.delays), spy.delays
+
+
+# ---------------------------------------------------------------------------
+# 6. Bounded reconnects
+# ---------------------------------------------------------------------------
+
+
+async def test_200_that_closes_at_once_counts_as_failed_attempt(srv: Server, mix: AsyncMix) -> None:
+    async def script(request: web.Request, n: int) -> web.StreamResponse:
+        if n == 1:
+            return await drop_after_events(srv, request, retry=0)
+        return await srv.sse(request)  # 200 text/event-stream, then the body ends
+
+    srv.script = script
+    async with mix.stream_events("s1", max_reconnects=3) as events:
+        assert isinstance(await _next(events), ConnectedEvent)
+        assert isinstance(await _next(events), ContentEvent)
+        with pytest.raises(APIConnectionError, match="3 reconnect attempts failed"):
+            await _next(events)
+        with pytest.raises(StopAsyncIteration):
+            await events.__anext__()
+    assert len(srv.conns) == 4  # the first connection and 3 attempts, then no more
+    # retry: 0 is no hot loop: every failed attempt waits at least the 0.1 s floor.
+    gaps = [b - a for a, b in zip(srv.conns[1:-1], srv.conns[2:], strict=True)]
+    assert all(gap >= 0.09 for gap in gaps), gaps
+
+
+async def test_connected_then_close_is_rate_limited(srv: Server, mix: AsyncMix) -> None:
+    # A server that sends `connected` and closes at once, forever: the stream delivers
+    # events, so it keeps reopening, but at most one reopen a second is immediate.
+    async def script(request: web.Request, n: int) -> web.StreamResponse:
+        resp = await srv.sse(request)
+        await resp.write(frame(1, "connected", {"sessionId": "s1"}, 0))
+        return resp
+
+    srv.script = script
+    async with mix.stream_events("s1") as events:
+        for _ in range(9):  # connected, (Reconnected, connected) x 4
+            await _next(events)
+    assert len(srv.conns) == 5
+    gaps = [b - a for a, b in zip(srv.conns[1:-1], srv.conns[2:], strict=True)]
+    assert sum(gap >= 0.09 for gap in gaps) >= 2, gaps
+
+
+async def test_html_200_on_open_is_an_error_not_a_stream(srv: Server, mix: AsyncMix) -> None:
+    async def script(request: web.Request, n: int) -> web.StreamResponse:
+        return web.Response(text="<!doctype html><title>app</title>", content_type="text/html")
+
+    srv.script = script
+    with pytest.raises(ResponseValidationError, match="text/html") as info:
+        async with mix.stream_events("s1"):
+            pass
+    assert info.value.status_code == 200
+    assert len(srv.conns) == 1
+
+
+async def test_html_200_on_reconnect_is_an_error_not_a_retry(srv: Server, mix: AsyncMix) -> None:
+    async def script(request: web.Request, n: int) -> web.StreamResponse:
+        if n == 1:
+            return await drop_after_events(srv, request)
+        return web.Response(text="<html>proxy says hi</html>", content_type="text/html")
+
+    srv.script = script
+    async with mix.stream_events("s1", max_reconnects=50) as events:
+        assert isinstance(await _next(events), ConnectedEvent)
+        assert isinstance(await _next(events), ContentEvent)
+        with pytest.raises(ResponseValidationError):
+            await _next(events)
+        with pytest.raises(StopAsyncIteration):
+            await events.__anext__()
+    assert len(srv.conns) == 2
+
+
+# ---------------------------------------------------------------------------
+# 7. Close means close
+# ---------------------------------------------------------------------------
+
+
+async def _consume(events: Any, seen: list[Any]) -> None:
+    async for event in events:
+        seen.append(event)
+
+
+async def test_client_aclose_ends_a_blocked_consumer(srv: Server) -> None:
+    mix = AsyncMix(srv.url)
+    seen: list[Any] = []
+    events = mix.stream_events("s1")
+    await events.__aenter__()
+    task = asyncio.create_task(_consume(events, seen))
+    await _until(lambda: len(seen) == 1, "connected received")
+    await asyncio.wait_for(mix.aclose(), WAIT)
+    with pytest.raises(ClientClosedError):
+        await asyncio.wait_for(task, 5)
+    assert [type(e) for e in seen] == [ConnectedEvent]
+    with pytest.raises(StopAsyncIteration):  # the error is raised once; then it is over
+        await events.__anext__()
+    await _until(lambda: srv.open == 0, "server saw the stream closed")
+
+
+async def test_client_aclose_ends_a_consumer_in_reconnect_wait(srv: Server) -> None:
+    async def script(request: web.Request, n: int) -> web.StreamResponse:
+        if n == 1:
+            return await drop_after_events(srv, request)
+        return await status_503(request)
+
+    srv.script = script
+    mix = AsyncMix(srv.url)
+    events = mix.stream_events("s1", max_reconnects=100)
+    await events.__aenter__()
+    seen: list[Any] = []
+    task = asyncio.create_task(_consume(events, seen))
+    await srv.wait_conns(2)
+    await mix.aclose()
+    with pytest.raises(ClientClosedError):
+        await asyncio.wait_for(task, 5)
+    count = len(srv.conns)
+    assert [type(e) for e in seen] == [ConnectedEvent, ContentEvent]
+    assert count <= 3  # at most an attempt already under way
+
+
+async def test_plain_call_in_flight_during_aclose_raises_mix_error(srv: Server) -> None:
+    srv.plain_delay = 30
+    mix = AsyncMix(srv.url)
+    task = asyncio.create_task(mix.get_session("a"))
+    await asyncio.wait_for(srv.plain_arrived.wait(), WAIT)
+    await mix.aclose()
+    with pytest.raises(ClientClosedError):
+        await asyncio.wait_for(task, 5)
+
+
+async def test_calls_and_streams_after_aclose_raise_client_closed(srv: Server) -> None:
+    mix = AsyncMix(srv.url)
+    assert (await mix.health_check()).status == "ok"
+    await mix.aclose()
+    with pytest.raises(ClientClosedError):
+        await mix.health_check()
+    with pytest.raises(ClientClosedError):
+        async with mix.stream_events("s1"):
+            pass
+    assert issubclass(ClientClosedError, MixError)
+    assert len(srv.conns) == 0
+
+
+async def test_aclose_with_user_session_still_closes_streams_and_calls(srv: Server) -> None:
+    async with aiohttp.ClientSession() as session:
+        mix = AsyncMix(srv.url, session=session)
+        events = mix.stream_events("s1")
+        await events.__aenter__()
+        seen: list[Any] = []
+        task = asyncio.create_task(_consume(events, seen))
+        await _until(lambda: len(seen) == 1, "connected received")
+        await mix.aclose()
+        with pytest.raises(ClientClosedError):
+            await asyncio.wait_for(task, 5)
+        with pytest.raises(ClientClosedError):
+            await mix.health_check()
+        assert not session.closed  # yours: never closed by the client
+
+
+async def test_stream_aclose_from_another_task_stops_consumer(srv: Server, mix: AsyncMix) -> None:
+    events = mix.stream_events("s1")
+    await events.__aenter__()
+    seen: list[Any] = []
+    task = asyncio.create_task(_consume(events, seen))
+    await _until(lambda: len(seen) == 1, "connected received")
+    await events.aclose()
+    await asyncio.wait_for(task, 5)  # iteration ends: no error
+    assert [type(e) for e in seen] == [ConnectedEvent]
+    await _until(lambda: srv.open == 0, "server saw the stream closed")
+
+
+async def test_stream_aclose_during_reconnect_wait_yields_nothing_more(
+    srv: Server, mix: AsyncMix
+) -> None:
+    async def script(request: web.Request, n: int) -> web.StreamResponse:
+        if n == 1:
+            return await drop_after_events(srv, request)
+        if n == 2:
+            return await status_503(request)
+        return await srv.hold(request, n)
+
+    srv.script = script
+    events = mix.stream_events("s1", max_reconnects=100)
+    await events.__aenter__()
+    seen: list[Any] = []
+    task = asyncio.create_task(_consume(events, seen))
+    # White box: wait until the stream sits in its backoff wait after the failed attempt.
+    await _until(lambda: getattr(events, "_waiter", None) is not None, "in the reconnect wait")
+    await events.aclose()
+    await asyncio.wait_for(task, 5)
+    assert [type(e) for e in seen] == [ConnectedEvent, ContentEvent]
+    assert len(srv.conns) == 2
+    assert srv.open == 0
+    with pytest.raises(StopAsyncIteration):
+        await events.__anext__()
+
+
+async def test_stream_aclose_during_reopen_leaks_nothing(srv: Server, mix: AsyncMix) -> None:
+    release = asyncio.Event()
+
+    async def script(request: web.Request, n: int) -> web.StreamResponse:
+        if n == 1:
+            return await drop_after_events(srv, request)
+        await release.wait()  # the reopen is in flight while the stream is closed
+        resp = await srv.sse(request)
+        await resp.write(frame(1, "connected", {"sessionId": "s1"}))
+        return await srv.write_until_closed(resp)
+
+    srv.script = script
+    events = mix.stream_events("s1")
+    await events.__aenter__()
+    seen: list[Any] = []
+    task = asyncio.create_task(_consume(events, seen))
+    await srv.wait_conns(2)
+    await events.aclose()
+    release.set()
+    await asyncio.wait_for(task, 5)
+    assert [type(e) for e in seen] == [ConnectedEvent, ContentEvent]
+    # The connection answered after the close is closed by the client, not kept.
+    await _until(lambda: srv.closed_by_client == 1, "reopened connection closed by the client")
+    assert len(srv.conns) == 2
+
+
+async def test_with_options_copy_streams_end_when_parent_closes(srv: Server) -> None:
+    mix = AsyncMix(srv.url)
+    copy = mix.with_options(max_retries=1)
+    events = copy.stream_events("s1")
+    await events.__aenter__()
+    seen: list[Any] = []
+    task = asyncio.create_task(_consume(events, seen))
+    await _until(lambda: len(seen) == 1, "connected received")
+    await mix.aclose()
+    with pytest.raises(ClientClosedError):
+        await asyncio.wait_for(task, 5)
+    with pytest.raises(ClientClosedError):
+        await copy.health_check()
+
+
+async def test_closing_a_copy_closes_its_streams_not_the_parent(srv: Server) -> None:
+    async with AsyncMix(srv.url) as mix:
+        copy = mix.with_options(max_retries=1)
+        theirs = copy.stream_events("s1")
+        ours = mix.stream_events("s2")
+        await theirs.__aenter__()
+        await ours.__aenter__()
+        assert isinstance(await _next(theirs), ConnectedEvent)
+        assert isinstance(await _next(ours), ConnectedEvent)
+        await copy.aclose()
+        with pytest.raises(ClientClosedError):
+            await _next(theirs)
+        assert (await mix.health_check()).status == "ok"
+        await ours.aclose()
+
+
+# ---------------------------------------------------------------------------
+# 8. timeout= on a stream bounds connecting and idleness, not its lifetime
+# ---------------------------------------------------------------------------
+
+
+async def test_stream_timeout_is_not_a_lifetime_limit(srv: Server, mix: AsyncMix) -> None:
+    async def script(request: web.Request, n: int) -> web.StreamResponse:
+        resp = await srv.sse(request)
+        await resp.write(frame(1, "connected", {"sessionId": "s1"}))
+        for i in range(12):  # 1.2 s of heartbeats every 0.1 s
+            await asyncio.sleep(0.1)
+            await resp.write(frame(2 + i, "heartbeat", {"type": "ping"}, 45000))
+        await resp.write(frame(20, "content", {"content": "still here"}))
+        return await srv.write_until_closed(resp, every=0.1)
+
+    srv.script = script
+    started = time.monotonic()
+    async with mix.stream_events("s1", timeout=0.4) as events:
+        got = [await _next(events) for _ in range(14)]
+    assert time.monotonic() - started > 0.4  # the stream outlived its timeout
+    assert isinstance(got[0], ConnectedEvent)
+    assert all(isinstance(e, HeartbeatEvent) for e in got[1:13])
+    assert isinstance(got[13], ContentEvent)
+    assert len(srv.conns) == 1
+
+
+async def test_stream_timeout_bounds_idleness(srv: Server, mix: AsyncMix) -> None:
+    async def script(request: web.Request, n: int) -> web.StreamResponse:
+        resp = await srv.sse(request)
+        await resp.write(frame(1, "connected", {"sessionId": "s1"}))
+        return await srv.write_until_closed(resp, every=3600)
+
+    srv.script = script
+    async with mix.stream_events("s1", timeout=0.3, reconnect=False) as events:
+        assert isinstance(await _next(events), ConnectedEvent)
+        with pytest.raises(APITimeoutError):
+            await _next(events)
+
+
+async def test_stream_timeout_bounds_connecting(srv: Server, mix: AsyncMix) -> None:
+    never = asyncio.Event()
+
+    async def script(request: web.Request, n: int) -> web.StreamResponse:
+        await never.wait()  # headers never come
+        raise AssertionError
+
+    srv.script = script
+    with pytest.raises(APITimeoutError):
+        await asyncio.wait_for(mix.stream_events("s1", timeout=0.3).__aenter__(), 5)
+
+
+async def test_stream_timeout_with_total_is_refused(mix: AsyncMix) -> None:
+    with pytest.raises(InvalidInputError, match="total"):
+        mix.stream_events("s1", timeout=aiohttp.ClientTimeout(total=3))
+    with pytest.raises(InvalidInputError):
+        mix.stream_events("s1", timeout=-1)
+    with pytest.raises(InvalidInputError):
+        mix.stream_events("s1", idle_timeout=0)
+    with pytest.raises(TypeError):
+        mix.stream_events("s1", max_reconnects="3")  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------
+# 9. SSE: id at dispatch, empty id resets, size limit
+# ---------------------------------------------------------------------------
+
+
+def test_decoder_id_advances_at_dispatch() -> None:
+    d = SSEDecoder()
+    assert d.feed(b"id: 1\nevent: content\ndata: {}\n\n")[0].id == "1"
+    assert d.last_event_id == "1"
+    assert d.feed(b'id: 2\nevent: content\ndata: {"a"') == []
+    assert d.last_event_id == "1"  # frame 2 is not dispatched yet
+    assert d.feed(b":1}\n") == []
+    assert d.last_event_id == "1"
+    frames = d.feed(b"\n")
+    assert [(f.id, f.data) for f in frames] == [("2", b'{"a":1}')]
+    assert d.last_event_id == "2"
+
+
+def test_decoder_empty_id_resets() -> None:
+    d = SSEDecoder()
+    d.feed(b"id: 5\ndata: a\n\n")
+    assert d.last_event_id == "5"
+    frames = d.feed(b"id:\ndata: b\n\n")
+    assert frames[0].id is None
+    assert d.last_event_id is None
+    d2 = SSEDecoder(last_event_id="9")
+    assert d2.feed(b"id\ndata: c\n\n")[0].id is None
+    assert d2.last_event_id is None
+
+
+async def test_drop_mid_frame_sends_last_dispatched_id(srv: Server, mix: AsyncMix) -> None:
+    async def script(request: web.Request, n: int) -> web.StreamResponse:
+        if n == 1:
+            resp = await srv.sse(request)
+            await resp.write(frame(1, "connected", {"sessionId": "s1"}))
+            await resp.write(frame(2, "content", {"content": "a"}))
+            await resp.write(b'id: 3\nevent: content\ndata: {"content": "never fini')
+            assert request.transport is not None
+            request.transport.close()
+            return resp
+        return await srv.hold(request, n)
+
+    srv.script = script
+    async with mix.stream_events("s1") as events:
+        got = [await _next(events) for _ in range(4)]
+    assert [type(e) for e in got] == [ConnectedEvent, ContentEvent, Reconnected, ConnectedEvent]
+    assert srv.last_event_ids == [None, "2"]
+    assert got[2].data.last_event_id == "2"
+
+
+async def test_empty_id_resets_last_event_id_of_the_stream(srv: Server, mix: AsyncMix) -> None:
+    async def script(request: web.Request, n: int) -> web.StreamResponse:
+        if n == 1:
+            resp = await srv.sse(request)
+            await resp.write(frame(5, "connected", {"sessionId": "s1"}))
+            await resp.write(b'id:\nevent: content\ndata: {"content": "a"}\n\n')
+            assert request.transport is not None
+            request.transport.close()
+            return resp
+        return await srv.hold(request, n)
+
+    srv.script = script
+    async with mix.stream_events("s1") as events:
+        first = await _next(events)
+        assert first.id == "5"
+        second = await _next(events)
+        assert isinstance(second, ContentEvent)
+        assert second.id is None
+        assert events.last_event_id is None
+        assert isinstance(await _next(events), Reconnected)
+    assert srv.last_event_ids == [None, None]  # no Last-Event-ID header after the reset
+
+
+def test_decoder_line_without_newline_is_bounded() -> None:
+    d = SSEDecoder(max_event_size=1 << 20)
+    d.feed(b"data: ")
+    with pytest.raises(EventTooLargeError) as info:
+        for _ in range(100):
+            d.feed(b"x" * 65536)  # one line, never ended
+    assert info.value.limit == 1 << 20
+    assert isinstance(info.value, MixError)
+    # Many data lines in one event count too, also in a single chunk.
+    with pytest.raises(EventTooLargeError):
+        SSEDecoder(max_event_size=1000).feed(b"data: " + b"y" * 600 + b"\ndata: " + b"y" * 600)
+    with pytest.raises(EventTooLargeError):
+        SSEDecoder(max_event_size=1000).feed(
+            b"id: 1\nevent: content\ndata: " + b"z" * 2000 + b"\n\n"
+        )
+    assert DEFAULT_MAX_EVENT_SIZE == 64 << 20
+
+
+def test_decoder_4mib_event_passes_default_limit() -> None:
+    payload = b"q" * (4 << 20)
+    d = SSEDecoder()
+    frames = []
+    data = b"id: 1\nevent: content\ndata: " + payload + b"\n\n"
+    for i in range(0, len(data), 65536):
+        frames += d.feed(data[i : i + 65536])
+    assert len(frames) == 1
+    assert frames[0].data == payload
+
+
+def test_max_event_size_validated() -> None:
+    with pytest.raises(TypeError):
+        SSEDecoder(max_event_size="1")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError):
+        SSEDecoder(max_event_size=0)
+    with pytest.raises(TypeError):
+        AsyncMix("http://127.0.0.1:1", max_event_size=1.5)  # type: ignore[arg-type]
+
+
+async def test_oversized_line_on_a_stream_raises_and_closes(srv: Server) -> None:
+    async def script(request: web.Request, n: int) -> web.StreamResponse:
+        resp = await srv.sse(request)
+        await resp.write(frame(1, "connected", {"sessionId": "s1"}))
+        await resp.write(b"data: ")
+        srv.open += 1
+        try:
+            for _ in range(10_000):  # up to 640 MiB, one line without a newline
+                await resp.write(b"x" * 65536)
+        except (ConnectionError, RuntimeError):
+            srv.closed_by_client += 1
+        finally:
+            srv.open -= 1
+        return resp
+
+    srv.script = script
+    async with AsyncMix(srv.url, max_event_size=1 << 20) as mix:
+        async with mix.stream_events("s1") as events:
+            assert isinstance(await _next(events), ConnectedEvent)
+            with pytest.raises(EventTooLargeError):
+                await _next(events)
+            with pytest.raises(StopAsyncIteration):
+                await events.__anext__()
+        # A per-stream override of the client's limit.
+        async with mix.stream_events("s1", max_event_size=4 << 20) as events:
+            assert isinstance(await _next(events), ConnectedEvent)
+            with pytest.raises(EventTooLargeError) as info:
+                await _next(events)
+            assert info.value.limit == 4 << 20
+    await _until(lambda: srv.closed_by_client == 2, "server saw both streams closed")
+    assert len(srv.conns) == 2  # an oversized event is not a reason to reconnect
+
+
+async def test_4mib_event_on_a_stream(srv: Server, mix: AsyncMix) -> None:
+    text = "abcdefgh" * (1 << 19)  # 4 MiB
+
+    async def script(request: web.Request, n: int) -> web.StreamResponse:
+        resp = await srv.sse(request)
+        await resp.write(frame(1, "connected", {"sessionId": "s1"}))
+        await resp.write(frame(2, "content", {"content": text}))
+        return await srv.write_until_closed(resp)
+
+    srv.script = script
+    async with mix.stream_events("s1") as events:
+        assert isinstance(await _next(events), ConnectedEvent)
+        event = await _next(events)
+    assert isinstance(event, ContentEvent)
+    assert event.data.content == text
