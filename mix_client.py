@@ -1832,6 +1832,7 @@ class SSEDecoder:
     __slots__ = (
         "_bom_buf",
         "_clean",
+        "_counted",
         "_cr",
         "_data",
         "_event",
@@ -1851,7 +1852,8 @@ class SSEDecoder:
         self.last_event_id: str | None = last_event_id or None
         self._id = self.last_event_id  # the id buffer: becomes last_event_id at dispatch
         self._max = _check_size(max_event_size, "max_event_size")
-        self._size = 0  # bytes in _data
+        self._size = 0  # bytes in _data (its first _counted lines, with their LFs)
+        self._counted = 0
         self.retry: int | None = None
         self._start = True  # still looking for a BOM at stream start
         self._bom_buf = b""  # first bytes of the stream while they may be a BOM
@@ -1880,13 +1882,18 @@ class SSEDecoder:
             if len(self._partial) + self._size > self._max:
                 self._too_large()
             return []
-        return self._lines(chunk.split(b"\n"))
+        out = self._lines(chunk.split(b"\n"))
+        if len(chunk) > self._max:  # a whole event within one (huge) chunk
+            for frame in out:
+                if len(frame.data) > self._max:
+                    self._too_large(len(frame.data))
+        return out
 
-    def _too_large(self) -> NoReturn:
-        size = len(self._partial) + self._size
+    def _too_large(self, size: int = 0) -> NoReturn:
+        size = size or len(self._partial) + self._size
         self._partial = bytearray()
         self._data = []
-        self._size = 0
+        self._size = self._counted = 0
         raise EventTooLargeError(
             f"SSE event larger than max_event_size ({self._max} bytes): {size} bytes buffered",
             limit=self._max,
@@ -1943,10 +1950,8 @@ class SSEDecoder:
             partial.clear()
         partial += tail
         out: list[ServerSentEvent] = []
-        data = self._data
+        data = start = self._data
         event = self._event
-        size = self._size
-        limit = self._max
         for line in lines:
             if not line:  # blank line: dispatch
                 self.last_event_id = self._id
@@ -1960,17 +1965,12 @@ class SSEDecoder:
                         )
                     )
                     data = self._data = []
-                    size = 0
                 self._frame_retry = None
                 event = None
                 continue
             first = line[0]
             # Shortcuts for the spellings servers write.
             if first == 100 and line[:6] == b"data: ":
-                size += len(line) - 5  # the value and the LF joining it to the next
-                if size > limit:
-                    self._size = size
-                    self._too_large()
                 data.append(line[6:])
                 continue
             if first == 101 and line[:7] == b"event: ":
@@ -1992,10 +1992,6 @@ class SSEDecoder:
                     line[colon + 2 :] if line[colon + 1 : colon + 2] == b" " else line[colon + 1 :]
                 )
             if field == b"data":
-                size += len(value) + 1
-                if size > limit:
-                    self._size = size
-                    self._too_large()
                 data.append(value)
             elif field == b"event":
                 event = _sse_event_name(value)
@@ -2006,8 +2002,25 @@ class SSEDecoder:
                 with contextlib.suppress(ValueError):  # more digits than int() takes
                     self.retry = self._frame_retry = int(value)
         self._event = event
-        self._size = size
-        if len(partial) + size > limit:
+        # Size of the event being built: counted per chunk, each data line once.
+        if data:
+            if data is start:
+                counted = self._counted
+                size = self._size
+            else:  # a new event began in this chunk
+                counted = size = 0
+            lines_now = len(data)
+            if lines_now == counted + 1:
+                size += len(data[-1]) + 1  # with the LF joining it to the next
+            elif lines_now > counted:
+                size += sum(map(len, data[counted:])) + lines_now - counted
+            self._counted = lines_now
+            self._size = size
+            if size > self._max:
+                self._too_large()
+        elif self._size:
+            self._counted = self._size = 0
+        if partial and len(partial) + self._size > self._max:
             self._too_large()
         self._clean = not (
             data
@@ -2669,9 +2682,7 @@ class EventStream:
 
     async def __anext__(self) -> StreamEvent:
         while True:
-            if self._shut:
-                self._end()
-            index = self._next
+            index = self._next  # (aclose() empties _pending and sets _closed)
             if index < len(self._pending):
                 self._next = index + 1
                 return self._pending[index]
