@@ -5108,6 +5108,9 @@ class Mix:
         headers: Mapping[str, str] | None = None,
         session_factory: Callable[[], aiohttp.ClientSession] | None = None,
         logger: logging.Logger | None = None,
+        max_connections: int | None = None,
+        max_stream_connections: int | None = None,
+        max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
     ) -> None:
         self._runner = _LoopThread()
 
@@ -5120,6 +5123,9 @@ class Mix:
                 headers=headers,
                 session=session_factory() if session_factory is not None else None,
                 logger=logger,
+                max_connections=max_connections,
+                max_stream_connections=max_stream_connections,
+                max_event_size=max_event_size,
             )
 
         try:
