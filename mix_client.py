@@ -3254,6 +3254,13 @@ OPERATIONS: Final[dict[str, _Op[Any]]] = {
 # ---------------------------------------------------------------------------
 
 
+def _cancelling() -> bool:
+    """Whether the current task itself is being cancelled (not just a future it awaited)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)  # Python 3.11+
+    return task is None or cancelling is None or cancelling() > 0
+
+
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -3549,6 +3556,13 @@ class AsyncMix:
                     # no body: no aiohttp-invented "Content-Type: application/octet-stream"
                     skip_auto_headers=op.skip_headers if data is None else None,
                 )
+            except asyncio.CancelledError:
+                # Closing the pool cancels the calls waiting for one of its connections.
+                if not self._is_closed() or _cancelling():
+                    raise
+                raise ClientClosedError(
+                    f"{method} {url_text}: the client was closed", method=method, url=url_text
+                ) from None
             except (*_TRANSPORT_ERRORS, RuntimeError) as exc:
                 if self._is_closed():  # aiohttp: "Session is closed", or its connections cut
                     raise ClientClosedError(

@@ -483,6 +483,40 @@ async def test_plain_call_in_flight_during_aclose_raises_mix_error(srv: Server) 
         await asyncio.wait_for(task, 5)
 
 
+async def test_call_waiting_for_a_pool_connection_during_aclose_raises_mix_error(
+    srv: Server,
+) -> None:
+    srv.plain_delay = 30
+    mix = AsyncMix(srv.url, max_connections=1)
+    first = asyncio.create_task(mix.get_session("a"))
+    await asyncio.wait_for(srv.plain_arrived.wait(), WAIT)
+    second = asyncio.create_task(mix.get_session("b"))  # waits for the one connection
+    await _until(
+        lambda: mix._session is not None and len(mix._session.connector._waiters) > 0, "queued"
+    )  # type: ignore[union-attr]
+    await mix.aclose()
+    for task in (first, second):
+        with pytest.raises(ClientClosedError):
+            await asyncio.wait_for(task, 5)
+    assert srv.plain_calls == 1
+
+
+async def test_stream_opening_during_aclose_raises_client_closed(srv: Server) -> None:
+    never = asyncio.Event()
+
+    async def script(request: web.Request, n: int) -> web.StreamResponse:
+        await never.wait()  # headers never come
+        raise AssertionError
+
+    srv.script = script
+    mix = AsyncMix(srv.url)
+    opening = asyncio.create_task(mix.stream_events("s1").__aenter__())
+    await srv.wait_conns(1)
+    await mix.aclose()
+    with pytest.raises(ClientClosedError):
+        await asyncio.wait_for(opening, 5)
+
+
 async def test_calls_and_streams_after_aclose_raise_client_closed(srv: Server) -> None:
     mix = AsyncMix(srv.url)
     assert (await mix.health_check()).status == "ok"
