@@ -1752,11 +1752,7 @@ DEFAULT_MAX_EVENT_SIZE: Final = 64 << 20
 
 
 def _check_size(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int (bytes), not {type(value).__name__}")
-    if value < 1:
-        raise InvalidInputError(f"{name} must be >= 1, not {value}")
-    return value
+    return _check_int(value, name, 1)
 
 
 # Decoded event names; a stream uses a handful, so each is decoded once.
@@ -2581,18 +2577,8 @@ class EventStream:
         max_event_size: int | None = None,
         opts: RequestOptions | None = None,
     ) -> None:
-        if idle_timeout is not None and (
-            isinstance(idle_timeout, bool)
-            or not isinstance(idle_timeout, (int, float))
-            or not idle_timeout > 0
-        ):
-            raise InvalidInputError(
-                f"idle_timeout must be a positive number of seconds or None, not {idle_timeout!r}"
-            )
-        if isinstance(max_reconnects, bool) or not isinstance(max_reconnects, int):
-            raise TypeError(f"max_reconnects must be an int, not {type(max_reconnects).__name__}")
-        if max_reconnects < 0:
-            raise InvalidInputError(f"max_reconnects must be >= 0, not {max_reconnects}")
+        _check_number(idle_timeout, "idle_timeout", optional=True)
+        _check_int(max_reconnects, "max_reconnects")
         if max_event_size is None:
             max_event_size = client._max_event_size
         self._max_event_size = _check_size(max_event_size, "max_event_size")

@@ -256,9 +256,9 @@ async def test_max_stream_connections_bounds_open_streams(srv: Server) -> None:
 
 @pytest.mark.parametrize("name", ["max_connections", "max_stream_connections"])
 async def test_pool_options_validated(name: str) -> None:
-    with pytest.raises(TypeError):
+    with pytest.raises(InvalidInputError):
         AsyncMix("http://127.0.0.1:1", **{name: "10"})
-    with pytest.raises(TypeError):
+    with pytest.raises(InvalidInputError):
         AsyncMix("http://127.0.0.1:1", **{name: True})
     with pytest.raises(InvalidInputError):
         AsyncMix("http://127.0.0.1:1", **{name: 0})
@@ -699,7 +699,7 @@ async def test_stream_timeout_with_total_is_refused(mix: AsyncMix) -> None:
         mix.stream_events("s1", timeout=-1)
     with pytest.raises(InvalidInputError):
         mix.stream_events("s1", idle_timeout=0)
-    with pytest.raises(TypeError):
+    with pytest.raises(InvalidInputError):
         mix.stream_events("s1", max_reconnects="3")  # type: ignore[arg-type]
 
 
@@ -806,12 +806,14 @@ def test_decoder_4mib_event_passes_default_limit() -> None:
 
 
 def test_max_event_size_validated() -> None:
-    with pytest.raises(TypeError):
+    with pytest.raises(InvalidInputError):
         SSEDecoder(max_event_size="1")  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError):
         SSEDecoder(max_event_size=0)
-    with pytest.raises(TypeError):
-        AsyncMix("http://127.0.0.1:1", max_event_size=1.5)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError):
+        AsyncMix("http://127.0.0.1:1", max_event_size=1.5)
+    with pytest.raises(InvalidInputError):
+        AsyncMix("http://127.0.0.1:1").stream_events("s1", max_event_size=-1)  # type: ignore[arg-type]
 
 
 async def test_oversized_line_on_a_stream_raises_and_closes(srv: Server) -> None:
