@@ -35,6 +35,7 @@ from mix_client import (
     ResponseValidationError,
     SSEDecoder,
 )
+from mix_fake import MixFake
 
 WAIT = 10.0  # bound for a condition to become true (liveness, not speed)
 
@@ -471,6 +472,23 @@ async def test_client_aclose_ends_a_consumer_in_reconnect_wait(srv: Server) -> N
     count = len(srv.conns)
     assert [type(e) for e in seen] == [ConnectedEvent, ContentEvent]
     assert count <= 3  # at most an attempt already under way
+
+
+async def test_client_aclose_ends_a_turn_in_flight() -> None:
+    async with MixFake(event_delay=30) as url:  # the run pauses 30 s after each event
+        mix = AsyncMix(url)
+        session = await mix.create_session(title="t", browser_mode="local-browser-service")
+        started = asyncio.Event()
+
+        def on_event(event: Any) -> None:
+            if not isinstance(event, ConnectedEvent):
+                started.set()  # the message was sent and its run is streaming
+
+        task = asyncio.create_task(mix.send_and_wait(session.id, "hello", on_event=on_event))
+        await asyncio.wait_for(started.wait(), WAIT)
+        await mix.aclose()
+        with pytest.raises(ClientClosedError):
+            await asyncio.wait_for(task, 5)
 
 
 async def test_plain_call_in_flight_during_aclose_raises_mix_error(srv: Server) -> None:
