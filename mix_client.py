@@ -2519,7 +2519,6 @@ def _stream_timeout(
                 connect=value.connect,
                 sock_connect=value.sock_connect,
                 sock_read=idle_timeout,
-                ceil_threshold=value.ceil_threshold,
             )
         return value
     if value is None:
@@ -2723,6 +2722,7 @@ class EventStream:
                             )
                         )
                     )
+                    self._reason = ""
                 self._attempts = 0
             own = self.session_id
             keep_all = self.include_other_sessions
@@ -2770,7 +2770,9 @@ class EventStream:
             return
         mime = resp.headers.get("Content-Type")
         if mime is not None and resp.content_type != "text/event-stream":
-            body = resp.content.read_nowait(2048) if resp.content.is_eof() else b""
+            body = b""
+            with contextlib.suppress(*_TRANSPORT_ERRORS):  # the start of the page, if it comes
+                body = await asyncio.wait_for(resp.content.read(2048), 1.0)
             resp.close()
             self._shutdown(None)
             url = str(resp.url)
