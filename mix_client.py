@@ -3406,6 +3406,7 @@ class AsyncMix:
                     connector=aiohttp.TCPConnector(
                         limit=self._max_stream_connections or 0, ttl_dns_cache=300
                     ),
+                    cookie_jar=session.cookie_jar,  # one client: one set of cookies
                 )
             return streams
         return session

@@ -86,7 +86,9 @@ class Server:
 
     async def _health(self, request: web.Request) -> web.Response:
         self.plain_calls += 1
-        return web.json_response({"status": "ok"})
+        resp = web.json_response({"status": "ok"})
+        resp.set_cookie("route", "backend-7")  # e.g. a load balancer's sticky cookie
+        return resp
 
     async def _session(self, request: web.Request) -> web.Response:
         self.plain_calls += 1
@@ -253,6 +255,22 @@ async def test_max_stream_connections_bounds_open_streams(srv: Server) -> None:
                 pass
         assert len(srv.conns) == 1
         assert (await mix.health_check()).status == "ok"  # plain calls unaffected
+
+
+async def test_streams_send_the_cookies_of_plain_calls(srv: Server) -> None:
+    cookies: list[str | None] = []
+
+    async def script(request: web.Request, n: int) -> web.StreamResponse:
+        cookies.append(request.cookies.get("route"))
+        return await srv.hold(request, n)
+
+    srv.script = script
+    # A host name: aiohttp's cookie jar keeps no cookies of a bare IP address.
+    async with AsyncMix(srv.url.replace("127.0.0.1", "localhost")) as mix:
+        assert (await mix.health_check()).status == "ok"
+        async with mix.stream_events("s1") as events:
+            assert isinstance(await _next(events), ConnectedEvent)
+    assert cookies == ["backend-7"]
 
 
 @pytest.mark.parametrize("name", ["max_connections", "max_stream_connections"])
