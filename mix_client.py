@@ -1717,9 +1717,9 @@ _END: Final = object()
 # ---------------------------------------------------------------------------
 # Streaming
 # ---------------------------------------------------------------------------
-# Server-Sent Events: SSEDecoder turns bytes into frames (WHATWG rules, linear, no
-# size limit), decode_event turns a frame into a typed event, EventStream keeps a
-# session's stream open across drops.
+# Server-Sent Events: SSEDecoder turns bytes into frames (WHATWG rules, linear, events
+# up to max_event_size), decode_event turns a frame into a typed event, EventStream keeps
+# a session's stream open across drops.
 
 
 class ServerSentEvent(msgspec.Struct, frozen=True, gc=False):
