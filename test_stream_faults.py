@@ -315,8 +315,9 @@ async def test_reopen_after_drop_is_immediate_despite_retry_30000(
     srv.script = script
     async with mix.stream_events("s1") as events:
         got = [await _next(events) for _ in range(4)]
-        # The server's retry: 30000 is not a pause: the reopen is already there.
-        await asyncio.wait_for(srv.wait_conns(2), 5)
+        await srv.wait_conns(2)
+    # The server's retry: 30000 is not a pause (the old client waited 22-30 s here).
+    assert srv.conns[1] - srv.conns[0] < 3.0
     assert [type(e) for e in got] == [ConnectedEvent, ContentEvent, Reconnected, ConnectedEvent]
     assert got[2].data.attempts == 1
     assert got[2].data.last_event_id == "2"
@@ -687,7 +688,7 @@ async def test_stream_timeout_is_not_a_lifetime_limit(srv: Server, mix: AsyncMix
     async def script(request: web.Request, n: int) -> web.StreamResponse:
         resp = await srv.sse(request)
         await resp.write(frame(1, "connected", {"sessionId": "s1"}))
-        for i in range(12):  # 1.2 s of heartbeats every 0.1 s
+        for i in range(16):  # 1.6 s of heartbeats every 0.1 s
             await asyncio.sleep(0.1)
             await resp.write(frame(2 + i, "heartbeat", {"type": "ping"}, 45000))
         await resp.write(frame(20, "content", {"content": "still here"}))
@@ -695,12 +696,12 @@ async def test_stream_timeout_is_not_a_lifetime_limit(srv: Server, mix: AsyncMix
 
     srv.script = script
     started = time.monotonic()
-    async with mix.stream_events("s1", timeout=0.4) as events:
-        got = [await _next(events) for _ in range(14)]
-    assert time.monotonic() - started > 0.4  # the stream outlived its timeout
+    async with mix.stream_events("s1", timeout=1.0) as events:
+        got = [await _next(events) for _ in range(18)]
+    assert time.monotonic() - started > 1.0  # the stream outlived its timeout
     assert isinstance(got[0], ConnectedEvent)
-    assert all(isinstance(e, HeartbeatEvent) for e in got[1:13])
-    assert isinstance(got[13], ContentEvent)
+    assert all(isinstance(e, HeartbeatEvent) for e in got[1:17])
+    assert isinstance(got[17], ContentEvent)
     assert len(srv.conns) == 1
 
 
