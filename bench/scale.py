@@ -157,16 +157,19 @@ async def run(url: str, turns: int, samples: int, every: float) -> dict[str, Any
         wall0 = time.perf_counter()
         tasks = [asyncio.create_task(turn(i, sid)) for i, sid in enumerate(ids)]
         open_wait = asyncio.create_task(all_open.wait())
-        await asyncio.wait([open_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)
-        if not all_open.is_set():
-            await asyncio.wait_for(all_open.wait(), 300)
+        every_turn = asyncio.gather(*tasks, return_exceptions=True)
+        # Every stream open, or (when some turns failed before connecting) every turn over.
+        await asyncio.wait(
+            [open_wait, every_turn], return_when=asyncio.FIRST_COMPLETED, timeout=600
+        )
+        open_wait.cancel()
         opened_in = time.perf_counter() - wall0
         done_before = done
         rss_open = rss_kib()
         busy = await latency(mix, samples, every)
         done_after = done
         rss_open = max(rss_open, rss_kib())
-        results = await asyncio.gather(*tasks, return_exceptions=True)
+        results = await every_turn
         wall = time.perf_counter() - wall0
         cpu = time.process_time() - cpu0
         ok = sum(1 for r in results if r is True)
