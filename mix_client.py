@@ -22,12 +22,14 @@ Runtime dependencies: aiohttp and msgspec. Drop this file into a project, or ins
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import email.utils
 import functools
 import inspect
 import io
 import logging
+import math
 import mimetypes
 import os
 import random
@@ -37,6 +39,7 @@ import threading
 import time
 import weakref
 from collections.abc import (
+    AsyncGenerator,
     AsyncIterable,
     AsyncIterator,
     Awaitable,
@@ -159,6 +162,7 @@ __all__ = [
     "RateLimitError",
     "Reconnected",
     "ReconnectedData",
+    "RedirectError",
     "RefreshTokensResponse",
     "RequestOptions",
     "RequestTimeoutError",
@@ -874,6 +878,14 @@ class InternalServerError(APIStatusError):
     """5xx."""
 
 
+class RedirectError(APIStatusError):
+    """3xx: the Mix API has no redirects, so none is followed. ``location`` is where it pointed."""
+
+    @property
+    def location(self) -> str | None:
+        return self.headers.get("Location")
+
+
 _STATUS_ERRORS: Final[dict[int, type[APIStatusError]]] = {
     400: BadRequestError,
     401: AuthenticationError,
@@ -966,7 +978,13 @@ def _status_error(
     else:
         detail = body.strip()[:200] or (response.reason if response and response.reason else "")
     detail = " ".join(detail.split())  # one line, whatever the server sent
-    cls = _STATUS_ERRORS.get(status) or (InternalServerError if status >= 500 else APIStatusError)
+    if 300 <= status < 400:
+        detail = f"redirect to {headers.get('Location', '(no Location)')!r} not followed"
+        cls: type[APIStatusError] = RedirectError
+    else:
+        cls = _STATUS_ERRORS.get(status) or (
+            InternalServerError if status >= 500 else APIStatusError
+        )
     message = f"{method} {url} -> {status}: {detail}" if detail else f"{method} {url} -> {status}"
     return cls(
         message,
@@ -1075,42 +1093,75 @@ def _check_retry_config(config: object) -> None:
             raise _bad_value(f"BackoffStrategy.{field}", "a finite number >= 0", value)
 
 
+def _delay_number(value: str) -> float | None:
+    """A finite, non-negative number; anything else (``nan``, ``inf``, ``-1``) is ignored."""
+    number = float(value)  # ValueError: not a number at all
+    return number if math.isfinite(number) and number >= 0 else None
+
+
 def _parse_retry_after(headers: Mapping[str, str]) -> float | None:
     value = headers.get("retry-after-ms")
     if value is not None:
         with contextlib.suppress(ValueError):
-            return min(max(float(value) / 1000, 0.0), _RETRY_AFTER_CAP)
+            millis = _delay_number(value)
+            if millis is not None:
+                return min(millis / 1000, _RETRY_AFTER_CAP)
     value = headers.get("Retry-After")
     if value is None:
         return None
     try:
-        seconds = float(value)
+        seconds = _delay_number(value)
     except ValueError:
         try:
             when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
+            seconds = max(when.timestamp() - time.time(), 0.0)
+        except (TypeError, ValueError, IndexError, OverflowError, OSError):
             return None
-        seconds = when.timestamp() - time.time()
-    return min(max(seconds, 0.0), _RETRY_AFTER_CAP)
+    return None if seconds is None else min(seconds, _RETRY_AFTER_CAP)
 
 
 Timeout = Union[float, aiohttp.ClientTimeout, None]  # noqa: UP007 (a runtime alias on 3.10)
-"""Seconds for the whole request, an ``aiohttp.ClientTimeout``, or ``None`` for none."""
+"""Seconds, an ``aiohttp.ClientTimeout``, or ``None`` for no limit.
+
+Seconds mean the whole call (retries and their waits included) for plain calls, and the
+longest wait without progress for uploads, downloads and streams. A ``ClientTimeout``'s
+``total`` bounds the whole call; its other fields apply to each attempt.
+"""
 
 DEFAULT_TIMEOUT: Final = aiohttp.ClientTimeout(total=60, connect=5)
-"""Plain calls: 5 s to connect, 60 s in all."""
+"""Plain calls: 5 s to connect, 60 s in all (retries included)."""
 TRANSFER_TIMEOUT: Final = aiohttp.ClientTimeout(total=None, connect=5, sock_read=60)
 """Uploads and downloads: no total limit, 60 s without progress."""
 
 
-def _as_timeout(value: Timeout) -> aiohttp.ClientTimeout:
+def _as_timeout(value: Timeout, transfer: bool = False) -> aiohttp.ClientTimeout:
+    """``value`` as a ``ClientTimeout`` for a plain call or, with ``transfer``, a transfer."""
     if isinstance(value, aiohttp.ClientTimeout):
         return value
     if value is None:
         return aiohttp.ClientTimeout(total=None)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise InvalidInputError(f"timeout must be a positive number of seconds, not {value!r}")
-    return aiohttp.ClientTimeout(total=float(value), connect=min(5.0, float(value)))
+    seconds = float(value)
+    if transfer:
+        # Transfers keep "no total limit": the number is the longest wait without progress.
+        return aiohttp.ClientTimeout(total=None, connect=min(5.0, seconds), sock_read=seconds)
+    return aiohttp.ClientTimeout(total=seconds, connect=min(5.0, seconds))
+
+
+def _with_total(timeout: aiohttp.ClientTimeout, total: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(
+        total=total,
+        connect=timeout.connect,
+        sock_read=timeout.sock_read,
+        sock_connect=timeout.sock_connect,
+        ceil_threshold=timeout.ceil_threshold,
+    )
 
 
 class RequestOptions(TypedDict, total=False):
@@ -1483,6 +1534,7 @@ _CONNECT_TIMEOUTS: tuple[type[BaseException], ...] = tuple(
     t for t in (getattr(aiohttp, "ConnectionTimeoutError", None),) if isinstance(t, type)
 )
 _TRANSPORT_ERRORS: Final = (aiohttp.ClientError, asyncio.TimeoutError, TimeoutError, OSError)
+_DISCONNECTS: Final = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 
 
 # Uploads --------------------------------------------------------------------
@@ -3093,10 +3145,12 @@ async def _next_or_none(it: AsyncIterator[StreamEvent]) -> StreamEvent | None:
 async def _maybe_await(callback: Callable[[Any], Any] | None, value: Any) -> None:
     if callback is None:
         return
-    if _in_sync_loop.flag and not inspect.iscoroutinefunction(callback):
-        # Under the blocking Mix, a plain callback runs in a worker thread so that it can
-        # itself make blocking Mix calls (grant a permission, say) without a deadlock.
-        result = await asyncio.get_running_loop().run_in_executor(None, callback, value)
+    callbacks = _in_sync_loop.callbacks
+    if callbacks is not None and not inspect.iscoroutinefunction(callback):
+        # Under the blocking Mix, a plain callback runs in a thread of its own pool so that
+        # it can itself make blocking Mix calls (grant a permission, upload a file) without
+        # a deadlock: uploads and downloads use the default executor, never this pool.
+        result = await asyncio.get_running_loop().run_in_executor(callbacks, callback, value)
     else:
         result = callback(value)
     if inspect.isawaitable(result):
@@ -3105,6 +3159,8 @@ async def _maybe_await(callback: Callable[[Any], Any] | None, value: Any) -> Non
 
 class _SyncLoopFlag(threading.local):
     flag = False
+    callbacks: concurrent.futures.Executor | None = None
+    """On a blocking ``Mix``'s loop thread: the pool its plain callbacks run on."""
 
 
 _in_sync_loop = _SyncLoopFlag()
@@ -3253,6 +3309,42 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+async def _session_guard(sessions: list[aiohttp.ClientSession]) -> AsyncGenerator[None, None]:
+    """Closes ``sessions`` (all made on one loop) on their own loop when finalized.
+
+    An async generator started on a loop is finalized by that loop: ``aclose()`` is
+    scheduled there when it is garbage-collected (from any thread), and
+    ``loop.shutdown_asyncgens()`` (the end of ``asyncio.run()``) closes it before the loop
+    closes. So a client dropped without ``aclose()``, or used from two ``asyncio.run()``
+    in a row, closes its session quietly, on the right loop.
+    """
+    try:
+        yield
+    finally:
+        for session in sessions:
+            if not session.closed:
+                with contextlib.suppress(Exception):
+                    await session.close()
+
+
+def _guard(sessions: list[aiohttp.ClientSession]) -> AsyncGenerator[None, None]:
+    guard = _session_guard(sessions)
+    step = guard.__anext__()  # registers the generator with the running loop
+    with contextlib.suppress(StopIteration):
+        step.send(None)  # runs it up to its ``yield``: no await needed
+    return guard
+
+
+def _close_now(session: aiohttp.ClientSession) -> None:
+    """Mark a session whose loop is gone closed (its sockets go with the transports)."""
+    connector = session.connector
+    session.detach()
+    close = getattr(connector, "_close", None)
+    if close is not None:
+        with contextlib.suppress(Exception):
+            close()
+
+
 class AsyncMix:
     """Async client for the Mix REST API. One method per endpoint.
 
@@ -3324,7 +3416,7 @@ class AsyncMix:
             )
         else:
             self._timeout = _as_timeout(timeout)
-            self._transfer_timeout = self._timeout
+            self._transfer_timeout = _as_timeout(timeout, transfer=True)
         self._headers: dict[str, str] = {"User-Agent": USER_AGENT, "Accept": "application/json"}
         if headers is not None:
             self._headers.update(_check_headers(headers))
@@ -3335,6 +3427,8 @@ class AsyncMix:
             raise _bad_value("logger", "a logging.Logger", logger)
         if session is not None and not isinstance(session, aiohttp.ClientSession):
             raise _bad_value("session", "an aiohttp.ClientSession", session)
+        self._guard: AsyncGenerator[None, None] | None = None
+        self._guarded: list[aiohttp.ClientSession] = []
         self._logger = logger or _log
         if _env_flag("MIX_DEBUG"):
             if logger is None:
@@ -3371,9 +3465,22 @@ class AsyncMix:
             return  # a with_options copy: the pool belongs to the original client
         session, self._session = self._session, None
         streams, self._stream_session = self._stream_session, None
+        guard, self._guard = self._guard, None
         for http in (streams, session):
             if http is not None and http is not self._user_session and not http.closed:
                 await http.close()
+        if guard is not None:
+            await guard.aclose()
+
+    def __del__(self) -> None:
+        # Dropped without aclose(): the guard closes the sessions on their loop if that still
+        # runs; a loop already closed (without shutdown_asyncgens) cannot, so do it here.
+        loop = self.__dict__.get("_session_loop")
+        if self.__dict__.get("_parent") is None and loop is not None and loop.is_closed():
+            for key in ("_session", "_stream_session"):
+                http = self.__dict__.get(key)
+                if http is not None and http is not self.__dict__.get("_user_session"):
+                    _close_now(http)
 
     def _is_closed(self) -> bool:
         return self._closed or (self._parent is not None and self._parent._closed)
@@ -3389,13 +3496,25 @@ class AsyncMix:
         loop = asyncio.get_running_loop()
         if session is None or session.closed or self._session_loop is not loop:
             # Created inside the running loop; a new loop (asyncio.run twice) gets a new one.
+            old_loop = self._session_loop
+            if old_loop is not None and old_loop.is_closed():
+                for old in (session, self._stream_session):
+                    if old is not None:
+                        _close_now(old)  # its loop ended without finalizing the guard
             session = aiohttp.ClientSession(
                 headers=self._headers,
                 connector=aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300),
             )
+            if hasattr(session, "_retry_connection"):
+                # aiohttp would resend an idempotent request after a dropped connection,
+                # out of sight; _request does it itself, so it knows a DELETE was resent.
+                session._retry_connection = False
             self._session = session
             self._session_loop = loop
             self._stream_session = None
+            # Replacing the old guard finalizes it: its sessions close on their own loop.
+            self._guarded = [session]
+            self._guard = _guard(self._guarded)
         if streams_pool:
             # Streams hold their connection for their whole life: a pool of their own, so
             # that open streams never make plain calls wait for a connection.
@@ -3408,6 +3527,7 @@ class AsyncMix:
                     ),
                     cookie_jar=session.cookie_jar,  # one client: one set of cookies
                 )
+                self._guarded[:] = [*(h for h in self._guarded if not h.closed), streams]
             return streams
         return session
 
@@ -3432,7 +3552,8 @@ class AsyncMix:
                 clone._retry_config = retry_config
             clone._policy = _make_policy(clone._max_retries, clone._retry_config)
         if not isinstance(timeout, _NotGiven):
-            clone._timeout = clone._transfer_timeout = _as_timeout(timeout)
+            clone._timeout = _as_timeout(timeout)
+            clone._transfer_timeout = _as_timeout(timeout, transfer=True)
         if headers is not None:
             extra = _check_headers(headers)
             clone._headers = {**self._headers, **extra}
@@ -3495,7 +3616,7 @@ class AsyncMix:
                     opts.get("retry_config", self._retry_config),
                 )
             if "timeout" in opts:
-                timeout = _as_timeout(opts["timeout"])
+                timeout = _as_timeout(opts["timeout"], op.transfer)
             if "headers" in opts:
                 headers = {**(headers or {}), **opts["headers"]}
             if "server_url" in opts:
@@ -3523,8 +3644,21 @@ class AsyncMix:
         session = self._http(streams_pool)
         debug = self._logger.isEnabledFor(logging.DEBUG)
         attempt = 0
+        # Resend once at once after a dropped connection, as aiohttp does unless told not to.
+        resend = op.idempotent and getattr(session, "_retry_connection", True) is False
+        resent = False
         started = time.monotonic()
+        # A total limit covers the whole call: every attempt and every wait between them.
+        deadline = None if timeout is None or timeout.total is None else started + timeout.total
+        attempt_timeout = timeout
         while True:
+            if deadline is not None and (attempt or resent) and timeout is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise APITimeoutError(
+                        f"{method} {url_text}: timed out", method=method, url=url_text
+                    )
+                attempt_timeout = _with_total(timeout, left)
             if debug:
                 self._logger.debug(
                     "-> %s %s headers=%s body=%s",
@@ -3541,7 +3675,10 @@ class AsyncMix:
                     data=data,
                     headers=headers,
                     # None: your session's own timeout (aiohttp reads None as "no timeout")
-                    timeout=timeout if timeout is not None else session.timeout,
+                    timeout=attempt_timeout if attempt_timeout is not None else session.timeout,
+                    # The API has no redirects: a 3xx is an error, and nothing (least of
+                    # all the credentials) goes where it points.
+                    allow_redirects=False,
                     # no body: no aiohttp-invented "Content-Type: application/octet-stream"
                     skip_auto_headers=op.skip_headers if data is None else None,
                 )
@@ -3561,6 +3698,15 @@ class AsyncMix:
                     raise upload.failure from None  # bad chunk or progress callback: no retry
                 if isinstance(exc, RuntimeError):
                     raise
+                if (
+                    resend
+                    and isinstance(exc, _DISCONNECTS)
+                    and not isinstance(exc, aiohttp.ClientConnectorError)
+                    and (upload is None or upload.replayable)
+                ):
+                    resend = False
+                    resent = True
+                    continue
                 error, unsent = _connection_error(exc, method, url_text)
                 replayable = upload is None or upload.replayable
                 retry = (
@@ -3570,7 +3716,7 @@ class AsyncMix:
                     and attempt < policy.max_retries
                 )
                 delay = policy.delay(attempt, None) if retry else 0.0
-                if not retry or not self._within(policy, started, delay):
+                if not retry or not self._within(policy, started, delay, deadline):
                     if debug:
                         self._logger.debug("!! %s %s: %s", method, url_text, error)
                     raise error from exc
@@ -3601,7 +3747,7 @@ class AsyncMix:
                         and policy.retry_connection_errors
                     ):
                         delay = policy.delay(attempt, None)
-                        if self._within(policy, started, delay):
+                        if self._within(policy, started, delay, deadline):
                             await asyncio.sleep(delay)
                             attempt += 1
                             continue
@@ -3621,13 +3767,17 @@ class AsyncMix:
                 resp.release()
             if debug:
                 self._logger.debug("<- %s %s %d %s", method, url_text, status, _redact_body(raw))
+            if status == 404 and (attempt or resent) and method == "DELETE":
+                # The first answer was lost, yet the thing is gone: the DELETE got done.
+                return resp, b"{}"
             if (
                 status in op.retry_statuses
                 and attempt < policy.max_retries
                 and (upload is None or upload.replayable)
             ):
                 delay = policy.delay(attempt, _parse_retry_after(resp.headers))
-                if self._within(policy, started, delay):
+                # A wait that cannot fit in the time left is not made: fail now.
+                if self._within(policy, started, delay, deadline):
                     if debug:
                         self._logger.debug(
                             "retry %d in %.2fs after HTTP %d", attempt + 1, delay, status
@@ -3638,10 +3788,14 @@ class AsyncMix:
             raise _status_error(method, url_text, status, resp.headers, raw, resp)
 
     @staticmethod
-    def _within(policy: _Policy, started: float, delay: float) -> bool:
-        if policy.max_elapsed is None:
-            return True
-        return time.monotonic() - started + delay <= policy.max_elapsed
+    def _within(
+        policy: _Policy, started: float, delay: float, deadline: float | None = None
+    ) -> bool:
+        """Whether a retry after ``delay`` seconds still fits in the call's limits."""
+        now = time.monotonic()
+        if deadline is not None and now + delay >= deadline:
+            return False
+        return policy.max_elapsed is None or now - started + delay <= policy.max_elapsed
 
     # Authentication ----------------------------------------------------------
 
@@ -4858,6 +5012,12 @@ class FileDownload:
 # ---------------------------------------------------------------------------
 
 
+_CLOSE_GRACE: Final = 5.0
+"""Seconds ``Mix.close()`` waits for cancelled calls and for closing the connections."""
+_CALLBACK_WORKERS: Final = 10_000
+"""Threads for plain callbacks are made only when none is idle: in effect, no limit."""
+
+
 class _LoopThread:
     """A private event loop in a daemon thread that runs the async client for :class:`Mix`."""
 
@@ -4866,66 +5026,133 @@ class _LoopThread:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._stopped = False
+        self._calls: set[concurrent.futures.Future[Any]] = set()
+        self._streams: weakref.WeakSet[SyncStream[Any]] = weakref.WeakSet()
+        self._closing: set[asyncio.Task[Any]] = set()
 
-    def _ensure(self) -> asyncio.AbstractEventLoop:
-        loop = self._loop
-        if loop is not None:
-            return loop
-        with self._lock:
-            if self._loop is None:
-                loop = asyncio.new_event_loop()
-                ready = threading.Event()
+    def _start(self) -> asyncio.AbstractEventLoop:
+        """Start the loop thread (with ``_lock`` held)."""
+        loop = asyncio.new_event_loop()
+        callbacks = concurrent.futures.ThreadPoolExecutor(
+            _CALLBACK_WORKERS, thread_name_prefix="mix-client-callback"
+        )
+        ready = threading.Event()
 
-                def run() -> None:
-                    _in_sync_loop.flag = True
-                    asyncio.set_event_loop(loop)
-                    loop.call_soon(ready.set)
-                    loop.run_forever()
+        def run() -> None:
+            _in_sync_loop.flag = True
+            _in_sync_loop.callbacks = callbacks
+            asyncio.set_event_loop(loop)
+            loop.call_soon(ready.set)
+            try:
+                loop.run_forever()
+                # Async generators left open (a dropped turn) get finalized on this loop.
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                asyncio.set_event_loop(None)
+                loop.close()
+                callbacks.shutdown(wait=False, cancel_futures=True)
 
-                thread = threading.Thread(target=run, name="mix-client-loop", daemon=True)
-                thread.start()
-                ready.wait()
-                self._thread = thread
-                self._loop = loop
-            return self._loop
+        thread = threading.Thread(target=run, name="mix-client-loop", daemon=True)
+        thread.start()
+        ready.wait()
+        self._thread = thread
+        self._loop = loop
+        return loop
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        if self._stopped:  # closed: do not start a new loop thread that nothing stops
-            coro.close()
-            raise MixError("this client is closed")
-        loop = self._ensure()
-        if threading.current_thread() is self._thread:
-            coro.close()
-            raise MixError(
-                "a blocking Mix call was made from inside its own callback; use AsyncMix there"
-            )
-        future = asyncio.run_coroutine_threadsafe(coro, loop)
+        with self._lock:
+            # Checked under the lock: a call racing close() never starts a new loop thread.
+            if self._stopped:
+                coro.close()
+                raise ClientClosedError("this client is closed")
+            if self._thread is not None and threading.current_thread() is self._thread:
+                coro.close()
+                raise MixError(
+                    "a blocking Mix call was made from inside its own callback; use AsyncMix there"
+                )
+            loop = self._loop or self._start()
+            future = asyncio.run_coroutine_threadsafe(coro, loop)
+            self._calls.add(future)
         try:
             return future.result()
+        except concurrent.futures.CancelledError:
+            if self._stopped:
+                raise ClientClosedError("the client was closed during the call") from None
+            raise
         except BaseException:
             future.cancel()
             raise
+        finally:
+            self._calls.discard(future)
 
-    def stop(self) -> None:
-        self._stopped = True
-        loop, thread = self._loop, self._thread
+    def close_soon(self, stream: Any) -> None:
+        """Close ``stream`` on the loop thread, without waiting (``__del__``: any thread)."""
+        loop = self._loop
+        if loop is None:
+            return
+
+        def start() -> None:
+            task = loop.create_task(stream.aclose())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+        with contextlib.suppress(RuntimeError):  # the loop is closed: so is its connection
+            loop.call_soon_threadsafe(start)
+
+    def stop(self, final: Callable[[], Coroutine[Any, Any, Any]] | None = None) -> None:
+        """Refuse new calls, end the ones in flight, run ``final``, stop the loop thread.
+
+        Calls in flight are cancelled: their callers get :class:`MixError` (or the result,
+        when it was already there). Bounded: never waits much more than ``2 * _CLOSE_GRACE``.
+        """
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
         if loop is None or thread is None:
             return
-        self._loop = self._thread = None
-        loop.call_soon_threadsafe(loop.stop)
+        streams = list(self._streams)
+
+        async def shutdown() -> None:
+            current = asyncio.current_task()
+            tasks = [t for t in asyncio.all_tasks() if t is not current]
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.wait(tasks, timeout=_CLOSE_GRACE)
+            closing = [s._stream.aclose() for s in streams if not s._closed]
+            for s in streams:
+                s._closed = True
+            if final is not None:
+                closing.append(final())
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    asyncio.gather(*closing, return_exceptions=True), _CLOSE_GRACE
+                )
+
+        def begin() -> None:
+            loop.create_task(shutdown()).add_done_callback(lambda _: loop.stop())
+
+        loop.call_soon_threadsafe(begin)
         if thread is not threading.current_thread():
-            thread.join(timeout=5)
-        if not loop.is_running():
-            loop.close()
+            thread.join(timeout=3 * _CLOSE_GRACE)
 
 
 class SyncStream(Generic[T]):
-    """A blocking iterator over an async stream; close it (or use ``with``) when leaving early."""
+    """A blocking iterator over an async stream; close it (or use ``with``) when leaving early.
+
+    One dropped without closing (a ``break`` outside ``with``) is closed on the client's
+    loop thread when it is garbage-collected; ``Mix.close()`` closes the ones still open.
+    """
 
     def __init__(self, runner: _LoopThread, stream: Any) -> None:
         self._runner = runner
         self._stream = stream
         self._entered = False
+        self._closed = False
+        runner._streams.add(self)
 
     def __enter__(self) -> SyncStream[T]:
         enter = getattr(self._stream, "__aenter__", None)
@@ -4949,9 +5176,23 @@ class SyncStream(Generic[T]):
         return item
 
     def close(self) -> None:
+        """Close the stream's connection (a no-op once closed, or once the client is)."""
+        if self._closed:
+            return
+        self._closed = True
         aclose = getattr(self._stream, "aclose", None)
-        if aclose is not None:
-            self._runner.run(aclose())
+        if aclose is not None and not self._runner._stopped:
+            with contextlib.suppress(MixError):  # the client closed meanwhile: so did this
+                self._runner.run(aclose())
+
+    def __del__(self) -> None:
+        # Dropped open (a ``break`` without ``with``): the connection belongs to the loop
+        # thread, so close it there, never from whatever thread collects this object.
+        if getattr(self, "_closed", True):
+            return
+        self._closed = True
+        if getattr(self._stream, "aclose", None) is not None:
+            self._runner.close_soon(self._stream)
 
 
 class SyncFileDownload(SyncStream[bytes]):
@@ -5087,6 +5328,14 @@ class _SyncDownloadMethod(Generic[P]):
         return call
 
 
+async def _close_sync_client(client: AsyncMix, session: aiohttp.ClientSession | None) -> None:
+    try:
+        await client.aclose()
+    finally:
+        if session is not None and not session.closed:
+            await session.close()
+
+
 class Mix:
     """The blocking client: every :class:`AsyncMix` method, without ``await``.
 
@@ -5098,7 +5347,12 @@ class Mix:
     ``with Mix() as mix: print(mix.health_check().status)``
 
     Arguments are those of :class:`AsyncMix`, except that an aiohttp session must belong
-    to the private loop: pass ``session_factory`` (called there) instead of ``session``.
+    to the private loop: pass ``session_factory`` (called there; :meth:`close` closes the
+    session it makes) instead of ``session``.
+
+    :meth:`close` (or leaving ``with``) ends the calls other threads have in flight (they
+    raise :class:`MixError`), closes the open streams and connections and stops the thread.
+    A ``Mix`` dropped without ``close()`` is closed when it is garbage-collected, or at exit.
     """
 
     def __init__(
@@ -5114,30 +5368,59 @@ class Mix:
         max_connections: int | None = None,
         max_stream_connections: int | None = None,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
+        session: None = None,
     ) -> None:
-        self._runner = _LoopThread()
-
-        async def make() -> AsyncMix:
-            return AsyncMix(
-                server_url,
-                timeout=timeout,
-                max_retries=max_retries,
-                retry_config=retry_config,
-                headers=headers,
-                session=session_factory() if session_factory is not None else None,
-                logger=logger,
-                max_connections=max_connections,
-                max_stream_connections=max_stream_connections,
-                max_event_size=max_event_size,
+        if session is not None:
+            raise InvalidInputError(
+                "Mix runs its own event loop in a background thread, so it cannot use an "
+                "aiohttp session made elsewhere: pass session_factory=lambda: "
+                "aiohttp.ClientSession(...) instead (called on that loop; Mix.close() closes it)"
             )
+        if session_factory is not None and not callable(session_factory):
+            raise TypeError(
+                f"session_factory must be a callable returning an aiohttp.ClientSession, "
+                f"not {type(session_factory).__name__}"
+            )
+        self._runner = runner = _LoopThread()
+
+        async def make() -> tuple[AsyncMix, aiohttp.ClientSession | None]:
+            made = session_factory() if session_factory is not None else None
+            if made is not None and not isinstance(made, aiohttp.ClientSession):
+                if inspect.isawaitable(made) and hasattr(made, "close"):
+                    made.close()
+                raise TypeError(
+                    f"session_factory must return an aiohttp.ClientSession, "
+                    f"not {type(made).__name__}"
+                )
+            try:
+                client = AsyncMix(
+                    server_url,
+                    timeout=timeout,
+                    max_retries=max_retries,
+                    retry_config=retry_config,
+                    headers=headers,
+                    session=made,
+                    logger=logger,
+                    max_connections=max_connections,
+                    max_stream_connections=max_stream_connections,
+                    max_event_size=max_event_size,
+                )
+            except BaseException:
+                if made is not None:
+                    await made.close()
+                raise
+            return client, made
 
         try:
-            self._client = self._runner.run(make())
+            self._client, owned = runner.run(make())
         except BaseException:
-            self._runner.stop()
+            runner.stop()
             raise
         self.server_url = self._client.server_url
-        self._finalizer = weakref.finalize(self, self._runner.stop)
+        # Holds the runner, the client and the session, never ``self``: it can run at GC.
+        self._finalizer = weakref.finalize(
+            self, runner.stop, functools.partial(_close_sync_client, self._client, owned)
+        )
 
     @property
     def async_client(self) -> AsyncMix:
@@ -5157,10 +5440,7 @@ class Mix:
         return self._runner.run(coro)
 
     def close(self) -> None:
-        """Close connections and stop the background loop."""
-        if self._runner._loop is not None:
-            with contextlib.suppress(Exception):
-                self._runner.run(self._client.aclose())
+        """End calls in flight, close streams and connections, stop the background loop."""
         self._finalizer()
 
     def __enter__(self) -> Mix:

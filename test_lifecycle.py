@@ -1,0 +1,902 @@
+"""Lifecycle, timeouts and retries under faults (issue 9, items 1-9).
+
+Everything runs against real HTTP on 127.0.0.1: an aiohttp.web server or ``mix_fake`` on
+its own event loop in a background thread. The blocking facade is driven from real
+threads; every wait is bounded. Scenarios about what reaches stderr at garbage
+collection or exit run in a subprocess under ``-X dev`` (asyncio debug mode, which
+refuses loop calls from a foreign thread, and ResourceWarnings shown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import math
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+import mix_client
+from mix_client import (
+    APITimeoutError,
+    AsyncMix,
+    BackoffStrategy,
+    InternalServerError,
+    InvalidInputError,
+    Mix,
+    MixError,
+    NotFoundError,
+    RetryConfig,
+)
+from mix_fake import MixFake
+
+HERE = Path(__file__).resolve().parent
+FAST = RetryConfig("backoff", BackoffStrategy(10, 10, 1.0, 0), True)
+"""Real (tiny) backoff: 10 ms between attempts, the default number of retries."""
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+# ---------------------------------------------------------------------------
+# Servers on loopback, each on its own loop in a thread
+# ---------------------------------------------------------------------------
+
+
+class ThreadServer:
+    """An aiohttp.web server on 127.0.0.1:<free port>; ``handler`` answers every request."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self.seen = threading.Condition()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.call(self._start())
+
+    def call(self, coro: Any, timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    async def _start(self) -> None:
+        self.release = asyncio.Event()
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self.runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self.runner.addresses[0][1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        with self.seen:
+            self.requests.append((request.method, request.path_qs, dict(request.headers)))
+            self.seen.notify_all()
+        return await self.handler(request)
+
+    def wait_requests(self, count: int, timeout: float = 15) -> None:
+        with self.seen:
+            assert self.seen.wait_for(lambda: len(self.requests) >= count, timeout), (
+                f"saw {len(self.requests)} requests, waited for {count}"
+            )
+
+    def stop(self) -> None:
+        async def stop() -> None:
+            self.release.set()
+            await self.runner.cleanup()
+            current = asyncio.current_task()
+            rest = [t for t in asyncio.all_tasks() if t is not current]
+            for task in rest:
+                task.cancel()
+            if rest:
+                await asyncio.wait(rest, timeout=5)
+
+        with contextlib.suppress(Exception):
+            self.call(stop(), 10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@contextlib.contextmanager
+def serve(handler: Handler) -> Iterator[ThreadServer]:
+    srv = ThreadServer(handler)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def replies(*answers: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Handler:
+    """Answer the n-th request with the n-th handler (the last one answers the rest)."""
+    queue = list(answers)
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        answer = queue.pop(0) if len(queue) > 1 else queue[0]
+        return await answer(request)
+
+    return handle
+
+
+def status(code: int, headers: dict[str, str] | None = None, body: Any = None) -> Handler:
+    async def answer(request: web.Request) -> web.StreamResponse:
+        if code == 204:
+            return web.Response(status=204, headers=headers)
+        payload = body if body is not None else {"error": {"code": code, "message": "x"}}
+        return web.json_response(payload, status=code, headers=headers)
+
+    return answer
+
+
+async def drop(request: web.Request) -> web.StreamResponse:
+    await request.read()
+    assert request.transport is not None
+    request.transport.close()
+    return web.Response()
+
+
+SESSION = {"id": "s1", "title": "t", "createdAt": "2024-01-01T00:00:00Z"}
+
+
+class FakeThread:
+    """``mix_fake.MixFake`` on its own loop in a thread."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.fake = MixFake(**kwargs)
+        self.url: str = self.call(self.fake.start())
+
+    def call(self, coro: Any, timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def sync(self, fn: Callable[[], Any]) -> Any:
+        async def run() -> Any:
+            return fn()
+
+        return self.call(run())
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.call(self.fake.stop(), 10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeThread]:
+    ft = FakeThread()
+    yield ft
+    ft.stop()
+
+
+def run_script(code: str, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter under ``-X dev`` with this worktree importable."""
+    env = {**os.environ, "PYTHONPATH": str(HERE), "PYTHONASYNCIODEBUG": "1"}
+    env.pop("MIX_DEBUG", None)
+    return subprocess.run(
+        [sys.executable, "-X", "dev", "-c", textwrap.dedent(code), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=str(HERE),
+    )
+
+
+NOISE = (
+    "Non-thread-safe",
+    "Unclosed",
+    "unclosed",
+    "Exception ignored",
+    "Traceback",
+    "ResourceWarning",
+    "never awaited",
+    "Task was destroyed",
+    "Event loop is closed",
+)
+
+
+def assert_quiet(proc: subprocess.CompletedProcess[str]) -> None:
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "DONE" in proc.stdout, proc.stdout + proc.stderr
+    found = [word for word in NOISE if word in proc.stderr]
+    assert not found, proc.stderr
+
+
+def loop_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "mix-client-loop" and t.is_alive()}
+
+
+# ---------------------------------------------------------------------------
+# 1. Mix.close() while other threads are inside calls
+# ---------------------------------------------------------------------------
+
+
+def test_close_ends_every_call_in_flight_from_other_threads() -> None:
+    async def hold(request: web.Request) -> web.StreamResponse:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(srv.release.wait(), 60)
+        return web.json_response(SESSION)
+
+    with serve(hold) as srv:
+        mix = Mix(srv.url, max_retries=0)
+        outcomes: dict[int, BaseException | object] = {}
+
+        def call(i: int) -> None:
+            try:
+                outcomes[i] = mix.get_session(f"s{i}")
+            except BaseException as exc:
+                outcomes[i] = exc
+
+        threads = [threading.Thread(target=call, args=(i,), daemon=True) for i in range(6)]
+        for t in threads:
+            t.start()
+        srv.wait_requests(6)  # every call is inside the server
+        closer = threading.Thread(target=mix.close, daemon=True)
+        closer.start()
+        closer.join(20)
+        assert not closer.is_alive(), "close() did not return"
+        for t in threads:
+            t.join(20)
+        assert not any(t.is_alive() for t in threads), "a call never returned after close()"
+        assert len(outcomes) == 6
+        for outcome in outcomes.values():
+            assert isinstance(outcome, MixError), outcome
+            assert "closed" in str(outcome)
+        # and the client stays closed
+        with pytest.raises(MixError):
+            mix.health_check()
+
+
+def _race_close(mix: Mix) -> list[BaseException]:
+    """Close ``mix`` while 8 threads call it in a loop; returns how each call loop ended."""
+    ends: list[BaseException] = []
+    go = threading.Barrier(9, timeout=20)
+
+    def hammer() -> None:
+        go.wait()
+        try:
+            while True:
+                mix.health_check()
+        except BaseException as exc:
+            ends.append(exc)
+
+    threads = [threading.Thread(target=hammer, daemon=True) for _ in range(8)]
+    for t in threads:
+        t.start()
+    go.wait()
+    mix.close()
+    for t in threads:
+        t.join(20)
+    assert not any(t.is_alive() for t in threads)
+    return ends
+
+
+def test_calls_racing_close_never_start_a_new_loop_thread() -> None:
+    async def ok(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"status": "ok"})
+
+    before = loop_threads()
+    with serve(ok) as srv:
+        for _ in range(5):
+            mix = Mix(srv.url, max_retries=0)
+            mix.health_check()
+            ends = _race_close(mix)
+            assert len(ends) == 8
+            assert all(isinstance(e, MixError) for e in ends), ends
+            assert mix._runner._thread is None
+            deadline = time.monotonic() + 20
+            while loop_threads() - before and time.monotonic() < deadline:
+                for t in loop_threads() - before:
+                    t.join(0.5)
+            assert loop_threads() - before == set(), "a loop thread outlived close()"
+
+
+def test_close_lets_a_finished_call_keep_its_result() -> None:
+    async def ok(request: web.Request) -> web.StreamResponse:
+        return web.json_response(SESSION)
+
+    with serve(ok) as srv, Mix(srv.url) as mix:
+        assert mix.get_session("s1").id == "s1"
+    assert srv.requests
+
+
+# ---------------------------------------------------------------------------
+# 2. Blocking iterators dropped without `with` close on the loop thread
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["stream_events", "query", "iter_session_file"])
+def test_iterator_dropped_after_break_closes_on_the_loop_thread(kind: str) -> None:
+    code = """
+    import asyncio, gc, sys, threading, time
+    import mix_client
+    from mix_fake import MixFake
+
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    def on_server(coro):
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(30)
+    fake = MixFake(slow_delay=0.5)
+    url = on_server(fake.start())
+    async def setup():
+        sid = fake.add_session()
+        fake.add_file(sid, "big.bin", b"x" * (8 << 20))
+        return sid
+    sid = on_server(setup())
+    async def open_streams():
+        return fake.stream_count()
+
+    mix = mix_client.Mix(url)
+    kind = sys.argv[1]
+    if kind == "stream_events":
+        for item in mix.stream_events(sid):
+            break
+    elif kind == "query":
+        for item in mix.query(sid, "[slow] hello there"):
+            break
+    else:
+        for item in mix.iter_session_file(sid, "big.bin", chunk_size=1024):
+            break
+    del item
+    gc.collect()  # the iterator is garbage now, collected on this (the main) thread
+    deadline = time.monotonic() + 20
+    while on_server(open_streams()):
+        assert time.monotonic() < deadline, "the stream stayed open on the server"
+        time.sleep(0.02)
+    assert mix.health_check().status  # the client still works
+    mix.close()
+    on_server(fake.stop())
+    print("DONE")
+    """
+    assert_quiet(run_script(code, kind))
+
+
+def test_sync_stream_close_after_client_close_is_harmless(fake: FakeThread) -> None:
+    sid = fake.sync(fake.fake.add_session)
+    mix = Mix(fake.url)
+    events = mix.stream_events(sid)
+    with events:
+        assert next(events).event == "connected"
+        mix.close()  # closes the open stream too
+    events.close()  # again: nothing to do, no error
+    deadline = time.monotonic() + 10
+    while fake.sync(fake.fake.stream_count) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert fake.sync(fake.fake.stream_count) == 0
+
+
+# ---------------------------------------------------------------------------
+# 3. session_factory / session
+# ---------------------------------------------------------------------------
+
+
+def test_session_factory_session_is_closed_by_close() -> None:
+    async def ok(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"status": "ok"})
+
+    made: list[aiohttp.ClientSession] = []
+
+    def factory() -> aiohttp.ClientSession:
+        session = aiohttp.ClientSession(headers={"X-Made": "yes"})
+        made.append(session)
+        return session
+
+    with serve(ok) as srv:
+        with Mix(srv.url, session_factory=factory) as mix:
+            mix.health_check()
+            assert len(made) == 1
+            assert not made[0].closed
+        assert made[0].closed
+        assert srv.requests[0][2]["X-Made"] == "yes"
+
+
+def test_session_argument_points_at_session_factory() -> None:
+    before = loop_threads()
+    with pytest.raises(InvalidInputError, match="session_factory"):
+        Mix("http://127.0.0.1:1", session=object())  # type: ignore[arg-type]
+    assert loop_threads() <= before
+
+
+async def test_session_made_in_a_running_loop_points_at_session_factory() -> None:
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(InvalidInputError, match="session_factory"):
+            Mix("http://127.0.0.1:1", session=session)  # type: ignore[arg-type]
+
+
+def test_session_factory_must_make_a_session() -> None:
+    before = loop_threads()
+    with pytest.raises(TypeError, match="ClientSession"):
+        Mix("http://127.0.0.1:1", session_factory=lambda: "nope")  # type: ignore[arg-type, return-value]
+    with pytest.raises(TypeError, match="callable"):
+        Mix("http://127.0.0.1:1", session_factory="nope")  # type: ignore[arg-type]
+    deadline = time.monotonic() + 10
+    while loop_threads() - before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert loop_threads() <= before
+
+
+# ---------------------------------------------------------------------------
+# 4. Clients dropped without close, AsyncMix across asyncio.run() calls
+# ---------------------------------------------------------------------------
+
+SERVER_SNIPPET = """
+import asyncio, gc, threading
+from aiohttp import web
+
+loop = asyncio.new_event_loop()
+threading.Thread(target=loop.run_forever, daemon=True).start()
+async def start():
+    async def ok(request):
+        return web.json_response({"status": "ok"})
+    app = web.Application()
+    app.router.add_get("/health", ok)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner
+runner = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
+url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+"""
+
+
+def test_async_client_used_from_two_asyncio_runs_closes_each_session() -> None:
+    code = (
+        SERVER_SNIPPET
+        + """
+import mix_client
+mix = mix_client.AsyncMix(url)
+async def one():
+    await mix.health_check()
+    return mix._session
+first = asyncio.run(one())
+assert first.closed, "the first loop's session was abandoned open"
+second = asyncio.run(one())
+assert second is not first and second.closed
+async def last():
+    await mix.health_check()
+    await mix.aclose()
+asyncio.run(last())
+del mix, first, second
+gc.collect()
+print("DONE")
+"""
+    )
+    assert_quiet(run_script(code))
+
+
+def test_dropped_clients_print_nothing() -> None:
+    code = (
+        SERVER_SNIPPET
+        + """
+import mix_client
+
+async def dropped_in_a_running_loop():
+    mix = mix_client.AsyncMix(url)
+    await mix.health_check()
+    session = mix._session
+    del mix
+    gc.collect()
+    for _ in range(200):  # the session closes on this loop, soon
+        if session.closed:
+            break
+        await asyncio.sleep(0.01)
+    assert session.closed, "dropped AsyncMix left its session open"
+
+asyncio.run(dropped_in_a_running_loop())
+
+async def dropped_at_the_end():
+    global kept
+    kept = mix_client.AsyncMix(url)
+    await kept.health_check()
+
+asyncio.run(dropped_at_the_end())
+assert kept._session is None or kept._session.closed
+del kept
+
+mix = mix_client.Mix(url)
+mix.health_check()
+session = mix.async_client._session
+thread = mix._runner._thread
+del mix
+gc.collect()
+assert session.closed, "dropped Mix left its session open"
+thread.join(10)
+assert not thread.is_alive(), "dropped Mix left its loop thread running"
+
+still_open = mix_client.Mix(url)  # never closed: cleaned up at exit, quietly
+still_open.health_check()
+gc.collect()
+print("DONE")
+"""
+    )
+    assert_quiet(run_script(code))
+
+
+async def test_async_client_dropped_on_a_running_loop_closes_its_session() -> None:
+    async def ok(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"status": "ok"})
+
+    with serve(ok) as srv:
+        mix = AsyncMix(srv.url)
+        await mix.health_check()
+        session = mix._session
+        assert session is not None
+        del mix
+        gc.collect()
+        for _ in range(500):
+            if session.closed:
+                break
+            await asyncio.sleep(0.01)
+        assert session.closed
+
+
+# ---------------------------------------------------------------------------
+# 5. Plain callbacks under Mix have their own threads
+# ---------------------------------------------------------------------------
+
+
+def test_blocking_callbacks_beyond_default_executor_size_all_finish(
+    fake: FakeThread, tmp_path: Path
+) -> None:
+    workers = min(32, (os.cpu_count() or 1) + 4)  # ThreadPoolExecutor's default size
+    n = workers + 3
+    path = tmp_path / "note.txt"
+    path.write_bytes(b"hello" * 1000)
+    sids = [fake.sync(fake.fake.add_session) for _ in range(n)]
+    together = threading.Barrier(n, timeout=30)
+    uploaded: list[str] = []
+    errors: list[BaseException] = []
+
+    with Mix(fake.url) as mix:
+
+        def turn(sid: str) -> None:
+            first = True
+
+            def on_content(text: str) -> None:
+                nonlocal first
+                if not first:
+                    return
+                first = False
+                # Every turn's callback is running at the same time, each then makes a
+                # blocking call that needs the default executor (a file upload).
+                together.wait()
+                info = mix.upload_session_file(sid, str(path))
+                uploaded.append(info.name or "")
+
+            try:
+                mix.send_and_wait(sid, "hello world", timeout=60, on_content=on_content)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=turn, args=(sid,), daemon=True) for sid in sids]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(90)
+        assert not any(t.is_alive() for t in threads), "a turn deadlocked"
+    assert errors == []
+    assert uploaded == ["note.txt"] * n
+
+
+def test_callback_blocking_calls_still_work(fake: FakeThread) -> None:
+    sid = fake.sync(fake.fake.add_session)
+    seen: list[str] = []
+    with Mix(fake.url) as mix:
+
+        def on_permission(event: Any) -> None:
+            seen.append(mix.grant_permission(event.data.id).status or "granted")
+
+        turn = mix.send_and_wait(sid, "write [permission]", timeout=30, on_permission=on_permission)
+    assert seen and turn.text
+
+
+# ---------------------------------------------------------------------------
+# 6. Timeouts keep their meaning per kind of call
+# ---------------------------------------------------------------------------
+
+
+def trickle(chunks: int, every: float, size: int = 1000) -> Handler:
+    """A 200 body sent in ``chunks`` pieces, one every ``every`` seconds."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        resp.content_length = chunks * size
+        await resp.prepare(request)
+        for i in range(chunks):
+            await asyncio.sleep(every)
+            await resp.write(bytes([65 + i % 26]) * size)
+        await resp.write_eof()
+        return resp
+
+    return answer
+
+
+async def test_client_timeout_is_not_a_total_limit_for_downloads(tmp_path: Path) -> None:
+    # 2.4 s of steady progress, never 1 s without a byte.
+    with serve(trickle(8, 0.3)) as srv:
+        async with AsyncMix(srv.url, timeout=1) as mix:
+            data = await asyncio.wait_for(mix.get_session_file("s1", "f.bin"), 30)
+            assert len(data) == 8000
+            n = await asyncio.wait_for(
+                mix.download_session_file("s1", "f.bin", tmp_path / "f.bin"), 30
+            )
+            assert n == 8000
+            async with mix.iter_session_file("s1", "f.bin") as chunks:
+                got = b"".join([c async for c in chunks])
+            assert len(got) == 8000
+        async with AsyncMix(srv.url) as mix:
+            data = await asyncio.wait_for(mix.get_session_file("s1", "f.bin", timeout=1), 30)
+            assert len(data) == 8000
+
+
+async def test_transfer_timeout_is_the_longest_wait_without_progress() -> None:
+    with serve(trickle(3, 2.0)) as srv:
+        async with AsyncMix(srv.url, timeout=0.5, max_retries=0) as mix:
+            with pytest.raises(APITimeoutError):
+                await asyncio.wait_for(mix.get_session_file("s1", "f.bin"), 30)
+
+
+async def test_client_timeout_is_not_a_total_limit_for_uploads(tmp_path: Path) -> None:
+    received: list[int] = []
+
+    async def upload(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        received.append(len(body))
+        return web.json_response({"name": "slow.bin", "size": len(body)}, status=201)
+
+    async def slow_chunks() -> Any:
+        for _ in range(6):
+            await asyncio.sleep(0.3)
+            yield b"z" * 1000
+
+    with serve(upload) as srv:
+        async with AsyncMix(srv.url, timeout=1) as mix:
+            info = await asyncio.wait_for(
+                mix.upload_session_file("s1", slow_chunks(), filename="slow.bin"), 30
+            )
+    assert info.name == "slow.bin"
+    assert received and received[0] > 6000
+
+
+async def test_retry_after_that_cannot_fit_fails_fast_with_the_status_error() -> None:
+    handler = replies(
+        status(503, {"Retry-After": "20"}),
+        status(503, {"Retry-After": "20"}),
+        status(200, body=SESSION),
+    )
+    with serve(handler) as srv:
+        async with AsyncMix(srv.url, timeout=1) as mix:
+            with pytest.raises(InternalServerError) as info:
+                await asyncio.wait_for(mix.get_session("s1"), 10)
+    assert info.value.status_code == 503
+    assert len(srv.requests) == 1  # no 20 s wait, no second attempt
+
+
+async def test_retry_after_that_fits_is_honoured() -> None:
+    handler = replies(status(503, {"Retry-After": "0.2"}), status(200, body=SESSION))
+    with serve(handler) as srv:
+        async with AsyncMix(srv.url, timeout=10) as mix:
+            session = await asyncio.wait_for(mix.get_session("s1"), 20)
+    assert session.id == "s1"
+    assert len(srv.requests) == 2
+
+
+async def test_total_timeout_covers_every_attempt_and_wait() -> None:
+    async def never(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(30)
+        return web.json_response(SESSION)
+
+    with serve(never) as srv:
+        timeout = aiohttp.ClientTimeout(total=1.5, sock_read=0.4)
+        async with AsyncMix(srv.url, max_retries=20, timeout=timeout, retry_config=FAST) as mix:
+            started = time.monotonic()
+            with pytest.raises(APITimeoutError):
+                await asyncio.wait_for(mix.get_session("s1"), 20)
+            elapsed = time.monotonic() - started
+    # generous bound: the 1.5 s total, not 20 attempts of 0.4 s
+    assert elapsed < 6
+    assert 2 <= len(srv.requests) < 20
+
+
+async def test_per_call_timeout_overrides_per_kind(tmp_path: Path) -> None:
+    seen: list[aiohttp.ClientTimeout] = []
+    original = aiohttp.ClientSession._request
+
+    async def spy(self: aiohttp.ClientSession, method: str, url: Any, **kw: Any) -> Any:
+        seen.append(kw["timeout"])
+        return await original(self, method, url, **kw)
+
+    async def ok(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=b"{}", content_type="application/json")
+
+    with serve(ok) as srv, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(aiohttp.ClientSession, "_request", spy)
+        async with AsyncMix(srv.url, timeout=7) as mix:
+            await mix.health_check()
+            await mix.get_session_file("s", "f")
+            await mix.health_check(timeout=3)
+            await mix.get_session_file("s", "f", timeout=3)
+            clone = mix.with_options(timeout=2)
+            await clone.health_check()
+            await clone.get_session_file("s", "f")
+    assert seen == [
+        aiohttp.ClientTimeout(total=7, connect=5),
+        aiohttp.ClientTimeout(total=None, connect=5, sock_read=7),
+        aiohttp.ClientTimeout(total=3, connect=3),
+        aiohttp.ClientTimeout(total=None, connect=3, sock_read=3),
+        aiohttp.ClientTimeout(total=2, connect=2),
+        aiohttp.ClientTimeout(total=None, connect=2, sock_read=2),
+    ]
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -1.0])
+def test_non_finite_timeout_is_rejected(bad: float) -> None:
+    with pytest.raises(InvalidInputError):
+        AsyncMix("http://127.0.0.1:1", timeout=bad)
+
+
+def test_readme_has_one_timeout_table() -> None:
+    readme = (HERE / "README.md").read_text()
+    section = readme.split("## Timeouts", 1)[1].split("\n## ", 1)[0]
+    table = [line for line in section.splitlines() if line.startswith("|")]
+    assert len(table) >= 5
+    for kind in ("upload_session_file", "get_session_file", "stream_events", "Retry-After"):
+        assert kind in section, kind
+    assert "whole call" in section
+
+
+# ---------------------------------------------------------------------------
+# 7. Retry-After that is not a finite, non-negative number is ignored
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Retry-After": "nan"},
+        {"Retry-After": "NaN"},
+        {"Retry-After": "inf"},
+        {"Retry-After": "-inf"},
+        {"Retry-After": "-5"},
+        {"Retry-After": "1e400"},
+        {"retry-after-ms": "NaN"},
+        {"retry-after-ms": "inf"},
+        {"retry-after-ms": "-100"},
+    ],
+)
+def test_unusable_retry_after_is_ignored(headers: dict[str, str]) -> None:
+    from multidict import CIMultiDict
+
+    assert mix_client._parse_retry_after(CIMultiDict(headers)) is None
+
+
+def test_usable_retry_after_values() -> None:
+    from multidict import CIMultiDict
+
+    parse = mix_client._parse_retry_after
+    assert parse(CIMultiDict({"Retry-After": "2.5"})) == 2.5
+    assert parse(CIMultiDict({"Retry-After": "0"})) == 0.0
+    assert parse(CIMultiDict({"retry-after-ms": "250"})) == 0.25
+    # an unusable ms value falls back to Retry-After
+    assert parse(CIMultiDict({"retry-after-ms": "nan", "Retry-After": "3"})) == 3.0
+    assert parse(CIMultiDict({"Retry-After": "99999"})) == 60.0
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Retry-After": "nan"}, {"retry-after-ms": "NaN"}, {"Retry-After": "inf"}],
+)
+async def test_nan_retry_after_does_not_hang(headers: dict[str, str]) -> None:
+    handler = replies(status(503, headers), status(200, body=SESSION))
+    with serve(handler) as srv:
+        async with AsyncMix(srv.url, retry_config=FAST) as mix:
+            session = await asyncio.wait_for(mix.get_session("s1"), 10)
+    assert session.id == "s1"
+    assert len(srv.requests) == 2
+
+
+# ---------------------------------------------------------------------------
+# 8. A retried DELETE that gets 404 is done
+# ---------------------------------------------------------------------------
+
+
+async def test_retried_delete_answered_404_is_done() -> None:
+    handler = replies(drop, status(404))
+    with serve(handler) as srv:
+        async with AsyncMix(srv.url, retry_config=FAST) as mix:
+            assert await asyncio.wait_for(mix.delete_session("s1"), 10) is None
+    assert [r[0] for r in srv.requests] == ["DELETE", "DELETE"]
+
+
+async def test_delete_retried_after_503_then_404_is_done() -> None:
+    handler = replies(status(503), status(404))
+    with serve(handler) as srv:
+        async with AsyncMix(srv.url, retry_config=FAST) as mix:
+            assert await asyncio.wait_for(mix.delete_session_file("s1", "a.txt"), 10) is None
+    assert len(srv.requests) == 2
+
+
+async def test_first_attempt_delete_404_still_raises() -> None:
+    with serve(status(404)) as srv:
+        async with AsyncMix(srv.url, retry_config=FAST) as mix:
+            with pytest.raises(NotFoundError):
+                await mix.delete_session("s1")
+            with pytest.raises(NotFoundError):
+                await mix.get_session("s1")
+    assert len(srv.requests) == 2
+
+
+async def test_404_on_a_retried_get_still_raises() -> None:
+    with serve(replies(status(503), status(404))) as srv:
+        async with AsyncMix(srv.url, retry_config=FAST) as mix:
+            with pytest.raises(NotFoundError):
+                await mix.get_session("s1")
+
+
+# ---------------------------------------------------------------------------
+# 9. Redirects are not followed
+# ---------------------------------------------------------------------------
+
+
+async def test_302_on_post_raises_and_goes_nowhere() -> None:
+    with serve(status(200, body=SESSION)) as elsewhere:
+        moved = status(302, {"Location": f"{elsewhere.url}/api/sessions"}, body={})
+        with serve(moved) as srv:
+            async with AsyncMix(srv.url, headers={"X-Api-Key": "secret-key"}) as mix:
+                with pytest.raises(mix_client.RedirectError) as info:
+                    await mix.create_session(title="t", browser_mode="local-browser-service")
+                with pytest.raises(mix_client.RedirectError):
+                    await mix.send_message("s1", text="hello")
+    err = info.value
+    assert isinstance(err, mix_client.APIStatusError)
+    assert err.status_code == 302
+    assert err.location == f"{elsewhere.url}/api/sessions"
+    assert f"{elsewhere.url}/api/sessions" in str(err)
+    assert [r[0] for r in srv.requests] == ["POST", "POST"]
+    assert elsewhere.requests == []
+
+
+async def test_307_to_another_origin_forwards_nothing() -> None:
+    with serve(status(200, body=SESSION)) as elsewhere:
+        moved = status(307, {"Location": f"{elsewhere.url}/api/sessions/s1"}, body={})
+        with serve(moved) as srv:
+            async with AsyncMix(srv.url, headers={"X-Api-Key": "secret-key"}) as mix:
+                with pytest.raises(mix_client.RedirectError) as info:
+                    await mix.get_session("s1")
+    assert info.value.status_code == 307
+    assert elsewhere.url in str(info.value)
+    assert len(srv.requests) == 1  # a 3xx is not retried either
+    assert srv.requests[0][2]["X-Api-Key"] == "secret-key"
+    assert elsewhere.requests == []
+
+
+def test_redirect_error_is_exported() -> None:
+    assert "RedirectError" in mix_client.__all__
+    assert issubclass(mix_client.RedirectError, mix_client.APIStatusError)
+
+
+def test_blocking_redirect_is_not_followed() -> None:
+    with serve(status(200, body=SESSION)) as elsewhere:
+        moved = status(301, {"Location": f"{elsewhere.url}/health"}, body={})
+        with serve(moved) as srv, Mix(srv.url) as mix, pytest.raises(mix_client.RedirectError):
+            mix.health_check()
+    assert elsewhere.requests == []
