@@ -904,3 +904,64 @@ def test_blocking_redirect_is_not_followed() -> None:
         with serve(moved) as srv, Mix(srv.url) as mix, pytest.raises(mix_client.RedirectError):
             mix.health_check()
     assert elsewhere.requests == []
+
+
+# ---------------------------------------------------------------------------
+# More of 1 and 6: blocking streams at close(), stream timeouts
+# ---------------------------------------------------------------------------
+
+
+def test_close_ends_a_blocking_stream_read_in_another_thread(fake: FakeThread) -> None:
+    sid = fake.sync(fake.fake.add_session)
+    mix = Mix(fake.url)
+    events = mix.stream_events(sid)
+    first = threading.Event()
+    outcome: list[BaseException | object] = []
+
+    def read() -> None:
+        try:
+            for event in events:
+                first.set()
+                outcome.append(event)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert first.wait(15)  # connected arrived; the next read waits for the 45 s heartbeat
+    mix.close()
+    reader.join(20)
+    assert not reader.is_alive(), "the stream read never returned after close()"
+    assert isinstance(outcome[-1], MixError), outcome
+    deadline = time.monotonic() + 10
+    while fake.sync(fake.fake.stream_count) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert fake.sync(fake.fake.stream_count) == 0
+
+
+async def test_stream_timeout_is_the_longest_wait_without_progress() -> None:
+    ft = FakeThread(heartbeat_interval=0.25)
+    try:
+        sid = ft.sync(ft.fake.add_session)
+        async with AsyncMix(ft.url, timeout=1) as mix:
+            beats = 0
+            async with mix.stream_events(sid, reconnect=False) as events:
+                started = time.monotonic()
+                async for event in events:
+                    beats += event.event == "heartbeat"
+                    if time.monotonic() - started > 2.5:
+                        break
+            assert beats >= 5  # 2.5 s of one stream: no total limit at 1 s
+        beats = 0
+        async with (
+            AsyncMix(ft.url) as mix,
+            mix.stream_events(sid, reconnect=False, timeout=1) as events,
+        ):
+            started = time.monotonic()
+            async for event in events:
+                beats += event.event == "heartbeat"
+                if time.monotonic() - started > 2.5:
+                    break
+        assert beats >= 5  # per call too
+    finally:
+        ft.stop()
