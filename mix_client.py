@@ -979,7 +979,10 @@ def _status_error(
         detail = body.strip()[:200] or (response.reason if response and response.reason else "")
     detail = " ".join(detail.split())  # one line, whatever the server sent
     if 300 <= status < 400:
-        detail = f"redirect to {headers.get('Location', '(no Location)')!r} not followed"
+        location = headers.get("Location", "(no Location)")
+        if len(location) > 300:
+            location = location[:300] + "..."
+        detail = f"redirect to {location!r} not followed"
         cls: type[APIStatusError] = RedirectError
     else:
         cls = _STATUS_ERRORS.get(status) or (

@@ -186,12 +186,18 @@ def fake() -> Iterator[FakeThread]:
     ft.stop()
 
 
-def run_script(code: str, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    """Run ``code`` in a fresh interpreter under ``-X dev`` with this worktree importable."""
-    env = {**os.environ, "PYTHONPATH": str(HERE), "PYTHONASYNCIODEBUG": "1"}
+def run_script(
+    code: str, *args: str, timeout: float = 90, dev: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter (under ``-X dev``) with this worktree importable."""
+    env = {**os.environ, "PYTHONPATH": str(HERE)}
     env.pop("MIX_DEBUG", None)
+    env.pop("PYTHONASYNCIODEBUG", None)
+    flags = ["-X", "dev"] if dev else []
+    if dev:
+        env["PYTHONASYNCIODEBUG"] = "1"
     return subprocess.run(
-        [sys.executable, "-X", "dev", "-c", textwrap.dedent(code), *args],
+        [sys.executable, *flags, "-c", textwrap.dedent(code), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -965,3 +971,35 @@ async def test_stream_timeout_is_the_longest_wait_without_progress() -> None:
         assert beats >= 5  # per call too
     finally:
         ft.stop()
+
+
+async def test_redirect_message_is_bounded_and_location_kept_whole() -> None:
+    far = "http://127.0.0.1:1/" + "a" * 5000
+    with serve(status(308, {"Location": far}, body={})) as srv:
+        async with AsyncMix(srv.url) as mix:
+            with pytest.raises(mix_client.RedirectError) as info:
+                await mix.list_sessions()
+    assert info.value.location == far
+    assert len(str(info.value)) < 600
+    assert "http://127.0.0.1:1/aaa" in str(info.value)
+
+
+def test_client_whose_loop_closed_without_finalizing_is_dropped_quietly() -> None:
+    # A loop closed by hand, without shutdown_asyncgens(): the session cannot be closed on
+    # it any more; dropping the client still prints no "Unclosed client session".
+    code = (
+        SERVER_SNIPPET
+        + """
+import mix_client
+mix = mix_client.AsyncMix(url)
+own = asyncio.new_event_loop()
+own.run_until_complete(mix.health_check())
+session = mix._session
+own.close()
+del mix
+gc.collect()
+assert session.closed
+print("DONE")
+"""
+    )
+    assert_quiet(run_script(code, dev=False))
