@@ -1003,3 +1003,57 @@ print("DONE")
 """
     )
     assert_quiet(run_script(code, dev=False))
+
+
+def test_close_ends_a_turn_whose_callback_is_blocked(fake: FakeThread) -> None:
+    sid = fake.sync(fake.fake.add_session)
+    mix = Mix(fake.url)
+    inside = threading.Event()
+    release = threading.Event()
+    outcome: list[BaseException | object] = []
+
+    def on_permission(event: Any) -> None:
+        inside.set()
+        release.wait(30)
+
+    def turn() -> None:
+        try:
+            outcome.append(
+                mix.send_and_wait(sid, "[permission] go", timeout=60, on_permission=on_permission)
+            )
+        except BaseException as exc:
+            outcome.append(exc)
+
+    caller = threading.Thread(target=turn, daemon=True)
+    caller.start()
+    try:
+        assert inside.wait(20)
+        mix.close()
+        caller.join(20)
+        assert not caller.is_alive(), "send_and_wait never returned after close()"
+        assert isinstance(outcome[0], MixError), outcome
+    finally:
+        release.set()
+
+
+def test_close_from_inside_a_callback(fake: FakeThread) -> None:
+    sid = fake.sync(fake.fake.add_session)
+    mix = Mix(fake.url)
+    outcome: list[BaseException | object] = []
+
+    def on_content(text: str) -> None:
+        mix.close()
+
+    def turn() -> None:
+        try:
+            outcome.append(mix.send_and_wait(sid, "hello", timeout=60, on_content=on_content))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    caller = threading.Thread(target=turn, daemon=True)
+    caller.start()
+    caller.join(30)
+    assert not caller.is_alive()
+    assert isinstance(outcome[0], MixError), outcome
+    with pytest.raises(MixError):
+        mix.health_check()
