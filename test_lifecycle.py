@@ -845,6 +845,14 @@ async def test_delete_retried_after_503_then_404_is_done() -> None:
     assert len(srv.requests) == 2
 
 
+async def test_retried_delete_credentials_answered_404_is_done() -> None:
+    with serve(replies(status(502), status(404))) as srv:
+        async with AsyncMix(srv.url, retry_config=FAST) as mix:
+            result = await asyncio.wait_for(mix.delete_credentials("openai"), 10)
+    assert result == mix_client.DeleteCredentialsResponse()
+    assert len(srv.requests) == 2
+
+
 async def test_first_attempt_delete_404_still_raises() -> None:
     with serve(status(404)) as srv:
         async with AsyncMix(srv.url, retry_config=FAST) as mix:
