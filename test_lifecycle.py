@@ -279,8 +279,8 @@ def _race_close(mix: Mix) -> list[BaseException]:
     def hammer() -> None:
         go.wait()
         try:
-            while True:
-                mix.health_check()
+            while True:  # as many calls as possible, each a round trip to the loop thread
+                mix.run_sync(asyncio.sleep(0))
         except BaseException as exc:
             ends.append(exc)
 
@@ -289,9 +289,10 @@ def _race_close(mix: Mix) -> list[BaseException]:
         t.start()
     go.wait()
     mix.close()
+    deadline = time.monotonic() + 20
     for t in threads:
-        t.join(20)
-    assert not any(t.is_alive() for t in threads)
+        t.join(max(0.0, deadline - time.monotonic()))
+    assert not any(t.is_alive() for t in threads), "a call never returned after close()"
     return ends
 
 
@@ -300,19 +301,28 @@ def test_calls_racing_close_never_start_a_new_loop_thread() -> None:
         return web.json_response({"status": "ok"})
 
     before = loop_threads()
-    with serve(ok) as srv:
-        for _ in range(5):
-            mix = Mix(srv.url, max_retries=0)
-            mix.health_check()
-            ends = _race_close(mix)
-            assert len(ends) == 8
-            assert all(isinstance(e, MixError) for e in ends), ends
-            assert mix._runner._thread is None
-            deadline = time.monotonic() + 20
-            while loop_threads() - before and time.monotonic() < deadline:
-                for t in loop_threads() - before:
-                    t.join(0.5)
-            assert loop_threads() - before == set(), "a loop thread outlived close()"
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # switch threads often: more interleavings to go wrong
+    try:
+        with serve(ok) as srv:
+            for _ in range(10):
+                _one_race(srv.url, before)
+    finally:
+        sys.setswitchinterval(interval)
+
+
+def _one_race(url: str, before: set[threading.Thread]) -> None:
+    mix = Mix(url, max_retries=0)
+    mix.health_check()
+    ends = _race_close(mix)
+    assert len(ends) == 8  # every thread's calls ended
+    assert all(isinstance(e, MixError) for e in ends), ends
+    assert mix._runner._thread is None
+    deadline = time.monotonic() + 20
+    while loop_threads() - before and time.monotonic() < deadline:
+        for t in loop_threads() - before:
+            t.join(0.5)
+    assert loop_threads() - before == set(), "a loop thread outlived close()"
 
 
 def test_close_lets_a_finished_call_keep_its_result() -> None:
