@@ -931,7 +931,8 @@ def test_blocking_redirect_is_not_followed() -> None:
 
 
 # ---------------------------------------------------------------------------
-# More of 1 and 6: blocking streams at close(), stream timeouts
+# Further cases: close() with streams and callbacks (1), stream timeouts (6),
+# long Location (9), a loop closed by hand (4)
 # ---------------------------------------------------------------------------
 
 
