@@ -1076,3 +1076,39 @@ def test_close_from_inside_a_callback(fake: FakeThread) -> None:
     assert isinstance(outcome[0], MixError), outcome
     with pytest.raises(MixError):
         mix.health_check()
+
+
+def test_stream_sessions_are_closed_too_across_asyncio_runs() -> None:
+    code = """
+    import asyncio, gc, threading
+    import mix_client
+    from mix_fake import MixFake
+
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    def on_server(coro):
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(30)
+    fake = MixFake()
+    url = on_server(fake.start())
+    async def setup():
+        return fake.add_session()
+    sid = on_server(setup())
+
+    mix = mix_client.AsyncMix(url)
+    async def one():
+        await mix.health_check()
+        async with mix.stream_events(sid) as events:
+            async for event in events:
+                break
+        return mix._session, mix._stream_session
+    plain, streams = asyncio.run(one())
+    assert streams is not None and streams is not plain
+    assert plain.closed and streams.closed, "a session of the ended loop was left open"
+    plain2, streams2 = asyncio.run(one())
+    assert plain2.closed and streams2.closed
+    del mix, plain, streams, plain2, streams2
+    gc.collect()
+    on_server(fake.stop())
+    print("DONE")
+    """
+    assert_quiet(run_script(code))
