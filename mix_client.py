@@ -5105,8 +5105,9 @@ class _LoopThread:
     def stop(self, final: Callable[[], Coroutine[Any, Any, Any]] | None = None) -> None:
         """Refuse new calls, end the ones in flight, run ``final``, stop the loop thread.
 
-        Calls in flight are cancelled: their callers get :class:`MixError` (or the result,
-        when it was already there). Bounded: never waits much more than ``2 * _CLOSE_GRACE``.
+        Calls in flight are cancelled: their callers get :class:`ClientClosedError` (or the
+        result, when it was already there). Bounded: never waits much more than
+        ``2 * _CLOSE_GRACE``.
         """
         with self._lock:
             if self._stopped:
@@ -5122,7 +5123,8 @@ class _LoopThread:
             current = asyncio.current_task()
             tasks = [t for t in asyncio.all_tasks() if t is not current]
             for task in tasks:
-                task.cancel()
+                if task not in self._closing:  # dropped streams closing: let them finish
+                    task.cancel()
             if tasks:
                 await asyncio.wait(tasks, timeout=_CLOSE_GRACE)
             closing = [s._stream.aclose() for s in streams if not s._closed]
