@@ -3,8 +3,8 @@
 Everything runs against real HTTP on 127.0.0.1: an aiohttp.web server or ``mix_fake`` on
 its own event loop in a background thread. The blocking facade is driven from real
 threads; every wait is bounded. Scenarios about what reaches stderr at garbage
-collection or exit run in a subprocess under ``-X dev`` (asyncio debug mode, which
-refuses loop calls from a foreign thread, and ResourceWarnings shown).
+collection or exit run in a subprocess under ``-X dev -W error`` (asyncio debug mode,
+which refuses loop calls from a foreign thread; warnings shown, and raised).
 """
 
 from __future__ import annotations
@@ -189,11 +189,11 @@ def fake() -> Iterator[FakeThread]:
 def run_script(
     code: str, *args: str, timeout: float = 90, dev: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``code`` in a fresh interpreter (under ``-X dev``) with this worktree importable."""
+    """Run ``code`` in a fresh interpreter (``-X dev -W error``), this worktree importable."""
     env = {**os.environ, "PYTHONPATH": str(HERE)}
     env.pop("MIX_DEBUG", None)
     env.pop("PYTHONASYNCIODEBUG", None)
-    flags = ["-X", "dev"] if dev else []
+    flags = ["-X", "dev", "-W", "error"] if dev else []
     if dev:
         env["PYTHONASYNCIODEBUG"] = "1"
     return subprocess.run(
