@@ -863,6 +863,23 @@ async def test_retried_delete_credentials_answered_404_is_done() -> None:
     assert len(srv.requests) == 2
 
 
+async def test_dropped_connection_resent_once_at_once_outside_max_retries() -> None:
+    with serve(replies(drop, status(200, body=SESSION))) as srv:
+        async with AsyncMix(srv.url, max_retries=0) as mix:
+            assert (await asyncio.wait_for(mix.get_session("s1"), 10)).id == "s1"
+    assert len(srv.requests) == 2
+    with serve(replies(drop, drop, status(200, body=SESSION))) as srv:
+        async with AsyncMix(srv.url, max_retries=0) as mix:
+            with pytest.raises(mix_client.APIConnectionError):
+                await asyncio.wait_for(mix.get_session("s1"), 10)
+    assert len(srv.requests) == 2  # one resend, then max_retries=0 holds
+    with serve(replies(drop, status(201, body=SESSION))) as srv:
+        async with AsyncMix(srv.url) as mix:
+            with pytest.raises(mix_client.APIConnectionError):
+                await mix.create_session(title="t", browser_mode="local-browser-service")
+    assert len(srv.requests) == 1  # a POST that may have arrived is never resent
+
+
 async def test_first_attempt_delete_404_still_raises() -> None:
     with serve(status(404)) as srv:
         async with AsyncMix(srv.url, retry_config=FAST) as mix:
