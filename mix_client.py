@@ -50,6 +50,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from datetime import datetime
 from types import TracebackType
 from typing import (
     TYPE_CHECKING,
@@ -128,6 +129,7 @@ __all__ = [
     "FileInfo",
     "FileInput",
     "HealthResponse",
+    "HealthServices",
     "HeartbeatData",
     "HeartbeatEvent",
     "InternalServerError",
@@ -186,6 +188,7 @@ __all__ = [
     "ThinkingEvent",
     "ThinkingLevel",
     "Timeout",
+    "Timestamp",
     "ToolCall",
     "ToolCategory",
     "ToolExecutionCompleteData",
@@ -232,6 +235,54 @@ USER_AGENT: Final = f"mix-client/{__version__}"
 # plain ``str`` (an unknown value never fails), and fields the real server may omit
 # default to ``None``. Requests are strict: request bodies are separate Structs with
 # ``omit_defaults=True`` so nothing the caller did not set is sent.
+#
+# Encoding a decoded response (``msgspec.json.encode``, ``msgspec.to_builtins``) gives
+# back what the server sent, with the wire names: every field with a value is kept,
+# ``false``/``0``/``""``/``[]`` included (their defaults come from ``_kept``, which
+# ``omit_defaults`` never drops); an optional field the server left out (or sent as
+# ``null``) is ``None`` and stays out. Timestamps are ``datetime`` (see ``Timestamp``).
+
+
+def _kept(factory: Callable[[], T]) -> T:
+    """A field default that ``omit_defaults`` never drops.
+
+    msgspec omits a field whose value *is* its default object, or an empty collection
+    made by the ``list``/``dict`` factory; a value made by any other factory is always
+    encoded. ``test_models.py`` checks this behaviour of msgspec.
+    """
+    return msgspec.field(default_factory=factory)
+
+
+def _empty_list() -> list[Any]:
+    return []
+
+
+def _empty_dict() -> dict[str, Any]:
+    return {}
+
+
+if TYPE_CHECKING:
+    Timestamp: TypeAlias = Union[datetime, str]  # noqa: UP007
+else:
+    # msgspec cannot decode a ``datetime | str`` union, so the text is decoded and the
+    # model's ``__post_init__`` turns it into a ``datetime`` when it parses.
+    Timestamp = str
+"""A date-time field: a ``datetime`` (RFC 3339, sub-microsecond digits rounded), or the
+server's text unchanged when it does not parse (a response never fails on a timestamp)."""
+
+
+@overload
+def _timestamp(value: Timestamp) -> Timestamp: ...
+@overload
+def _timestamp(value: None) -> None: ...
+def _timestamp(value: Timestamp | None) -> Timestamp | None:
+    if type(value) is str and value:
+        try:
+            return msgspec.convert(value, datetime)
+        except msgspec.ValidationError:
+            return value
+    return value
+
 
 Provider = Literal["anthropic", "openai", "openrouter", "gemini", "brave"]
 BrowserMode = Literal["electron-embedded-browser", "local-browser-service", "remote-cdp-websocket"]
@@ -250,11 +301,16 @@ class _CamelModel(msgspec.Struct, kw_only=True, omit_defaults=True, rename="came
 
 
 class RESTError(_Model):
-    """The ``error`` object of an error body. ``type`` may hold codes outside the spec."""
+    """The ``error`` object of an error body. ``type`` may hold codes outside the spec.
 
-    code: int = 0
-    message: str = ""
-    type: str = ""
+    For a status error whose body was not a JSON error (a ``text/plain`` 400, a proxy's
+    HTML 502), the client builds one: ``code`` is the HTTP status, ``message`` the text
+    (bounded) and ``type`` is ``""``.
+    """
+
+    code: int = _kept(int)
+    message: str = _kept(str)
+    type: str = _kept(str)
 
 
 class ErrorBody(_Model):
@@ -270,7 +326,11 @@ class StoreApiKeyResponse(_Model):
 
 
 class SetApiKeyResponse(_Model):
+    """Reply to ``set_api_key``: the 0.2 spec says ``success``; servers send ``status``/``message``."""
+
     success: bool | None = None
+    status: str | None = None
+    message: str | None = None
 
 
 class OAuthLoginResponse(_CamelModel):
@@ -298,7 +358,7 @@ class ProviderAuthStatus(_Model):
 
 
 class AuthStatusResponse(_Model):
-    providers: dict[str, ProviderAuthStatus] = {}
+    providers: dict[str, ProviderAuthStatus] = _kept(_empty_dict)
 
 
 class ValidateProviderResponse(_Model):
@@ -306,6 +366,8 @@ class ValidateProviderResponse(_Model):
     message: str | None = None
     provider: str | None = None
     valid: bool | None = None
+    error: str | None = None
+    """Sent by servers when no preferred provider is set (``valid`` is then false)."""
 
 
 class DeleteCredentialsResponse(_Model):
@@ -318,27 +380,29 @@ class Command(_Model):
     name: str | None = None
     description: str | None = None
     usage: str | None = None
+    type: str | None = None
+    """Sent by servers: ``builtin`` or ``file`` (other values are kept)."""
 
 
 class McpTool(_Model):
-    name: str = ""
-    description: str = ""
+    name: str = _kept(str)
+    description: str = _kept(str)
 
 
 class McpServer(_Model):
     name: str
-    connected: bool = False
-    status: str = ""
+    connected: bool = _kept(bool)
+    status: str = _kept(str)
     tools: list[McpTool] | None = None
 
 
 class CallbackResult(_Model):
     """Result of a session callback run after a tool (``CallbackResultData``)."""
 
-    tool_call_id: str = ""
-    tool_name: str = ""
-    callback_type: str = ""
-    success: bool = False
+    tool_call_id: str = _kept(str)
+    tool_name: str = _kept(str)
+    callback_type: str = _kept(str)
+    success: bool = _kept(bool)
     callback_name: str | None = None
     error: str | None = None
     exclude_from_context: bool | None = None
@@ -353,10 +417,10 @@ class ToolCall(_CamelModel):
     """A tool call stored with a message (``ToolCallData``)."""
 
     id: str
-    name: str = ""
-    input: str = ""
-    type: str = ""
-    finished: bool = False
+    name: str = _kept(str)
+    input: str = _kept(str)
+    type: str = _kept(str)
+    finished: bool = _kept(bool)
     is_error: bool | None = None
     result: str | None = None
     screenshot_urls: list[str] | None = None
@@ -366,9 +430,9 @@ class BackendMessage(_CamelModel):
     """A stored message exchange: the user's input and the assistant's response."""
 
     id: str
-    session_id: str = ""
-    role: str = ""
-    user_input: str = ""
+    session_id: str = _kept(str)
+    role: str = _kept(str)
+    user_input: str = _kept(str)
     assistant_response: str | None = None
     cache_creation_tokens: int | None = None
     cache_read_tokens: int | None = None
@@ -400,6 +464,7 @@ class ProviderInfo(_Model):
 
 class UserPreferences(_Model):
     created_at: int | None = None
+    """Unix seconds."""
     main_agent_max_tokens: int | None = None
     main_agent_model: str | None = None
     main_agent_reasoning_effort: str | None = None
@@ -408,10 +473,11 @@ class UserPreferences(_Model):
     sub_agent_model: str | None = None
     sub_agent_reasoning_effort: str | None = None
     updated_at: int | None = None
+    """Unix seconds."""
 
 
 class PreferencesResponse(_Model):
-    available_providers: dict[str, ProviderInfo] = {}
+    available_providers: dict[str, ProviderInfo] = _kept(_empty_dict)
     preferences: UserPreferences | None = None
 
 
@@ -438,22 +504,25 @@ class SessionData(_CamelModel):
     """A session and its counters. ``session_type`` may be ``"forked"`` on some servers."""
 
     id: str
-    title: str = ""
-    session_type: str = ""
-    browser_mode: str = ""
-    user_message_count: int = 0
-    assistant_message_count: int = 0
-    tool_call_count: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost: float = 0.0
-    created_at: str = ""
+    title: str = _kept(str)
+    session_type: str = _kept(str)
+    browser_mode: str = _kept(str)
+    user_message_count: int = _kept(int)
+    assistant_message_count: int = _kept(int)
+    tool_call_count: int = _kept(int)
+    prompt_tokens: int = _kept(int)
+    completion_tokens: int = _kept(int)
+    cost: float = _kept(float)
+    created_at: Timestamp = _kept(str)
     callbacks: list[Callback] | None = None
     cdp_url: str | None = None
     first_user_message: str | None = None
     parent_session_id: str | None = None
     parent_tool_call_id: str | None = None
     subagent_type: str | None = None
+
+    def __post_init__(self) -> None:
+        self.created_at = _timestamp(self.created_at)
 
 
 class CancelResult(_CamelModel):
@@ -466,10 +535,10 @@ class CancelResult(_CamelModel):
 
 class ExportToolCall(_CamelModel):
     id: str
-    name: str = ""
-    input: str = ""
-    type: str = ""
-    finished: bool = False
+    name: str = _kept(str)
+    input: str = _kept(str)
+    type: str = _kept(str)
+    finished: bool = _kept(bool)
     input_json: Any = None
     """The parsed tool input: usually an object, kept whole."""
     result: str | None = None
@@ -480,10 +549,10 @@ class ExportToolCall(_CamelModel):
 
 class ExportMessage(_CamelModel):
     id: str
-    role: str = ""
-    content: str = ""
-    created_at: str = ""
-    updated_at: str = ""
+    role: str = _kept(str)
+    content: str = _kept(str)
+    created_at: Timestamp = _kept(str)
+    updated_at: Timestamp = _kept(str)
     finish_reason: str | None = None
     model: str | None = None
     reasoning: str | None = None
@@ -492,27 +561,36 @@ class ExportMessage(_CamelModel):
     redacted_thinking_blocks: list[str] | None = None
     tool_calls: list[ExportToolCall] | None = None
 
+    def __post_init__(self) -> None:
+        self.created_at = _timestamp(self.created_at)
+        self.updated_at = _timestamp(self.updated_at)
+
 
 class ExportSession(_CamelModel):
     id: str
-    title: str = ""
-    messages: list[ExportMessage] = []
+    title: str = _kept(str)
+    messages: list[ExportMessage] = _kept(_empty_list)
     assistant_message_count: int | None = None
     completion_tokens: int | None = None
     cost: float | None = None
-    created_at: str | None = None
+    created_at: Timestamp | None = None
     prompt_tokens: int | None = None
     tool_call_count: int | None = None
-    updated_at: str | None = None
+    updated_at: Timestamp | None = None
     user_message_count: int | None = None
+
+    def __post_init__(self) -> None:
+        self.created_at = _timestamp(self.created_at)
+        self.updated_at = _timestamp(self.updated_at)
 
 
 class FileInfo(_CamelModel):
     name: str
-    size: int = 0
-    modified: int = 0
-    is_dir: bool = False
-    url: str = ""
+    size: int = _kept(int)
+    modified: int = _kept(int)
+    """Unix seconds."""
+    is_dir: bool = _kept(bool)
+    url: str = _kept(str)
     original_name: str | None = None
     """Present when the server changed the uploaded name (whitespace becomes ``_``)."""
 
@@ -525,24 +603,24 @@ class SendMessageResponse(_CamelModel):
     holds the command's answer.
     """
 
-    status: str = ""
-    session_id: str = ""
+    status: str = _kept(str)
+    session_id: str = _kept(str)
     message: BackendMessage | None = None
 
 
 class SystemInfo(_CamelModel):
-    storage_base_path: str = ""
+    storage_base_path: str = _kept(str)
 
 
 class LLMTool(_Model):
-    name: str = ""
-    description: str = ""
+    name: str = _kept(str)
+    description: str = _kept(str)
     parameters: dict[str, Any] | None = None
     required: list[str] | None = None
 
 
 class LLMToolsResponse(_Model):
-    tools: list[LLMTool] = []
+    tools: list[LLMTool] = _kept(_empty_list)
 
 
 class ToolStatus(_Model):
@@ -560,36 +638,55 @@ class ToolCategory(_Model):
     display_name: str | None = None
     description: str | None = None
     icon: str | None = None
-    tools: list[ToolStatus] = []
+    tools: list[ToolStatus] = _kept(_empty_list)
 
 
 class ToolsStatusResponse(_Model):
     """Reply to ``get_tools_status`` and ``get_tool_credentials_status``."""
 
-    categories: dict[str, ToolCategory] = {}
+    categories: dict[str, ToolCategory] = _kept(_empty_dict)
+
+
+class HealthServices(_Model):
+    """``services`` of the health reply (values such as ``healthy``, ``connected``)."""
+
+    backend: str | None = None
+    database: str | None = None
 
 
 class HealthResponse(_Model):
     status: str | None = None
-    timestamp: str | None = None
+    timestamp: Timestamp | None = None
     version: str | None = None
+    environment: str | None = None
+    services: HealthServices | None = None
+
+    def __post_init__(self) -> None:
+        self.timestamp = _timestamp(self.timestamp)
 
 
 class ProviderOAuthHealth(_Model):
-    provider: str = ""
-    status: str = ""
+    provider: str = _kept(str)
+    status: str = _kept(str)
     """``active``, ``expired``, ``expired_no_refresh``, ``error``, ``not_found`` (others kept)."""
     error: str | None = None
-    expires_at: str | None = None
+    expires_at: Timestamp | None = None
     expires_in: str | None = None
-    last_refresh: str | None = None
+    last_refresh: Timestamp | None = None
+
+    def __post_init__(self) -> None:
+        self.expires_at = _timestamp(self.expires_at)
+        self.last_refresh = _timestamp(self.last_refresh)
 
 
 class OAuthHealthResponse(_Model):
-    status: str = ""
+    status: str = _kept(str)
     """``healthy``, ``degraded`` or ``unhealthy`` (others kept)."""
-    providers: dict[str, ProviderOAuthHealth] = {}
-    timestamp: str = ""
+    providers: dict[str, ProviderOAuthHealth] = _kept(_empty_dict)
+    timestamp: Timestamp = _kept(str)
+
+    def __post_init__(self) -> None:
+        self.timestamp = _timestamp(self.timestamp)
 
 
 class RefreshTokensResponse(_Model):

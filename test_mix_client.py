@@ -21,6 +21,7 @@ import threading
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -337,7 +338,7 @@ def check_session(r: Any) -> None:
     assert r.browser_mode == "local-browser-service"
     assert (r.user_message_count, r.assistant_message_count, r.tool_call_count) == (1, 2, 3)
     assert (r.prompt_tokens, r.completion_tokens, r.cost) == (4, 5, 0.25)
-    assert r.created_at == "2024-01-01T00:00:00Z"
+    assert r.created_at == datetime(2024, 1, 1, tzinfo=timezone.utc)
     assert r.callbacks == [Callback(tool_name="*", type="bash_script", bash_command="echo hi")]
     assert r.cdp_url == "ws://cdp"
     assert r.first_user_message == "hello"
