@@ -76,8 +76,29 @@ import msgspec
 from msgspec import UNSET, UnsetType
 from yarl import URL
 
+
+class _SelfStandIn:
+    """Run-time stand-in for ``typing.Self`` on Python 3.10."""
+
+
+class _UnpackStandIn:
+    """Run-time stand-in for ``typing.Unpack`` on Python 3.10: ``Unpack[RequestOptions]``."""
+
+    def __class_getitem__(cls, item: Any) -> Any:
+        from types import GenericAlias
+
+        return GenericAlias(cls, (item,))
+
+
+# ``typing.get_type_hints()`` must resolve every public annotation at run time, and
+# typing_extensions is not a runtime dependency.
 if TYPE_CHECKING:
     from typing_extensions import Self, Unpack
+elif sys.version_info >= (3, 11):
+    from typing import Self, Unpack
+else:  # pragma: no cover - Python 3.10
+    Self = _SelfStandIn
+    Unpack = _UnpackStandIn
 
 __version__ = "0.1.0"
 
@@ -769,6 +790,7 @@ class _RewindBody(_CamelBody):
 
 _encode = msgspec.json.Encoder().encode
 _error_body_decoder: Final = msgspec.json.Decoder(ErrorBody)
+_any_json_decoder: Final = msgspec.json.Decoder()
 
 
 class CallbackDict(TypedDict, total=False):
@@ -887,9 +909,25 @@ def _callbacks(value: object) -> list[Callback]:
 
 
 class MixError(Exception):
-    """Root of every error this client raises."""
+    """Root of every error this client raises.
+
+    Every error answers the attributes of the original SDK's ``MixError``, ``None`` where
+    they do not apply (a connection error has no status, headers or body):
+
+    ``message`` (str), ``status_code`` (int), ``headers`` (the response headers),
+    ``body`` (the response body as text, decoded as UTF-8 with errors replaced),
+    ``raw_body`` (the same body as bytes), ``raw_response`` (the
+    ``aiohttp.ClientResponse``, already released) and ``data`` (an :class:`ErrorBody`,
+    always present on an :class:`APIStatusError`).
+    """
 
     message: str
+    status_code: int | None = None
+    headers: Mapping[str, str] | None = None
+    body: str | None = None
+    raw_body: bytes | None = None
+    raw_response: aiohttp.ClientResponse | None = None
+    data: ErrorBody | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -900,21 +938,61 @@ class InvalidInputError(MixError, ValueError):
     """An argument is unusable; raised before anything is sent."""
 
 
+_DETAIL_LIMIT: Final = 200
+_HTML_TITLE: Final = re.compile(r"<title[^>]*>(.*?)</title", re.IGNORECASE | re.DOTALL)
+_HTML_TAG: Final = re.compile(r"<[^>]*>")
+
+
+def _one_line(text: str, limit: int = _DETAIL_LIMIT) -> str:
+    """``text`` on one line, at most ``limit`` characters (``…`` marks a cut)."""
+    text = " ".join(text[: limit * 4].split())
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def _text_detail(body: str) -> str:
+    """What a body that is not a JSON error says, on one bounded line.
+
+    A JSON object's ``message``/``detail``/``error`` string, an HTML page's title (or its
+    text without tags), else the text itself.
+    """
+    head = body.lstrip()[:1]
+    if head == "{":
+        try:
+            obj = _any_json_decoder.decode(body)
+        except msgspec.DecodeError:
+            obj = None
+        if isinstance(obj, dict):
+            for key in ("message", "detail", "error"):
+                value = obj.get(key)
+                if isinstance(value, str) and value.strip():
+                    return _one_line(value)
+    if head == "<":
+        title = _HTML_TITLE.search(body[:65536])
+        if title is not None and title.group(1).strip():
+            return _one_line(title.group(1))
+        return _one_line(_HTML_TAG.sub(" ", body[:65536]))
+    return _one_line(body)
+
+
 class APIStatusError(MixError):
     """The server answered with an HTTP error status.
 
-    ``error`` is the decoded :class:`RESTError` when the body has one (``data`` holds the
-    whole :class:`ErrorBody`, so ``err.data.error`` works as in the original SDK).
+    ``data`` is always an :class:`ErrorBody`, so ``err.data.error.message`` works as in
+    the original SDK whatever the body was: the server's JSON error, or one built from
+    the body (``code`` = the status, ``message`` = the text or an HTML page's title,
+    bounded, ``type`` = ``""``). ``error`` is the server's own :class:`RESTError`, or
+    ``None`` when the body was not a JSON error. ``str(err)`` is one bounded line; the
+    full text is in ``body``.
     """
 
     status_code: int
     headers: Mapping[str, str]
     body: str
+    raw_body: bytes
     error: RESTError | None
-    data: ErrorBody | None
+    data: ErrorBody
     method: str
     url: str
-    raw_response: aiohttp.ClientResponse | None
 
     def __init__(
         self,
@@ -927,13 +1005,19 @@ class APIStatusError(MixError):
         method: str,
         url: str,
         raw_response: aiohttp.ClientResponse | None = None,
+        raw_body: bytes | None = None,
     ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.headers = headers
         self.body = body
-        self.data = data
+        self.raw_body = body.encode("utf-8", "surrogateescape") if raw_body is None else raw_body
         self.error = data.error if data is not None else None
+        if data is None:
+            reason = raw_response.reason if raw_response is not None else None
+            detail = _text_detail(body) or (reason or "")
+            data = ErrorBody(error=RESTError(code=status_code, message=detail, type=""))
+        self.data = data
         self.method = method
         self.url = url
         self.raw_response = raw_response
@@ -956,7 +1040,11 @@ class NotFoundError(APIStatusError):
 
 
 class RequestTimeoutError(APIStatusError):
-    """408."""
+    """408: the *server* answered that it timed out waiting for the request.
+
+    Not to be confused with :class:`APITimeoutError`: there the *client* gave up
+    waiting, and no status was received.
+    """
 
 
 class PayloadTooLargeError(APIStatusError):
@@ -995,7 +1083,11 @@ _STATUS_ERRORS: Final[dict[int, type[APIStatusError]]] = {
 
 
 class APIConnectionError(MixError):
-    """The request could not be completed (refused, reset, DNS...). ``__cause__`` has the detail."""
+    """The request could not be completed (refused, reset, DNS...). ``__cause__`` has the detail.
+
+    No response was received: ``status_code``, ``headers``, ``body``, ``raw_body``,
+    ``raw_response`` and ``data`` are ``None``.
+    """
 
     def __init__(self, message: str, *, method: str = "", url: str = "") -> None:
         super().__init__(message)
@@ -1004,7 +1096,10 @@ class APIConnectionError(MixError):
 
 
 class APITimeoutError(APIConnectionError):
-    """The request timed out (connect, read, or total)."""
+    """The client gave up waiting (connect, read, or total); no status was received.
+
+    A server that answers HTTP 408 raises :class:`RequestTimeoutError` instead.
+    """
 
 
 class ClientClosedError(APIConnectionError):
@@ -1013,7 +1108,16 @@ class ClientClosedError(APIConnectionError):
 
 
 class ResponseValidationError(MixError):
-    """A 2xx body did not match the expected schema. ``cause`` is the msgspec error."""
+    """A 2xx body did not match the expected schema. ``cause`` is the msgspec error.
+
+    ``body`` is the text (UTF-8, errors replaced), ``raw_body`` the bytes; ``data`` is
+    ``None``.
+    """
+
+    status_code: int
+    headers: Mapping[str, str]
+    body: str
+    raw_body: bytes
 
     def __init__(
         self,
@@ -1029,7 +1133,8 @@ class ResponseValidationError(MixError):
     ) -> None:
         super().__init__(message)
         self.cause = cause
-        self.body = body
+        self.raw_body = body
+        self.body = body.decode("utf-8", "replace")
         self.status_code = status_code
         self.headers = headers
         self.method = method
@@ -1049,9 +1154,11 @@ class EventTooLargeError(MixError):
 
 
 class AgentError(MixError):
-    """The agent's run ended with an ``error`` event (failed or cancelled)."""
+    """The agent's run ended with an ``error`` event (failed or cancelled); ``event`` is it."""
 
-    def __init__(self, message: str, *, event: Any = None) -> None:
+    event: ErrorEvent | None
+
+    def __init__(self, message: str, *, event: ErrorEvent | None = None) -> None:
         super().__init__(message)
         self.event = event
 
@@ -1071,10 +1178,9 @@ def _status_error(
         data = None
     body = raw.decode("utf-8", "replace")
     if data is not None and data.error.message:
-        detail = data.error.message
+        detail = _one_line(data.error.message)
     else:
-        detail = body.strip()[:200] or (response.reason if response and response.reason else "")
-    detail = " ".join(detail.split())  # one line, whatever the server sent
+        detail = _text_detail(body) or (response.reason if response and response.reason else "")
     if 300 <= status < 400:
         location = headers.get("Location", "(no Location)")
         if len(location) > 300:
@@ -1095,6 +1201,7 @@ def _status_error(
         method=method,
         url=url,
         raw_response=response,
+        raw_body=raw,
     )
 
 
@@ -5427,6 +5534,8 @@ class _SyncDownloadMethod(Generic[P]):
             return SyncFileDownload(runner, download)
 
         call.__signature__ = self._signature  # type: ignore[attr-defined]
+        # What typing.get_type_hints() reports: a blocking iterator, not the async stream.
+        call.__annotations__ = {**fn.__annotations__, "return": "SyncStream[Any]"}
         return call
 
 

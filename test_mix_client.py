@@ -1569,7 +1569,7 @@ async def test_non_json_error_body(server: LoopbackServer, client: AsyncMix) -> 
         await client.get_tools_status()
     err = info.value
     assert err.error is None
-    assert err.data is None
+    assert err.data.error == RESTError(code=404, message="no such page", type="")
     assert err.body == "<html>no such page</html>"
     assert "no such page" in str(err)
     assert "404" in str(err)
@@ -1638,7 +1638,8 @@ async def test_2xx_body_not_matching_the_schema(
     err = info.value
     assert isinstance(err.cause, cause)
     assert err.__cause__ is err.cause
-    assert err.body == body
+    assert err.raw_body == body
+    assert err.body == body.decode()
     assert err.status_code == 200
     assert err.method == "GET"
     assert err.url == f"{server.url}/api/sessions/s1"
