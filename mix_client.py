@@ -87,7 +87,7 @@ class _UnpackStandIn:
     def __class_getitem__(cls, item: Any) -> Any:
         from types import GenericAlias
 
-        return GenericAlias(cls, (item,))
+        return GenericAlias(cls, item)
 
 
 # ``typing.get_type_hints()`` must resolve every public annotation at run time, and

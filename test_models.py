@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import io
 import json
 import re
 import socket
@@ -418,3 +417,412 @@ async def test_mix_fake_answers_encode_back_unchanged() -> None:
             raw = b"".join(chunks)
             assert raw, call
             assert_roundtrip(result, json.loads(raw))
+
+
+# ----------------------------------------------------------- 2. timestamps
+
+
+def date_time_fields() -> set[tuple[str, str]]:
+    """(operationId, JSON path of a property) for every ``format: date-time`` in answers."""
+    found: set[tuple[str, str]] = set()
+
+    def walk(schema: Any, path: str, op_id: str, depth: int = 0) -> None:
+        schema = deref(schema)
+        if depth > 6:
+            return
+        if schema.get("format") == "date-time":
+            found.add((op_id, path))
+        for name, sub in (schema.get("properties") or {}).items():
+            walk(sub, f"{path}.{name}", op_id, depth + 1)
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict):
+            walk(extra, f"{path}[*]", op_id, depth + 1)
+        if "items" in schema:
+            walk(schema["items"], f"{path}[]", op_id, depth + 1)
+
+    for op_id, _, schema in RESPONSES:
+        walk(schema, "$", op_id)
+    return found
+
+
+def pick(obj: Any, path: str) -> list[Any]:
+    """The decoded values at a JSON ``path`` (wire names) of ``date_time_fields``."""
+    values = [obj]
+    for token in re.findall(r"\.[A-Za-z_]+|\[\*\]|\[\]", path):
+        nxt: list[Any] = []
+        for value in values:
+            if token == "[*]":
+                nxt.extend(value.values())
+            elif token == "[]":
+                nxt.extend(value)
+            else:
+                names = {f.encode_name: f.name for f in msgspec.structs.fields(value)}
+                nxt.append(getattr(value, names[token[1:]]))
+        values = nxt
+    return values
+
+
+DATE_TIME_FIELDS = sorted(date_time_fields())
+
+
+def test_the_spec_date_time_fields_are_known() -> None:
+    paths = {p for _, p in DATE_TIME_FIELDS}
+    assert {"$.createdAt", "$.updatedAt", "$.messages[].createdAt", "$.timestamp"} <= paths
+    assert "$.providers[*].expires_at" in paths and "$.providers[*].last_refresh" in paths
+    assert {op for op, _ in DATE_TIME_FIELDS} >= {
+        "createSession",
+        "getSession",
+        "listSessions",
+        "exportSession",
+        "getOAuthHealth",
+    }
+
+
+@pytest.mark.parametrize(("op_id", "path"), DATE_TIME_FIELDS, ids=lambda v: str(v))
+def test_date_time_fields_decode_to_datetime(op_id: str, path: str) -> None:
+    status, schema = next((s, sch) for o, s, sch in RESPONSES if o == op_id)
+    values = pick(decode(op_id, status, synth(schema, "full")), path)
+    assert values, path
+    expected = datetime(2024, 5, 6, 5, 8, 9, 123457, tzinfo=timezone.utc)
+    for value in values:
+        assert isinstance(value, datetime), (op_id, path, value)
+        assert value == expected
+        assert value.utcoffset() == timedelta(hours=2)
+
+
+@pytest.mark.parametrize(("op_id", "path"), DATE_TIME_FIELDS, ids=lambda v: str(v))
+def test_a_timestamp_that_does_not_parse_keeps_the_raw_text(op_id: str, path: str) -> None:
+    status, schema = next((s, sch) for o, s, sch in RESPONSES if o == op_id)
+    doc = synth(schema, "full")
+    raw = json.dumps(doc).replace("2024-05-06T07:08:09.123456789+02:00", "yesterday-ish")
+    result = mix_client.OPERATIONS[op_id].decode(status, raw.encode())  # no error
+    for value in pick(result, path):
+        assert value == "yesterday-ish"
+    assert_roundtrip(result, json.loads(raw))
+
+
+async def test_timestamps_through_the_client() -> None:
+    doc = {"id": "s1", "title": "T", "createdAt": "2024-01-02T03:04:05Z", "cost": 0}
+    async with loopback(Canned(200, doc)) as url, AsyncMix(url) as mix:
+        session = await mix.get_session("s1")
+    assert session.created_at == datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    assert json.loads(msgspec.json.encode(session))["createdAt"] == "2024-01-02T03:04:05Z"
+    odd = {"id": "s1", "createdAt": "2024-01-02 noon"}
+    async with loopback(Canned(200, odd)) as url, AsyncMix(url) as mix:
+        session = await mix.get_session("s1")
+    assert session.created_at == "2024-01-02 noon"
+
+
+# ------------------------------------------- 3. fields real (Go) servers send
+
+
+async def test_set_api_key_on_a_go_shaped_server() -> None:
+    answer = {"status": "success", "message": "API key set successfully."}
+    async with loopback(Canned(200, answer)) as url, AsyncMix(url) as mix:
+        result = await mix.set_api_key(api_key="sk-ant-x")
+    assert (result.status, result.message, result.success) == (
+        "success",
+        "API key set successfully.",
+        None,
+    )
+    assert_roundtrip(result, answer)
+
+
+# One answer per Go response struct of mix_agent/internal/http whose fields the models
+# did not all carry: every field must decode and encode back.
+GO_SHAPED: list[tuple[str, int, Any, dict[str, Any]]] = [
+    ("setApiKey", 200, {"status": "success", "message": "ok"}, {"status": "success"}),
+    (
+        "validatePreferredProvider",
+        200,
+        {"valid": False, "error": "No preferred provider set", "message": "Set one"},
+        {"error": "No preferred provider set", "valid": False},
+    ),
+    (
+        "getCommand",
+        200,
+        {"name": "help", "description": "Show help", "type": "builtin"},
+        {"type": "builtin"},
+    ),
+    (
+        "healthCheck",
+        200,
+        {
+            "status": "ok",
+            "timestamp": "2026-01-02T03:04:05Z",
+            "version": "1.2.3",
+            "environment": "",
+            "services": {"backend": "healthy", "database": "connected"},
+        },
+        {"environment": ""},
+    ),
+]
+
+
+@pytest.mark.parametrize(("op_id", "status", "doc", "attrs"), GO_SHAPED, ids=lambda v: str(v)[:20])
+def test_fields_go_servers_send_are_in_the_models(
+    op_id: str, status: int, doc: Any, attrs: dict[str, Any]
+) -> None:
+    result = decode(op_id, status, doc)
+    for name, value in attrs.items():
+        assert getattr(result, name) == value, name
+    assert_roundtrip(result, doc)
+
+
+def test_health_services_are_typed() -> None:
+    result = decode("healthCheck", 200, GO_SHAPED[3][2])
+    assert isinstance(result.services, mix_client.HealthServices)
+    assert (result.services.backend, result.services.database) == ("healthy", "connected")
+    # The operation does not say date-time, the server's component schema does: a
+    # timestamp like the others.
+    assert result.timestamp == datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+
+
+# ------------------------------------ 4./5. the original SDK's error handler
+
+
+NGINX_502 = (
+    "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
+    "</body>\r\n</html>\r\n"
+)
+JSON_400 = {
+    "error": {
+        "code": 400,
+        "message": "Provider not supported. Supported providers: anthropic, openai",
+        "type": "INVALID_PROVIDER",
+    }
+}
+
+# (answer, error class, data.error (code, message, type), server's own error?)
+STATUS_CASES: list[tuple[Canned, type[APIStatusError], tuple[int, str, str], bool]] = [
+    (
+        Canned(400, JSON_400),
+        BadRequestError,
+        (400, JSON_400["error"]["message"], "INVALID_PROVIDER"),
+        True,
+    ),
+    (
+        Canned(400, "image thumbnails are not supported for text files\n", "text/plain"),
+        BadRequestError,
+        (400, "image thumbnails are not supported for text files", ""),
+        False,
+    ),
+    (Canned(502, NGINX_502, "text/html"), InternalServerError, (502, "502 Bad Gateway", ""), False),
+    (
+        Canned(408, "<html><body><p>Request\n   timed out</p></body></html>", "text/html"),
+        RequestTimeoutError,
+        (408, "Request timed out", ""),
+        False,
+    ),
+    (Canned(503, b"", "text/plain"), InternalServerError, (503, "Service Unavailable", ""), False),
+    (
+        Canned(422, {"detail": "bad field"}),
+        mix_client.UnprocessableEntityError,
+        (422, "bad field", ""),
+        False,
+    ),
+    (Canned(404, {"error": None}), mix_client.NotFoundError, (404, '{"error": null}', ""), False),
+    (
+        Canned(400, b"\xff\xfe broken \xc3", "text/plain"),
+        BadRequestError,
+        (400, "\ufffd\ufffd broken \ufffd", ""),
+        False,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("answer", "cls", "rest", "from_server"), STATUS_CASES, ids=lambda v: getattr(v, "__name__", "")
+)
+async def test_a_status_error_always_has_data_error(
+    answer: Canned, cls: type[APIStatusError], rest: tuple[int, str, str], from_server: bool
+) -> None:
+    async with loopback(answer) as url, AsyncMix(url, max_retries=0) as mix:
+        with pytest.raises(cls) as info:
+            await mix.store_api_key(api_key="k", provider="openrouter")
+    err = info.value
+    assert isinstance(err, ErrorResponse) and isinstance(err.data, ErrorBody)
+    assert isinstance(err.data.error, RESTError)
+    assert (err.data.error.code, err.data.error.message, err.data.error.type) == rest
+    assert (err.error is err.data.error) if from_server else (err.error is None)
+    assert err.status_code == answer.status
+    assert err.headers["X-Probe"] == "1"
+    assert err.raw_body == answer.body
+    assert err.body == answer.body.decode("utf-8", "replace")
+    assert err.raw_response is not None and err.raw_response.status == answer.status
+    assert str(err) == err.message and "\n" not in err.message
+    assert err.message.startswith(f"POST {url}/api/auth/api-key -> {answer.status}")
+    if rest[1]:
+        assert err.message.endswith(f": {rest[1]}")
+
+
+def official_handler(e: MixError) -> list[str]:
+    """The original README's handler, as it reads there (``print`` replaced by ``out``)."""
+    out: list[str] = []
+    out.append(str(e.message))
+    out.append(str(e.status_code))
+    out.append(str(e.body))
+    out.append(str(e.headers))
+    out.append(str(e.raw_response))
+    if isinstance(e, ErrorResponse):
+        out.append(str(e.data.error))
+    return out
+
+
+async def test_every_mix_error_answers_the_official_attributes() -> None:
+    errors: list[MixError] = []
+    async with loopback(Canned(502, NGINX_502, "text/html")) as url, AsyncMix(url) as mix:
+        with pytest.raises(MixError) as info:
+            await mix.health_check(max_retries=0)
+        errors.append(info.value)
+    not_json = Canned(200, b"<html>not json</html>", "text/html")
+    async with loopback(not_json) as url, AsyncMix(url) as mix:
+        with pytest.raises(ResponseValidationError) as rv:
+            await mix.get_session("s")
+        errors.append(rv.value)
+    async with AsyncMix(unused_url(), max_retries=0) as mix:
+        with pytest.raises(APIConnectionError) as conn:
+            await mix.health_check()
+        errors.append(conn.value)
+        with pytest.raises(InvalidInputError) as bad:
+            await mix.get_session("")
+        errors.append(bad.value)
+    errors.append(APITimeoutError("GET x: timed out", method="GET", url="x"))
+    event = mix_client.decode_event(
+        mix_client.ServerSentEvent(event="error", data='{"error": "boom", "type": "error"}')
+    )
+    assert isinstance(event, ErrorEvent)
+    errors.append(AgentError("agent error: boom", event=event))
+    errors.append(MixError("this client is closed"))
+    for err in errors:
+        for attr in OFFICIAL_ATTRS:
+            assert hasattr(err, attr), (type(err).__name__, attr)
+        lines = official_handler(err)
+        assert lines[0] == err.message
+    rv_err, conn_err = errors[1], errors[2]
+    assert rv_err.status_code == 200 and rv_err.data is None
+    assert rv_err.body == "<html>not json</html>" and rv_err.raw_body == b"<html>not json</html>"
+    assert rv_err.headers is not None and rv_err.raw_response is not None
+    for err in errors[2:]:
+        assert (err.status_code, err.headers, err.body, err.raw_response, err.data) == (
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
+    assert isinstance(conn_err.__cause__, aiohttp.ClientConnectorError)
+
+
+def test_error_attribute_types_are_consistent() -> None:
+    hints = {
+        cls: typing.get_type_hints(cls)
+        for cls in (MixError, APIStatusError, ResponseValidationError)
+    }
+    assert hints[MixError]["body"] == str | None
+    assert hints[MixError]["raw_body"] == bytes | None
+    for cls in (APIStatusError, ResponseValidationError):
+        assert hints[cls]["body"] is str and hints[cls]["raw_body"] is bytes
+        assert hints[cls]["status_code"] is int
+    assert hints[APIStatusError]["data"] is ErrorBody
+    assert typing.get_type_hints(AgentError)["event"] == ErrorEvent | None
+
+
+async def test_str_of_a_huge_json_error_is_bounded() -> None:
+    huge = "x" * (5 * 1024 * 1024)
+    body = {"error": {"code": 400, "message": huge, "type": "validation_error"}}
+    async with loopback(Canned(400, body)) as url, AsyncMix(url, max_retries=0) as mix:
+        with pytest.raises(BadRequestError) as info:
+            await mix.get_session("s")
+    err = info.value
+    assert len(str(err)) < 400 and len(err.message) < 400
+    assert str(err).endswith("x\u2026")
+    assert err.error is not None and err.error.message == huge  # the server's, whole
+    assert len(err.body) > 5 * 1024 * 1024 and json.loads(err.body) == body
+
+
+async def test_str_of_a_huge_text_error_is_bounded_the_same_way() -> None:
+    huge = "y " * (3 * 1024 * 1024)
+    async with loopback(Canned(500, huge, "text/plain")) as url, AsyncMix(url) as mix:
+        with pytest.raises(InternalServerError) as info:
+            await mix.get_session("s", max_retries=0)
+    err = info.value
+    assert len(str(err)) < 400 and str(err).endswith("\u2026")
+    assert len(err.data.error.message) <= 200
+    assert err.body == huge
+
+
+# ---------------------------------------------------- 6. run-time type hints
+
+
+def public_methods(cls: type[Any]) -> list[str]:
+    return sorted(
+        name
+        for name, value in vars(cls).items()
+        if (not name.startswith("_") or name in ("__aenter__", "__enter__", "__init__"))
+        and (
+            callable(value)
+            or isinstance(value, (mix_client._SyncMethod, mix_client._SyncIterMethod))
+        )
+    )
+
+
+def test_type_hints_resolve_on_every_public_method_of_asyncmix_and_mix() -> None:
+    names = public_methods(AsyncMix)
+    assert "get_session" in names and "__aenter__" in names and len(names) > 40
+    for name in names:
+        hints = typing.get_type_hints(getattr(AsyncMix, name))
+        assert "return" in hints, name
+    assert typing.get_type_hints(AsyncMix.__aenter__)["return"] is typing.Self
+    opts = typing.get_type_hints(AsyncMix.get_session)["opts"]
+    assert typing.get_origin(opts) is typing.Unpack
+    assert typing.get_args(opts) == (mix_client.RequestOptions,)
+    mix = Mix(unused_url())
+    try:
+        sync_names = [n for n in public_methods(Mix) if not n.startswith("_")]
+        assert "get_session" in sync_names and "stream_events" in sync_names
+        for name in sync_names:
+            hints = typing.get_type_hints(getattr(mix, name))
+            assert "return" in hints, name
+        assert typing.get_type_hints(mix.get_session)["return"] is mix_client.SessionData
+        stream_hint = typing.get_type_hints(mix.stream_events)["return"]
+        assert typing.get_origin(stream_hint) is mix_client.SyncStream
+        assert typing.get_type_hints(Mix.__enter__)["return"] is Mix
+    finally:
+        mix.close()
+
+
+def test_type_hints_resolve_on_every_public_name() -> None:
+    for name in mix_client.__all__:
+        obj = getattr(mix_client, name)
+        if inspect.isclass(obj):
+            typing.get_type_hints(obj)
+            for attr, value in vars(obj).items():
+                if inspect.isfunction(value) and (not attr.startswith("_") or attr == "__init__"):
+                    typing.get_type_hints(value)
+        elif inspect.isfunction(obj):
+            typing.get_type_hints(obj)
+
+
+def test_python_310_stand_ins_resolve() -> None:
+    """On 3.10 (no typing.Self/Unpack) the module binds stand-ins; they must resolve too."""
+    namespace = {
+        **vars(mix_client),
+        "Self": mix_client._SelfStandIn,
+        "Unpack": mix_client._UnpackStandIn,
+    }
+    hints = typing.get_type_hints(AsyncMix.get_session, globalns=namespace)
+    assert typing.get_origin(hints["opts"]) is mix_client._UnpackStandIn
+    assert typing.get_args(hints["opts"]) == (mix_client.RequestOptions,)
+    assert typing.get_type_hints(AsyncMix.__aenter__, globalns=namespace)["return"] is (
+        mix_client._SelfStandIn
+    )
+    for name in public_methods(AsyncMix):
+        typing.get_type_hints(getattr(AsyncMix, name), globalns=namespace)
+
+
+def test_timestamp_alias_is_documented_at_run_time() -> None:
+    # msgspec decodes the text; the model turns it into a datetime (see Timestamp).
+    assert typing.get_type_hints(mix_client.SessionData)["created_at"] is str
+    assert "datetime" in (mix_client.__doc__ or "") or mix_client.Timestamp is str
