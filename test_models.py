@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import io
 import json
 import re
 import socket
@@ -822,7 +823,72 @@ def test_python_310_stand_ins_resolve() -> None:
         typing.get_type_hints(getattr(AsyncMix, name), globalns=namespace)
 
 
-def test_timestamp_alias_is_documented_at_run_time() -> None:
-    # msgspec decodes the text; the model turns it into a datetime (see Timestamp).
-    assert typing.get_type_hints(mix_client.SessionData)["created_at"] is str
-    assert "datetime" in (mix_client.__doc__ or "") or mix_client.Timestamp is str
+# --------------------------------------------- 7. the README's ported sample
+
+
+def readme_error_sample() -> str:
+    text = README.read_text(encoding="utf-8")
+    section = text.split("### Error handling (from mix-python-sdk)\n", 1)[1]
+    match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert match, "no python block under the heading"
+    assert section.index("```python") < section.index("\n## "), "sample outside its section"
+    return match.group(1)
+
+
+def run_sample(monkeypatch: pytest.MonkeyPatch, url: str) -> str:
+    monkeypatch.setenv("MIX_SERVER_URL", url)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(readme_error_sample(), "README.md", "exec"), {"__name__": "sample"})
+    return out.getvalue()
+
+
+def test_readme_sample_is_the_official_handler() -> None:
+    code = readme_error_sample()
+    for line in (
+        "except MixError as e:",
+        "print(e.message)",
+        "print(e.status_code)",
+        "print(e.body)",
+        "print(e.headers)",
+        "print(e.raw_response)",
+        "if isinstance(e, ErrorResponse):",
+        "print(e.data.error)",
+    ):
+        assert line in code, line
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (Canned(400, JSON_400), ["400", "INVALID_PROVIDER", "Provider not supported"]),
+        (
+            Canned(400, "image thumbnails are not supported for text files\n", "text/plain"),
+            ["400", "message='image thumbnails are not supported for text files'"],
+        ),
+        (Canned(502, NGINX_502, "text/html"), ["502", "message='502 Bad Gateway'", "nginx"]),
+        (
+            Canned(200, {"status": "success", "provider": "openrouter", "message": "ok"}),
+            ["StoreApiKeyResponse(", "status='success'"],
+        ),
+    ],
+    ids=["json-400", "text-400", "html-502", "success"],
+)
+def test_readme_error_sample_runs_against_a_server(
+    monkeypatch: pytest.MonkeyPatch, answer: Canned, expected: list[str]
+) -> None:
+    with threaded_loopback(answer) as url:
+        printed = run_sample(monkeypatch, url)
+    for piece in expected:
+        assert piece in printed, (piece, printed)
+    if answer.status >= 400:
+        lines = printed.splitlines()
+        assert lines[1] == str(answer.status)
+        assert "RESTError(" in lines[-1]
+
+
+def test_readme_error_sample_on_a_connection_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    printed = run_sample(monkeypatch, unused_url()).splitlines()
+    assert "cannot connect" in printed[0]
+    assert printed[1:5] == ["None", "None", "None", "None"]
+    assert len(printed) == 5  # not an ErrorResponse: no data.error line
