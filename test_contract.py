@@ -1399,8 +1399,45 @@ def check_result(call: Call, op: Operation, ex: Exchange, result: Any) -> None:
     assert schema is not None, f"no JSON schema for {op.op_id} {ex.status}"
     try:
         assert_decoded(result, json.loads(ex.body), schema, op.op_id)
+        wire = result.message if op.op_id == "sendMessage" and ex.status == 200 else result
+        assert_encodes_back(wire, json.loads(ex.body), op.op_id)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{ctx}") from None
+
+
+def assert_encodes_back(value: Any, raw: Any, where: str) -> None:
+    """Encoding the decoded response gives back the wire document: every field the model
+    knows that was sent with a value, with its wire name (``null`` and unknown fields
+    aside; timestamps compared as instants). A field not sent may only appear with the
+    model's documented default."""
+    _encodes_back(value, json.loads(msgspec.json.encode(value)), raw, where)
+
+
+def _encodes_back(value: Any, enc: Any, raw: Any, where: str) -> None:
+    if isinstance(value, msgspec.Struct):
+        fields = {f.encode_name: f for f in msgspec.structs.fields(value)}
+        sent = {k for k, v in raw.items() if k in fields and v is not None}
+        assert sent <= set(enc), f"{where}: {sorted(sent - set(enc))} lost on encoding"
+        for key in set(enc) - sent:
+            f = fields[key]
+            default = f.default_factory() if f.default is msgspec.NODEFAULT else f.default
+            assert enc[key] == msgspec.to_builtins(default), f"{where}.{key}: {enc[key]!r}"
+        for key in sent:
+            _encodes_back(getattr(value, fields[key].name), enc[key], raw[key], f"{where}.{key}")
+    elif isinstance(value, dt.datetime):
+        got = msgspec.convert(enc, dt.datetime)
+        assert got == msgspec.convert(raw, dt.datetime), f"{where}: {enc!r} != {raw!r}"
+    elif isinstance(value, dict):
+        assert set(enc) == set(raw), f"{where}: keys {sorted(enc)} != {sorted(raw)}"
+        for key in raw:
+            _encodes_back(value[key], enc[key], raw[key], f"{where}[{key!r}]")
+    elif isinstance(value, list):
+        assert len(enc) == len(raw), f"{where}: {len(enc)} items != {len(raw)}"
+        for i, item in enumerate(value):
+            _encodes_back(item, enc[i], raw[i], f"{where}[{i}]")
+    else:
+        same_kind = isinstance(enc, bool) == isinstance(raw, bool)
+        assert enc == raw and same_kind, f"{where}: encoded {enc!r} != sent {raw!r}"
 
 
 async def run_call(
