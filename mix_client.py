@@ -5451,6 +5451,9 @@ class _SyncMethod(Generic[P, R]):
         self.__doc__ = fn.__doc__
         self.__name__ = fn.__name__
         self._signature = _without_self(fn)
+        # typing.get_type_hints(Mix.method) resolves these (in fn's module).
+        self.__wrapped__ = fn
+        self.__annotations__ = dict(fn.__annotations__)
 
     @overload
     def __get__(self, obj: None, owner: type[Any]) -> _SyncMethod[P, R]: ...
@@ -5481,6 +5484,8 @@ class _SyncIterMethod(Generic[P, T]):
         self.__doc__ = fn.__doc__
         self.__name__ = fn.__name__
         self._signature = _without_self(fn).replace(return_annotation="SyncStream")
+        self.__wrapped__ = fn
+        self.__annotations__ = {**fn.__annotations__, "return": "SyncStream[Any]"}
 
     @overload
     def __get__(self, obj: None, owner: type[Any]) -> _SyncIterMethod[P, T]: ...
@@ -5535,7 +5540,7 @@ class _SyncDownloadMethod(Generic[P]):
 
         call.__signature__ = self._signature  # type: ignore[attr-defined]
         # What typing.get_type_hints() reports: a blocking iterator, not the async stream.
-        call.__annotations__ = {**fn.__annotations__, "return": "SyncStream[Any]"}
+        call.__annotations__ = self.__annotations__
         return call
 
 

@@ -786,6 +786,7 @@ def test_type_hints_resolve_on_every_public_method_of_asyncmix_and_mix() -> None
         for name in sync_names:
             hints = typing.get_type_hints(getattr(mix, name))
             assert "return" in hints, name
+            assert typing.get_type_hints(getattr(Mix, name)) == hints, name  # on the class too
         assert typing.get_type_hints(mix.get_session)["return"] is mix_client.SessionData
         stream_hint = typing.get_type_hints(mix.stream_events)["return"]
         assert typing.get_origin(stream_hint) is mix_client.SyncStream
