@@ -832,7 +832,8 @@ def readme_error_sample() -> str:
     section = text.split("### Error handling (from mix-python-sdk)\n", 1)[1]
     match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
     assert match, "no python block under the heading"
-    assert section.index("```python") < section.index("\n## "), "sample outside its section"
+    end = min(i for i in (section.find("\n## "), section.find("\n### "), len(section)) if i >= 0)
+    assert section.index("```python") < end, "no sample in its own section"
     return match.group(1)
 
 
