@@ -970,7 +970,9 @@ def _text_detail(body: str) -> str:
         title = _HTML_TITLE.search(body[:65536])
         if title is not None and title.group(1).strip():
             return _one_line(title.group(1))
-        return _one_line(_HTML_TAG.sub(" ", body[:65536]))
+        text = _one_line(_HTML_TAG.sub(" ", body[:65536]))
+        if text:
+            return text
     return _one_line(body)
 
 

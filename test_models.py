@@ -617,6 +617,7 @@ STATUS_CASES: list[tuple[Canned, type[APIStatusError], tuple[int, str, str], boo
         False,
     ),
     (Canned(503, b"", "text/plain"), InternalServerError, (503, "Service Unavailable", ""), False),
+    (Canned(500, "<nil>", "text/plain"), InternalServerError, (500, "<nil>", ""), False),
     (
         Canned(422, {"detail": "bad field"}),
         mix_client.UnprocessableEntityError,
