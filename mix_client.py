@@ -5509,6 +5509,8 @@ class _SyncIterMethod(Generic[P, T]):
             return SyncStream(runner, stream)
 
         call.__signature__ = self._signature  # type: ignore[attr-defined]
+        # What typing.get_type_hints() reports: a blocking iterator, not the async stream.
+        call.__annotations__ = self.__annotations__
         return call
 
 
@@ -5520,6 +5522,8 @@ class _SyncDownloadMethod(Generic[P]):
         self.__doc__ = fn.__doc__
         self.__name__ = fn.__name__
         self._signature = _without_self(fn).replace(return_annotation="SyncFileDownload")
+        self.__wrapped__ = fn
+        self.__annotations__ = {**fn.__annotations__, "return": "SyncFileDownload"}
 
     @overload
     def __get__(self, obj: None, owner: type[Any]) -> _SyncDownloadMethod[P]: ...
@@ -5541,7 +5545,7 @@ class _SyncDownloadMethod(Generic[P]):
             return SyncFileDownload(runner, download)
 
         call.__signature__ = self._signature  # type: ignore[attr-defined]
-        # What typing.get_type_hints() reports: a blocking iterator, not the async stream.
+        # What typing.get_type_hints() reports: the blocking download, not the async one.
         call.__annotations__ = self.__annotations__
         return call
 
