@@ -1156,11 +1156,15 @@ class EventTooLargeError(MixError):
 
 
 class AgentError(MixError):
-    """The agent's run ended with an ``error`` event (failed or cancelled); ``event`` is it."""
+    """The agent's run failed or was cancelled.
 
-    event: ErrorEvent | None
+    ``event`` says how it was seen: the ``error`` event (:class:`ErrorEvent`), or the
+    :class:`TurnRecovered` marker when the stream lost the end and the export showed it.
+    """
 
-    def __init__(self, message: str, *, event: ErrorEvent | None = None) -> None:
+    event: ErrorEvent | TurnRecovered | None
+
+    def __init__(self, message: str, *, event: ErrorEvent | TurnRecovered | None = None) -> None:
         super().__init__(message)
         self.event = event
 

@@ -728,7 +728,9 @@ def test_error_attribute_types_are_consistent() -> None:
         assert hints[cls]["body"] is str and hints[cls]["raw_body"] is bytes
         assert hints[cls]["status_code"] is int
     assert hints[APIStatusError]["data"] is ErrorBody
-    assert typing.get_type_hints(AgentError)["event"] == ErrorEvent | None
+    assert typing.get_type_hints(AgentError)["event"] == (
+        ErrorEvent | mix_client.TurnRecovered | None
+    )
 
 
 async def test_str_of_a_huge_json_error_is_bounded() -> None:
