@@ -426,7 +426,8 @@ async def test_html_200_on_open_is_an_error_not_a_stream(srv: Server, mix: Async
         async with mix.stream_events("s1"):
             pass
     assert info.value.status_code == 200
-    assert info.value.body.startswith(b"<!doctype html>")
+    assert info.value.raw_body.startswith(b"<!doctype html>")
+    assert info.value.body.startswith("<!doctype html>")
     assert len(srv.conns) == 1
 
 
