@@ -906,3 +906,14 @@ def test_readme_error_sample_on_a_connection_error(monkeypatch: pytest.MonkeyPat
     assert "cannot connect" in printed[0]
     assert printed[1:5] == ["None", "None", "None", "None"]
     assert len(printed) == 5  # not an ErrorResponse: no data.error line
+
+
+async def test_a_redirect_error_answers_the_official_handler_too() -> None:
+    answer = Canned(302, "<a href='/elsewhere'>Found</a>.", "text/html")
+    async with loopback(answer) as url, AsyncMix(url, max_retries=0) as mix:
+        with pytest.raises(mix_client.RedirectError) as info:
+            await mix.get_session("s")
+    err = info.value
+    assert official_handler(err)[1] == "302"
+    assert err.data.error == RESTError(code=302, message="Found .", type="")
+    assert "not followed" in str(err)
