@@ -832,17 +832,10 @@ def test_python_310_stand_ins_resolve() -> None:
 
 
 def readme_error_sample() -> str:
-    """The python block of the README's ported error-handling sample.
-
-    It lives under "### Error handling (from mix-python-sdk)", or, once moved into the
-    migration guide, under its "### Error handling" heading.
-    """
+    """The python block of the README's ported error-handling sample (in the migration guide)."""
     text = README.read_text(encoding="utf-8")
-    if "\n### Error handling (from mix-python-sdk)\n" in text:
-        section = text.split("\n### Error handling (from mix-python-sdk)\n", 1)[1]
-    else:
-        migrating = text.split("\n## Migrating from mix-python-sdk\n", 1)[1]
-        section = migrating.split("\n### Error handling\n", 1)[1]
+    migrating = text.split("\n## Migrating from mix-python-sdk\n", 1)[1]
+    section = migrating.split("\n### Error handling\n", 1)[1]
     end = min(i for i in (section.find("\n## "), section.find("\n### ")) if i >= 0)
     match = re.search(r"```python\n(.*?)```", section[:end], re.DOTALL)
     assert match, "no python block in the error-handling section"
