@@ -1656,13 +1656,21 @@ _UNSAFE_RETRY: Final = frozenset({429, 503})
 
 
 class _Op(Generic[T]):
-    """One endpoint: everything about it that does not change from call to call."""
+    """One endpoint, declared once: operationId, HTTP method, path template, decoder,
+    retry class (``idempotent``: derived from the method; ``retry_statuses`` follow it)
+    and whether it moves a body of unbounded size (``transfer``: the transfer timeout).
+
+    The path template carries the spec's parameter names (``/api/sessions/{id}``);
+    :meth:`url` fills them in, each checked and percent-encoded as one segment.
+    """
 
     __slots__ = (
+        "_parts",
         "decode",
         "idempotent",
         "method",
         "operation_id",
+        "params",
         "path",
         "retry_statuses",
         "skip_headers",
@@ -1681,6 +1689,11 @@ class _Op(Generic[T]):
         self.operation_id = operation_id
         self.method = method
         self.path = path
+        # "/api/sessions/{id}/files/{filename}" -> literals ["/api/sessions/", "/files/", ""]
+        # and parameter names ("id", "filename").
+        parts = re.split(r"\{(\w+)\}", path)
+        self._parts = parts[::2]
+        self.params: tuple[str, ...] = tuple(parts[1::2])
         self.decode = decode
         self.idempotent = method in ("GET", "DELETE", "HEAD", "PUT")
         self.retry_statuses = _IDEMPOTENT_RETRY if self.idempotent else _UNSAFE_RETRY
@@ -1690,6 +1703,13 @@ class _Op(Generic[T]):
         self.skip_headers: tuple[str, ...] | None = (
             None if method in ("GET", "HEAD", "DELETE") else ("Content-Type",)
         )
+
+    def url(self, *values: object) -> str:
+        """The path with ``values`` for its parameters, in order (each one segment)."""
+        out = self._parts[0]
+        for name, value, literal in zip(self.params, values, self._parts[1:], strict=True):
+            out += _segment(value, name) + literal
+        return out
 
     def __repr__(self) -> str:
         return f"<{self.operation_id}: {self.method} {self.path}>"
@@ -2847,7 +2867,7 @@ class EventStream:
             max_event_size = client._max_event_size
         self._max_event_size = _check_size(max_event_size, "max_event_size")
         self.session_id = session_id
-        self._path = "/stream"
+        self._path = _stream_events.path
         self._query = "sessionId=" + quote(_check_id(session_id, "session_id"), safe="")
         self._client = client
         self.reconnect = reconnect
@@ -3424,28 +3444,30 @@ _initiate_oauth_login = _Op(
 _handle_oauth_callback = _Op(
     "handleOAuthCallback", "POST", "/api/auth/oauth-callback", _decoder(OAuthCallbackResponse)
 )
-_start_oauth_flow = _Op("startOAuthFlow", "POST", "/api/auth/oauth/{}", _decoder(OAuthFlowResponse))
+_start_oauth_flow = _Op(
+    "startOAuthFlow", "POST", "/api/auth/oauth/{provider}", _decoder(OAuthFlowResponse)
+)
 _get_auth_status = _Op("getAuthStatus", "GET", "/api/auth/status", _decoder(AuthStatusResponse))
 _validate_preferred_provider = _Op(
     "validatePreferredProvider", "GET", "/api/auth/validate", _decoder(ValidateProviderResponse)
 )
 _delete_credentials = _Op(
-    "deleteCredentials", "DELETE", "/api/auth/{}", _decoder(DeleteCredentialsResponse)
+    "deleteCredentials", "DELETE", "/api/auth/{provider}", _decoder(DeleteCredentialsResponse)
 )
 _list_commands = _Op("listCommands", "GET", "/api/commands", _decoder(list[Command]))
-_get_command = _Op("getCommand", "GET", "/api/commands/{}", _decoder(Command))
+_get_command = _Op("getCommand", "GET", "/api/commands/{name}", _decoder(Command))
 _list_mcp_servers = _Op("listMcpServers", "GET", "/api/mcp", _decoder(list[McpServer]))
 _get_message_history = _Op(
     "getMessageHistory", "GET", "/api/messages/history", _decoder(list[BackendMessage])
 )
 _respond_to_notification = _Op(
-    "respondToNotification", "POST", "/api/notifications/{}/respond", _no_content
+    "respondToNotification", "POST", "/api/notifications/{id}/respond", _no_content
 )
 _deny_permission = _Op(
-    "denyPermission", "POST", "/api/permissions/{}/deny", _decoder(PermissionResult)
+    "denyPermission", "POST", "/api/permissions/{id}/deny", _decoder(PermissionResult)
 )
 _grant_permission = _Op(
-    "grantPermission", "POST", "/api/permissions/{}/grant", _decoder(PermissionResult)
+    "grantPermission", "POST", "/api/permissions/{id}/grant", _decoder(PermissionResult)
 )
 _get_preferences = _Op("getPreferences", "GET", "/api/preferences", _decoder(PreferencesResponse))
 _update_preferences = _Op(
@@ -3459,31 +3481,37 @@ _reset_preferences = _Op(
 )
 _list_sessions = _Op("listSessions", "GET", "/api/sessions", _decoder(list[SessionData]))
 _create_session = _Op("createSession", "POST", "/api/sessions", _decoder(SessionData))
-_delete_session = _Op("deleteSession", "DELETE", "/api/sessions/{}", _no_content)
-_get_session = _Op("getSession", "GET", "/api/sessions/{}", _decoder(SessionData))
+_delete_session = _Op("deleteSession", "DELETE", "/api/sessions/{id}", _no_content)
+_get_session = _Op("getSession", "GET", "/api/sessions/{id}", _decoder(SessionData))
 _update_session_callbacks = _Op(
-    "updateSessionCallbacks", "PATCH", "/api/sessions/{}/callbacks", _decoder(SessionData)
+    "updateSessionCallbacks", "PATCH", "/api/sessions/{id}/callbacks", _decoder(SessionData)
 )
 _cancel_session_processing = _Op(
-    "cancelSessionProcessing", "POST", "/api/sessions/{}/cancel", _decoder(CancelResult)
+    "cancelSessionProcessing", "POST", "/api/sessions/{id}/cancel", _decoder(CancelResult)
 )
-_export_session = _Op("exportSession", "GET", "/api/sessions/{}/export", _decoder(ExportSession))
+_export_session = _Op("exportSession", "GET", "/api/sessions/{id}/export", _decoder(ExportSession))
 _list_session_files = _Op(
-    "listSessionFiles", "GET", "/api/sessions/{}/files", _decoder(list[FileInfo])
+    "listSessionFiles", "GET", "/api/sessions/{id}/files", _decoder(list[FileInfo])
 )
 _upload_session_file = _Op(
-    "uploadSessionFile", "POST", "/api/sessions/{}/files/upload", _decoder(FileInfo), transfer=True
+    "uploadSessionFile",
+    "POST",
+    "/api/sessions/{id}/files/upload",
+    _decoder(FileInfo),
+    transfer=True,
 )
-_delete_session_file = _Op("deleteSessionFile", "DELETE", "/api/sessions/{}/files/{}", _no_content)
+_delete_session_file = _Op(
+    "deleteSessionFile", "DELETE", "/api/sessions/{id}/files/{filename}", _no_content
+)
 _get_session_file = _Op(
-    "getSessionFile", "GET", "/api/sessions/{}/files/{}", _no_content, transfer=True
+    "getSessionFile", "GET", "/api/sessions/{id}/files/{filename}", _no_content, transfer=True
 )
-_fork_session = _Op("forkSession", "POST", "/api/sessions/{}/fork", _decoder(SessionData))
+_fork_session = _Op("forkSession", "POST", "/api/sessions/{id}/fork", _decoder(SessionData))
 _get_session_messages = _Op(
-    "getSessionMessages", "GET", "/api/sessions/{}/messages", _decoder(list[BackendMessage])
+    "getSessionMessages", "GET", "/api/sessions/{id}/messages", _decoder(list[BackendMessage])
 )
-_send_message = _Op("sendMessage", "POST", "/api/sessions/{}/messages", _decode_send)
-_rewind_session = _Op("rewindSession", "POST", "/api/sessions/{}/rewind", _decoder(SessionData))
+_send_message = _Op("sendMessage", "POST", "/api/sessions/{id}/messages", _decode_send)
+_rewind_session = _Op("rewindSession", "POST", "/api/sessions/{id}/rewind", _decoder(SessionData))
 _get_system_info = _Op("getSystemInfo", "GET", "/api/system/info", _decoder(SystemInfo))
 _list_llm_tools = _Op("listLLMTools", "GET", "/api/tools", _decoder(LLMToolsResponse))
 _get_tool_credentials_status = _Op(
@@ -3778,13 +3806,14 @@ class AsyncMix:
     async def _call(
         self,
         op: _Op[T],
-        path: str,
         opts: RequestOptions,
-        *,
+        *path_values: str,
         query: str = "",
         body: bytes | None = None,
         upload: _Upload | None = None,
     ) -> T:
+        """Call ``op`` with its path parameters (in the template's order) and decode."""
+        path = op.url(*path_values)
         resp, raw = await self._request(op, path, opts, query=query, body=body, upload=upload)
         try:
             return op.decode(resp.status, raw)
@@ -4017,99 +4046,97 @@ class AsyncMix:
     ) -> StoreApiKeyResponse:
         """Store an API key for a provider (``POST /api/auth/api-key``)."""
         body = _body(_StoreApiKeyBody(provider=provider, api_key=api_key))
-        return await self._call(_store_api_key, "/api/auth/api-key", opts, body=body)
+        return await self._call(_store_api_key, opts, body=body)
 
     async def set_api_key(
         self, *, api_key: str, **opts: Unpack[RequestOptions]
     ) -> SetApiKeyResponse:
         """Set the API key on servers of API version 0.2 (``POST /api/auth/apikey``)."""
         body = _body(_SetApiKeyBody(api_key=api_key))
-        return await self._call(_set_api_key, "/api/auth/apikey", opts, body=body)
+        return await self._call(_set_api_key, opts, body=body)
 
     async def initiate_oauth_login(self, **opts: Unpack[RequestOptions]) -> OAuthLoginResponse:
         """Start OAuth login on servers of API version 0.2 (``POST /api/auth/login``)."""
-        return await self._call(_initiate_oauth_login, "/api/auth/login", opts)
+        return await self._call(_initiate_oauth_login, opts)
 
     async def handle_oauth_callback(
         self, *, provider: str, code: str, state: str, **opts: Unpack[RequestOptions]
     ) -> OAuthCallbackResponse:
         """Exchange an OAuth code for a token (``POST /api/auth/oauth-callback``)."""
         body = _body(_OAuthCallbackBody(provider=provider, code=code, state=state))
-        return await self._call(_handle_oauth_callback, "/api/auth/oauth-callback", opts, body=body)
+        return await self._call(_handle_oauth_callback, opts, body=body)
 
     async def start_oauth_flow(
         self, provider: str, **opts: Unpack[RequestOptions]
     ) -> OAuthFlowResponse:
         """Start an OAuth flow; open ``auth_url`` in a browser (``POST /api/auth/oauth/{provider}``)."""
-        path = f"/api/auth/oauth/{_segment(provider, 'provider')}"
-        return await self._call(_start_oauth_flow, path, opts)
+        return await self._call(_start_oauth_flow, opts, provider)
 
     async def get_auth_status(self, **opts: Unpack[RequestOptions]) -> AuthStatusResponse:
         """Authentication status of every provider (``GET /api/auth/status``)."""
-        return await self._call(_get_auth_status, "/api/auth/status", opts)
+        return await self._call(_get_auth_status, opts)
 
     async def validate_preferred_provider(
         self, **opts: Unpack[RequestOptions]
     ) -> ValidateProviderResponse:
         """Whether the preferred provider is authenticated (``GET /api/auth/validate``)."""
-        return await self._call(_validate_preferred_provider, "/api/auth/validate", opts)
+        return await self._call(_validate_preferred_provider, opts)
 
     async def delete_credentials(
         self, provider: str, **opts: Unpack[RequestOptions]
     ) -> DeleteCredentialsResponse:
         """Delete a provider's API key and OAuth tokens (``DELETE /api/auth/{provider}``)."""
-        path = f"/api/auth/{_segment(provider, 'provider')}"
-        return await self._call(_delete_credentials, path, opts)
+        return await self._call(_delete_credentials, opts, provider)
 
     async def get_oauth_health(self, **opts: Unpack[RequestOptions]) -> OAuthHealthResponse:
         """Health of the stored OAuth tokens (``GET /health/auth``)."""
-        return await self._call(_get_oauth_health, "/health/auth", opts)
+        return await self._call(_get_oauth_health, opts)
 
     async def refresh_oauth_tokens(self, **opts: Unpack[RequestOptions]) -> RefreshTokensResponse:
         """Refresh expired OAuth tokens now (``POST /internal/auth/refresh-tokens``)."""
-        return await self._call(_refresh_oauth_tokens, "/internal/auth/refresh-tokens", opts)
+        return await self._call(_refresh_oauth_tokens, opts)
 
     # System --------------------------------------------------------------------
 
     async def health_check(self, **opts: Unpack[RequestOptions]) -> HealthResponse:
         """Server health (``GET /health``)."""
-        return await self._call(_health_check, "/health", opts)
+        return await self._call(_health_check, opts)
 
     async def get_system_info(self, **opts: Unpack[RequestOptions]) -> SystemInfo:
         """Storage configuration (``GET /api/system/info``)."""
-        return await self._call(_get_system_info, "/api/system/info", opts)
+        return await self._call(_get_system_info, opts)
 
     async def list_commands(self, **opts: Unpack[RequestOptions]) -> list[Command]:
         """Slash commands (``GET /api/commands``)."""
-        return await self._call(_list_commands, "/api/commands", opts)
+        return await self._call(_list_commands, opts)
 
     async def get_command(self, name: str, **opts: Unpack[RequestOptions]) -> Command:
         """One slash command (``GET /api/commands/{name}``)."""
-        return await self._call(_get_command, f"/api/commands/{_segment(name, 'name')}", opts)
+        return await self._call(_get_command, opts, name)
 
     async def list_mcp_servers(self, **opts: Unpack[RequestOptions]) -> list[McpServer]:
         """MCP servers and their tools (``GET /api/mcp``)."""
-        return await self._call(_list_mcp_servers, "/api/mcp", opts)
+        return await self._call(_list_mcp_servers, opts)
 
     async def list_llm_tools(self, **opts: Unpack[RequestOptions]) -> LLMToolsResponse:
         """Tools the agent can call (``GET /api/tools``)."""
-        return await self._call(_list_llm_tools, "/api/tools", opts)
+        return await self._call(_list_llm_tools, opts)
 
     async def get_tool_credentials_status(
         self, **opts: Unpack[RequestOptions]
     ) -> ToolsStatusResponse:
         """Credential status of external tool integrations (``GET /api/tools/credentials-status``)."""
-        return await self._call(_get_tool_credentials_status, "/api/tools/credentials-status", opts)
+        return await self._call(_get_tool_credentials_status, opts)
 
     async def get_tools_status(self, **opts: Unpack[RequestOptions]) -> ToolsStatusResponse:
         """Tool status by category (``GET /api/tools/status``; older servers)."""
-        return await self._call(_get_tools_status, "/api/tools/status", opts)
+        return await self._call(_get_tools_status, opts)
 
     # Preferences ---------------------------------------------------------------
 
     async def get_preferences(self, **opts: Unpack[RequestOptions]) -> PreferencesResponse:
         """Preferences and available providers (``GET /api/preferences``)."""
-        return await self._call(_get_preferences, "/api/preferences", opts)
+        return await self._call(_get_preferences, opts)
 
     async def update_preferences(
         self,
@@ -4139,17 +4166,17 @@ class AsyncMix:
                 sub_agent_reasoning_effort=sub_agent_reasoning_effort,
             )
         )
-        return await self._call(_update_preferences, "/api/preferences", opts, body=body)
+        return await self._call(_update_preferences, opts, body=body)
 
     async def get_available_providers(
         self, **opts: Unpack[RequestOptions]
     ) -> dict[str, ProviderInfo]:
         """Providers and their models (``GET /api/preferences/providers``)."""
-        return await self._call(_get_available_providers, "/api/preferences/providers", opts)
+        return await self._call(_get_available_providers, opts)
 
     async def reset_preferences(self, **opts: Unpack[RequestOptions]) -> UserPreferences:
         """Reset preferences to defaults (``POST /api/preferences/reset``)."""
-        return await self._call(_reset_preferences, "/api/preferences/reset", opts)
+        return await self._call(_reset_preferences, opts)
 
     # Sessions ------------------------------------------------------------------
 
@@ -4159,7 +4186,7 @@ class AsyncMix:
         """All sessions; sub-agent sessions only when asked (``GET /api/sessions``)."""
         _check_bool(include_subagents, "include_subagents")
         query = "includeSubagents=true" if include_subagents else "includeSubagents=false"
-        return await self._call(_list_sessions, "/api/sessions", opts, query=query)
+        return await self._call(_list_sessions, opts, query=query)
 
     async def create_session(
         self,
@@ -4187,15 +4214,15 @@ class AsyncMix:
                 subagent_type=subagent_type,
             )
         )
-        return await self._call(_create_session, "/api/sessions", opts, body=body)
+        return await self._call(_create_session, opts, body=body)
 
     async def get_session(self, id: str, **opts: Unpack[RequestOptions]) -> SessionData:
         """One session (``GET /api/sessions/{id}``)."""
-        return await self._call(_get_session, f"/api/sessions/{_segment(id, 'id')}", opts)
+        return await self._call(_get_session, opts, id)
 
     async def delete_session(self, id: str, **opts: Unpack[RequestOptions]) -> None:
         """Delete a session and its data (``DELETE /api/sessions/{id}``)."""
-        await self._call(_delete_session, f"/api/sessions/{_segment(id, 'id')}", opts)
+        await self._call(_delete_session, opts, id)
 
     async def update_session_callbacks(
         self,
@@ -4206,20 +4233,17 @@ class AsyncMix:
     ) -> SessionData:
         """Replace a session's callbacks; ``[]`` clears them (``PATCH /api/sessions/{id}/callbacks``)."""
         body = _body(_CallbacksBody(callbacks=_callbacks(callbacks)))
-        path = f"/api/sessions/{_segment(id, 'id')}/callbacks"
-        return await self._call(_update_session_callbacks, path, opts, body=body)
+        return await self._call(_update_session_callbacks, opts, id, body=body)
 
     async def cancel_session_processing(
         self, id: str, **opts: Unpack[RequestOptions]
     ) -> CancelResult:
         """Cancel the agent's current run (``POST /api/sessions/{id}/cancel``)."""
-        return await self._call(
-            _cancel_session_processing, f"/api/sessions/{_segment(id, 'id')}/cancel", opts
-        )
+        return await self._call(_cancel_session_processing, opts, id)
 
     async def export_session(self, id: str, **opts: Unpack[RequestOptions]) -> ExportSession:
         """The full transcript (``GET /api/sessions/{id}/export``)."""
-        return await self._call(_export_session, f"/api/sessions/{_segment(id, 'id')}/export", opts)
+        return await self._call(_export_session, opts, id)
 
     async def fork_session(
         self,
@@ -4237,9 +4261,7 @@ class AsyncMix:
         ):
             raise InvalidInputError(f"message_index must be an integer >= 1, not {message_index!r}")
         body = _body(_ForkBody(message_index=message_index, title=title))
-        return await self._call(
-            _fork_session, f"/api/sessions/{_segment(id, 'id')}/fork", opts, body=body
-        )
+        return await self._call(_fork_session, opts, id, body=body)
 
     async def rewind_session(
         self,
@@ -4251,9 +4273,7 @@ class AsyncMix:
     ) -> SessionData:
         """Delete the messages after ``message_id`` (``POST /api/sessions/{id}/rewind``)."""
         body = _body(_RewindBody(message_id=message_id, cleanup_media=cleanup_media))
-        return await self._call(
-            _rewind_session, f"/api/sessions/{_segment(id, 'id')}/rewind", opts, body=body
-        )
+        return await self._call(_rewind_session, opts, id, body=body)
 
     # Messages --------------------------------------------------------------------
 
@@ -4261,9 +4281,7 @@ class AsyncMix:
         self, id: str, **opts: Unpack[RequestOptions]
     ) -> list[BackendMessage]:
         """A session's messages (``GET /api/sessions/{id}/messages``)."""
-        return await self._call(
-            _get_session_messages, f"/api/sessions/{_segment(id, 'id')}/messages", opts
-        )
+        return await self._call(_get_session_messages, opts, id)
 
     async def send_message(
         self,
@@ -4290,9 +4308,7 @@ class AsyncMix:
                 text=text, plan_mode=plan_mode, thinking_level=thinking_level, max_steps=max_steps
             )
         )
-        return await self._call(
-            _send_message, f"/api/sessions/{_segment(id, 'id')}/messages", opts, body=body
-        )
+        return await self._call(_send_message, opts, id, body=body)
 
     async def get_message_history(
         self, *, limit: int = 50, offset: int = 0, **opts: Unpack[RequestOptions]
@@ -4303,21 +4319,17 @@ class AsyncMix:
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
             raise InvalidInputError(f"offset must be an integer >= 0, not {offset!r}")
         query = f"limit={limit}&offset={offset}"
-        return await self._call(_get_message_history, "/api/messages/history", opts, query=query)
+        return await self._call(_get_message_history, opts, query=query)
 
     # Permissions and notifications -------------------------------------------------
 
     async def grant_permission(self, id: str, **opts: Unpack[RequestOptions]) -> PermissionResult:
         """Grant a permission the agent asked for (``POST /api/permissions/{id}/grant``)."""
-        return await self._call(
-            _grant_permission, f"/api/permissions/{_segment(id, 'id')}/grant", opts
-        )
+        return await self._call(_grant_permission, opts, id)
 
     async def deny_permission(self, id: str, **opts: Unpack[RequestOptions]) -> PermissionResult:
         """Deny a permission the agent asked for (``POST /api/permissions/{id}/deny``)."""
-        return await self._call(
-            _deny_permission, f"/api/permissions/{_segment(id, 'id')}/deny", opts
-        )
+        return await self._call(_deny_permission, opts, id)
 
     async def respond_to_notification(
         self,
@@ -4329,16 +4341,13 @@ class AsyncMix:
     ) -> None:
         """Answer a notification (``POST /api/notifications/{id}/respond``)."""
         body = _body(_NotificationReplyBody(type=type, value=value))
-        path = f"/api/notifications/{_segment(id, 'id')}/respond"
-        await self._call(_respond_to_notification, path, opts, body=body)
+        await self._call(_respond_to_notification, opts, id, body=body)
 
     # Files -------------------------------------------------------------------------
 
     async def list_session_files(self, id: str, **opts: Unpack[RequestOptions]) -> list[FileInfo]:
         """Files in a session's storage (``GET /api/sessions/{id}/files``)."""
-        return await self._call(
-            _list_session_files, f"/api/sessions/{_segment(id, 'id')}/files", opts
-        )
+        return await self._call(_list_session_files, opts, id)
 
     async def upload_session_file(
         self,
@@ -4359,24 +4368,23 @@ class AsyncMix:
         file or an iterator of ``str`` raises :class:`InvalidInputError` with nothing sent.
         ``progress(done, total)`` is called on the event loop as the file's bytes go out.
         """
-        path = f"/api/sessions/{_segment(id, 'id')}/files/upload"
+        _upload_session_file.url(id)  # a bad id fails before the file is touched
         upload = _Upload(file, filename, content_type, progress)
         if opts:
             opts = _options(opts, _upload_session_file)  # before a stream is touched
         await upload.prime()
-        return await self._call(_upload_session_file, path, opts, upload=upload)
+        return await self._call(_upload_session_file, opts, id, upload=upload)
 
     async def delete_session_file(
         self, id: str, filename: str, **opts: Unpack[RequestOptions]
     ) -> None:
         """Delete a file (``DELETE /api/sessions/{id}/files/{filename}``)."""
-        path = f"/api/sessions/{_segment(id, 'id')}/files/{_segment(filename, 'filename')}"
-        await self._call(_delete_session_file, path, opts)
+        await self._call(_delete_session_file, opts, id, filename)
 
     def _file_path(
         self, id: str, filename: str, thumb: str | None, time: float | None
     ) -> tuple[str, str]:
-        path = f"/api/sessions/{_segment(id, 'id')}/files/{_segment(filename, 'filename')}"
+        path = _get_session_file.url(id, filename)
         if thumb is not None and (not isinstance(thumb, str) or not _THUMB.fullmatch(thumb)):
             raise InvalidInputError(f"thumb must look like '100', 'w100' or 'h100', not {thumb!r}")
         if time is not None and (

@@ -1209,7 +1209,7 @@ def test_table_covers_every_operation() -> None:
         op = mix_client.OPERATIONS[op_id]
         assert (op.method, case.method) == (case.method, op.method), op_id
         assert (case.method, case.route) in SPEC_ROUTES, op_id
-        assert op.path.count("{}") == case.route.count("{"), op_id
+        assert op.path == case.route, op_id
 
 
 @pytest.mark.parametrize("op_id", sorted(CASES))
