@@ -1746,6 +1746,45 @@ def _decode_send(status: int, raw: bytes) -> SendMessageResponse:
     return _SEND_ACCEPTED(status, raw)
 
 
+def _retry_delay(
+    policy: _Policy,
+    op: _Op[Any],
+    upload: _Upload | None,
+    attempt: int,
+    started: float,
+    deadline: float | None,
+    status: int | None = None,
+    headers: Mapping[str, str] | None = None,
+    *,
+    unsent: bool = False,
+) -> float | None:
+    """The one retry decision: seconds to wait before the next attempt, or ``None``.
+
+    ``status`` is the HTTP status of an error answer; ``None`` means the transport failed
+    (connecting, sending, or reading the body), where ``unsent`` says the request
+    certainly never reached the server. An idempotent operation is retried after either;
+    any other only when unsent, or on the statuses its retry class allows (429, 503).
+    A body that cannot be replayed is never sent twice, and a wait that cannot fit in the
+    call's time limit or the policy's ``max_elapsed`` is not made.
+    """
+    if attempt >= policy.max_retries or (upload is not None and not upload.replayable):
+        return None
+    if status is None:
+        if not policy.retry_connection_errors or not (op.idempotent or unsent):
+            return None
+        delay = policy.delay(attempt, None)
+    elif status in op.retry_statuses:
+        delay = policy.delay(attempt, _parse_retry_after(headers or {}))
+    else:
+        return None
+    now = time.monotonic()
+    if deadline is not None and now + delay >= deadline:
+        return None
+    if policy.max_elapsed is not None and now - started + delay > policy.max_elapsed:
+        return None
+    return delay
+
+
 def _connection_error(exc: BaseException, method: str, url: str) -> tuple[APIConnectionError, bool]:
     """Wrap a transport failure; the flag says the request certainly never reached the server."""
     if isinstance(exc, _CONNECT_TIMEOUTS):
@@ -3950,94 +3989,66 @@ class AsyncMix:
                     resent = True
                     continue
                 error, unsent = _connection_error(exc, method, url_text)
-                replayable = upload is None or upload.replayable
-                retry = (
-                    policy.retry_connection_errors
-                    and replayable
-                    and (op.idempotent or unsent)
-                    and attempt < policy.max_retries
-                )
-                delay = policy.delay(attempt, None) if retry else 0.0
-                if not retry or not self._within(policy, started, delay, deadline):
+                delay = _retry_delay(policy, op, upload, attempt, started, deadline, unsent=unsent)
+                if delay is None:
                     if debug:
                         self._logger.debug("!! %s %s: %s", method, url_text, error)
                     raise error from exc
-                if debug:
-                    self._logger.debug("retry %d in %.2fs after %s", attempt + 1, delay, error)
-                await asyncio.sleep(delay)
-                attempt += 1
-                continue
-            status = resp.status
-            if 200 <= status < 300:
-                if stream:
-                    if debug:
-                        self._logger.debug("<- %s %s %d (streaming)", method, url_text, status)
-                    return resp, b""
-                try:
-                    raw = await resp.read()
-                except _TRANSPORT_ERRORS as exc:
-                    if self._is_closed():
-                        raise ClientClosedError(
-                            f"{method} {url_text}: the client was closed",
-                            method=method,
-                            url=url_text,
-                        ) from exc
-                    error, _ = _connection_error(exc, method, url_text)
-                    if (
-                        op.idempotent
-                        and attempt < policy.max_retries
-                        and policy.retry_connection_errors
-                    ):
-                        delay = policy.delay(attempt, None)
-                        if self._within(policy, started, delay, deadline):
-                            await asyncio.sleep(delay)
-                            attempt += 1
-                            continue
-                    raise error from exc
-                finally:
-                    resp.release()
-                if debug:
-                    self._logger.debug(
-                        "<- %s %s %d %s", method, url_text, status, _redact_body(raw)
-                    )
-                return resp, raw
-            try:
-                raw = await resp.read()
-            except _TRANSPORT_ERRORS:
-                raw = b""
-            finally:
-                resp.release()
-            if debug:
-                self._logger.debug("<- %s %s %d %s", method, url_text, status, _redact_body(raw))
-            if status == 404 and (attempt or resent) and method == "DELETE":
-                # The first answer was lost, yet the thing is gone: the DELETE got done.
-                return resp, b"{}"
-            if (
-                status in op.retry_statuses
-                and attempt < policy.max_retries
-                and (upload is None or upload.replayable)
-            ):
-                delay = policy.delay(attempt, _parse_retry_after(resp.headers))
-                # A wait that cannot fit in the time left is not made: fail now.
-                if self._within(policy, started, delay, deadline):
+                reason: object = error
+            else:
+                status = resp.status
+                if 200 <= status < 300:
+                    if stream:
+                        if debug:
+                            self._logger.debug("<- %s %s %d (streaming)", method, url_text, status)
+                        return resp, b""
+                    try:
+                        raw = await resp.read()
+                    except _TRANSPORT_ERRORS as exc:
+                        if self._is_closed():
+                            raise ClientClosedError(
+                                f"{method} {url_text}: the client was closed",
+                                method=method,
+                                url=url_text,
+                            ) from exc
+                        error, _ = _connection_error(exc, method, url_text)
+                        delay = _retry_delay(policy, op, upload, attempt, started, deadline)
+                        if delay is None:
+                            raise error from exc
+                        reason = error
+                    else:
+                        if debug:
+                            self._logger.debug(
+                                "<- %s %s %d %s", method, url_text, status, _redact_body(raw)
+                            )
+                        return resp, raw
+                    finally:
+                        resp.release()
+                else:
+                    try:
+                        raw = await resp.read()
+                    except _TRANSPORT_ERRORS:
+                        raw = b""
+                    finally:
+                        resp.release()
                     if debug:
                         self._logger.debug(
-                            "retry %d in %.2fs after HTTP %d", attempt + 1, delay, status
+                            "<- %s %s %d %s", method, url_text, status, _redact_body(raw)
                         )
-                    await asyncio.sleep(delay)
-                    attempt += 1
-                    continue
-            raise _status_error(method, url_text, status, resp.headers, raw, resp)
-
-    @staticmethod
-    def _within(
-        policy: _Policy, started: float, delay: float, deadline: float | None = None
-    ) -> bool:
-        """Whether a retry after ``delay`` seconds still fits in the call's limits."""
-        now = time.monotonic()
-        if deadline is not None and now + delay >= deadline:
-            return False
-        return policy.max_elapsed is None or now - started + delay <= policy.max_elapsed
+                    if status == 404 and (attempt or resent) and method == "DELETE":
+                        # The first answer was lost, yet the thing is gone: the DELETE got done.
+                        return resp, b"{}"
+                    delay = _retry_delay(
+                        policy, op, upload, attempt, started, deadline, status, resp.headers
+                    )
+                    if delay is None:
+                        raise _status_error(method, url_text, status, resp.headers, raw, resp)
+                    reason = f"HTTP {status}"
+            # The one place a call goes round again (the decision: _retry_delay).
+            if debug:
+                self._logger.debug("retry %d in %.2fs after %s", attempt + 1, delay, reason)
+            await asyncio.sleep(delay)
+            attempt += 1
 
     # Authentication ----------------------------------------------------------
 
