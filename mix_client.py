@@ -17,6 +17,20 @@ Server-Sent-Events stream of what the agent does. This module is the whole clien
 Blocking code uses :class:`Mix`, which has the same methods without ``await``.
 
 Runtime dependencies: aiohttp and msgspec. Drop this file into a project, or install it.
+
+Sections, in the order data flows (each defined before it is used):
+
+1. Models: response Structs (tolerant) and request-body Structs (strict).
+2. Errors: ``MixError`` and its tree, and the status-to-error mapping.
+3. Transport: input checks, retry policy, timeouts, per-call options, request-body
+   encoding; logging, the route table (``_Op`` rows, ``OPERATIONS``), the one retry
+   decision (``_retry_delay``), uploads and downloads.
+4. Streaming: ``SSEDecoder``, typed events and ``decode_event``, ``EventStream``.
+5. Turns: ``Turn``, ``TurnStream`` and the helpers ``query``/``send_and_wait`` use.
+6. Client: ``AsyncMix``: pool and lifecycle, ``_request`` (the one request loop), one
+   short method per endpoint.
+7. Blocking facade: ``Mix``, the same methods run on a private event-loop thread.
+8. CLI: ``python -m mix_client``.
 """
 
 from __future__ import annotations
@@ -250,7 +264,7 @@ DEFAULT_SERVER_URL: Final = "http://localhost:8088"
 USER_AGENT: Final = f"mix-client/{__version__}"
 
 # ---------------------------------------------------------------------------
-# Models
+# 1. Models: the wire's shapes (responses tolerant, request bodies strict)
 # ---------------------------------------------------------------------------
 # Responses are decoded tolerantly: unknown fields are ignored, enum-valued fields are
 # plain ``str`` (an unknown value never fails), and fields the real server may omit
@@ -816,95 +830,8 @@ _body_checks: dict[type[Any], Callable[[bytes], Any]] = {}
 _WIRE_PATH: Final = re.compile(r"`\$((?:\.\w+|\[\d+\])*)`")
 
 
-def _python_names(type_: type[Any]) -> dict[str, str]:
-    """Wire name -> Python name of a Struct's fields."""
-    return {f.encode_name: f.name for f in msgspec.structs.fields(type_)}
-
-
-def _readable(exc: Exception, type_: type[Any]) -> str:
-    """A msgspec error with ``$.callbacks[0].toolName`` spelled in Python names."""
-    names = _python_names(type_)
-    names.update(_python_names(Callback))
-
-    def path(match: re.Match[str]) -> str:
-        parts = re.split(r"(\.\w+)", match.group(1))
-        return (
-            "`"
-            + "".join(
-                "." + names.get(p[1:], p[1:]) if p.startswith(".") else p for p in parts
-            ).lstrip(".")
-            + "`"
-        )
-
-    text = _WIRE_PATH.sub(path, str(exc))
-    return re.sub(r"`(\w+)`", lambda m: f"`{names.get(m.group(1), m.group(1))}`", text)
-
-
-def _body(obj: Any) -> bytes:
-    """Encode a request body Struct, refusing values the server cannot read (before sending)."""
-    try:
-        raw = _encode(obj)
-    except (TypeError, ValueError, OverflowError):
-        for field in msgspec.structs.fields(obj):
-            value = getattr(obj, field.name)
-            try:
-                _encode(value)
-            except UnicodeEncodeError:
-                raise _bad_value(
-                    field.name, "valid Unicode (it holds a lone surrogate)", value
-                ) from None
-            except (TypeError, ValueError, OverflowError) as exc:
-                raise _bad_value(field.name, f"a JSON value ({exc})", value) from None
-        raise
-    for name in obj.__struct_fields__:
-        value = getattr(obj, name)
-        if isinstance(value, (bytes, bytearray, memoryview)):  # msgspec would send base64
-            raise _bad_value(name, "a string, not bytes", value)
-    check = _body_checks.get(type(obj))
-    if check is None:
-        check = _body_checks[type(obj)] = msgspec.json.Decoder(type(obj)).decode
-    try:
-        check(raw)
-    except msgspec.ValidationError as exc:
-        raise InvalidInputError(f"invalid argument: {_readable(exc, type(obj))}") from None
-    return raw
-
-
-def _nested(value: object, type_: type[T], name: str) -> T:
-    """A nested input: a ``type_`` Struct or a dict with its Python or wire names."""
-    if isinstance(value, type_):
-        return value
-    if not isinstance(value, Mapping):
-        raise _bad_value(name, f"a {type_.__name__} or a dict", value)
-    fields = msgspec.structs.fields(type_)  # type: ignore[arg-type]
-    wire_of = {f.name: f.encode_name for f in fields}
-    wire_of.update({f.encode_name: f.encode_name for f in fields})
-    wire: dict[str, Any] = {}
-    for key, item in value.items():
-        target = wire_of.get(key) if isinstance(key, str) else None
-        if target is None:
-            choices = [f.name for f in fields]
-            raise InvalidInputError(
-                f"{name}: unknown key {key!r}{_closest(str(key), choices)}; "
-                f"known keys: {', '.join(choices)}"
-            )
-        if target in wire:
-            raise InvalidInputError(f"{name}: {key!r} is given twice (Python and wire name)")
-        wire[target] = item
-    try:
-        return msgspec.convert(wire, type_)
-    except msgspec.ValidationError as exc:
-        raise InvalidInputError(f"{name}: {_readable(exc, type_)}") from None
-
-
-def _callbacks(value: object) -> list[Callback]:
-    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
-        raise _bad_value("callbacks", "a list of Callback objects or dicts", value)
-    return [_nested(item, Callback, f"callbacks[{i}]") for i, item in enumerate(value)]
-
-
 # ---------------------------------------------------------------------------
-# Errors
+# 2. Errors: one tree under MixError
 # ---------------------------------------------------------------------------
 
 
@@ -1211,8 +1138,89 @@ def _status_error(
     )
 
 
+def _bad_value(name: str, expected: str, value: object) -> InvalidInputError:
+    text = repr(value)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return InvalidInputError(f"{name} must be {expected}, not {text}")
+
+
+def _check_str(value: object, name: str, *, empty: bool = False) -> str:
+    """A string that can be sent: no lone surrogates (and not empty unless ``empty``)."""
+    if not isinstance(value, str):
+        raise _bad_value(name, "a string", value)
+    if not value and not empty:
+        raise InvalidInputError(f"{name} must not be empty")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _bad_value(name, "valid Unicode (it holds a lone surrogate)", value) from None
+    return value
+
+
+def _check_id(value: object, name: str) -> str:
+    return _check_str(value, name)
+
+
+def _check_bool(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise _bad_value(name, "True or False", value)
+    return value
+
+
+def _check_int(value: object, name: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise _bad_value(name, f"an integer >= {minimum}", value)
+    return value
+
+
+def _check_number(value: object, name: str, *, optional: bool = False) -> float | None:
+    """A positive, finite number of seconds (or ``None`` when ``optional``)."""
+    if value is None and optional:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not 0 < value < float("inf")
+    ):
+        raise _bad_value(name, "a positive number of seconds", value)
+    return float(value)
+
+
+_HEADER_NAME: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _check_headers(value: object, name: str = "headers") -> dict[str, str]:
+    """HTTP headers: a mapping of token names to single-line string values."""
+    if not isinstance(value, Mapping):
+        raise _bad_value(name, "a mapping of header names to strings", value)
+    out: dict[str, str] = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or not _HEADER_NAME.fullmatch(key):
+            raise _bad_value(f"{name} key", "a header name (letters, digits, '-')", key)
+        _check_str(item, f"{name}[{key!r}]", empty=True)
+        if "\r" in item or "\n" in item or "\x00" in item:
+            raise _bad_value(f"{name}[{key!r}]", "one line of text", item)
+        out[key] = item
+    return out
+
+
+def _check_server_url(value: object) -> str:
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+        raise _bad_value("server_url", "a URL starting with http:// or https://", value)
+    return _check_str(value, "server_url").rstrip("/")
+
+
+def _closest(name: str, choices: Iterable[str]) -> str:
+    import difflib  # only on this error path: keeps the import of this module fast
+
+    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
 # ---------------------------------------------------------------------------
-# Retries, timeouts and options
+# 3. Transport, part 1: input checks, retries, timeouts, per-call options
 # ---------------------------------------------------------------------------
 
 
@@ -1257,6 +1265,27 @@ _DEFAULT_MAX_RETRIES: Final = 2
 _RETRY_AFTER_CAP: Final = 60.0
 
 
+def _check_retry_config(config: object) -> None:
+    if not isinstance(config, RetryConfig):
+        raise _bad_value("retry_config", "a RetryConfig or None", config)
+    if config.strategy not in ("backoff", "none"):
+        raise _bad_value("RetryConfig.strategy", "'backoff' or 'none'", config.strategy)
+    _check_bool(config.retry_connection_errors, "RetryConfig.retry_connection_errors")
+    b = config.backoff
+    if b is None:
+        return
+    if not isinstance(b, BackoffStrategy):
+        raise _bad_value("RetryConfig.backoff", "a BackoffStrategy or None", b)
+    for field in ("initial_interval", "max_interval", "max_elapsed_time", "exponent"):
+        value = getattr(b, field)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not 0 <= value < float("inf")
+        ):
+            raise _bad_value(f"BackoffStrategy.{field}", "a finite number >= 0", value)
+
+
 def _make_policy(max_retries: int | None, config: RetryConfig | None) -> _Policy:
     if max_retries is not None:
         _check_int(max_retries, "max_retries")
@@ -1283,27 +1312,6 @@ def _make_policy(max_retries: int | None, config: RetryConfig | None) -> _Policy
         elapsed,
         config.retry_connection_errors,
     )
-
-
-def _check_retry_config(config: object) -> None:
-    if not isinstance(config, RetryConfig):
-        raise _bad_value("retry_config", "a RetryConfig or None", config)
-    if config.strategy not in ("backoff", "none"):
-        raise _bad_value("RetryConfig.strategy", "'backoff' or 'none'", config.strategy)
-    _check_bool(config.retry_connection_errors, "RetryConfig.retry_connection_errors")
-    b = config.backoff
-    if b is None:
-        return
-    if not isinstance(b, BackoffStrategy):
-        raise _bad_value("RetryConfig.backoff", "a BackoffStrategy or None", b)
-    for field in ("initial_interval", "max_interval", "max_elapsed_time", "exponent"):
-        value = getattr(b, field)
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not 0 <= value < float("inf")
-        ):
-            raise _bad_value(f"BackoffStrategy.{field}", "a finite number >= 0", value)
 
 
 def _delay_number(value: str) -> float | None:
@@ -1403,77 +1411,6 @@ class RequestOptions(TypedDict, total=False):
 _OPTION_NAMES: Final = frozenset(RequestOptions.__annotations__)
 
 
-def _bad_value(name: str, expected: str, value: object) -> InvalidInputError:
-    text = repr(value)
-    if len(text) > 80:
-        text = text[:77] + "..."
-    return InvalidInputError(f"{name} must be {expected}, not {text}")
-
-
-def _check_str(value: object, name: str, *, empty: bool = False) -> str:
-    """A string that can be sent: no lone surrogates (and not empty unless ``empty``)."""
-    if not isinstance(value, str):
-        raise _bad_value(name, "a string", value)
-    if not value and not empty:
-        raise InvalidInputError(f"{name} must not be empty")
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise _bad_value(name, "valid Unicode (it holds a lone surrogate)", value) from None
-    return value
-
-
-def _check_bool(value: object, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise _bad_value(name, "True or False", value)
-    return value
-
-
-def _check_int(value: object, name: str, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise _bad_value(name, f"an integer >= {minimum}", value)
-    return value
-
-
-def _check_number(value: object, name: str, *, optional: bool = False) -> float | None:
-    """A positive, finite number of seconds (or ``None`` when ``optional``)."""
-    if value is None and optional:
-        return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not 0 < value < float("inf")
-    ):
-        raise _bad_value(name, "a positive number of seconds", value)
-    return float(value)
-
-
-_HEADER_NAME: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-
-
-def _check_headers(value: object, name: str = "headers") -> dict[str, str]:
-    """HTTP headers: a mapping of token names to single-line string values."""
-    if not isinstance(value, Mapping):
-        raise _bad_value(name, "a mapping of header names to strings", value)
-    out: dict[str, str] = {}
-    for key, item in value.items():
-        if not isinstance(key, str) or not _HEADER_NAME.fullmatch(key):
-            raise _bad_value(f"{name} key", "a header name (letters, digits, '-')", key)
-        _check_str(item, f"{name}[{key!r}]", empty=True)
-        if "\r" in item or "\n" in item or "\x00" in item:
-            raise _bad_value(f"{name}[{key!r}]", "one line of text", item)
-        out[key] = item
-    return out
-
-
-def _closest(name: str, choices: Iterable[str]) -> str:
-    import difflib  # only on this error path: keeps the import of this module fast
-
-    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {match[0]!r}?)" if match else ""
-
-
 def _method_name(op: _Op[Any]) -> str:
     """``getSession`` -> ``get_session`` (the AsyncMix method of an operation)."""
     name = op.operation_id.replace("OAuth", "Oauth").replace("LLM", "Llm")
@@ -1562,10 +1499,94 @@ def _merge_body(
         raise InvalidInputError(f"extra_body cannot be sent as JSON: {exc}") from None
 
 
-def _check_server_url(value: object) -> str:
-    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
-        raise _bad_value("server_url", "a URL starting with http:// or https://", value)
-    return _check_str(value, "server_url").rstrip("/")
+# Request bodies: checked and encoded before anything is sent --------------
+
+
+def _python_names(type_: type[Any]) -> dict[str, str]:
+    """Wire name -> Python name of a Struct's fields."""
+    return {f.encode_name: f.name for f in msgspec.structs.fields(type_)}
+
+
+def _readable(exc: Exception, type_: type[Any]) -> str:
+    """A msgspec error with ``$.callbacks[0].toolName`` spelled in Python names."""
+    names = _python_names(type_)
+    names.update(_python_names(Callback))
+
+    def path(match: re.Match[str]) -> str:
+        parts = re.split(r"(\.\w+)", match.group(1))
+        return (
+            "`"
+            + "".join(
+                "." + names.get(p[1:], p[1:]) if p.startswith(".") else p for p in parts
+            ).lstrip(".")
+            + "`"
+        )
+
+    text = _WIRE_PATH.sub(path, str(exc))
+    return re.sub(r"`(\w+)`", lambda m: f"`{names.get(m.group(1), m.group(1))}`", text)
+
+
+def _body(obj: Any) -> bytes:
+    """Encode a request body Struct, refusing values the server cannot read (before sending)."""
+    try:
+        raw = _encode(obj)
+    except (TypeError, ValueError, OverflowError):
+        for field in msgspec.structs.fields(obj):
+            value = getattr(obj, field.name)
+            try:
+                _encode(value)
+            except UnicodeEncodeError:
+                raise _bad_value(
+                    field.name, "valid Unicode (it holds a lone surrogate)", value
+                ) from None
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise _bad_value(field.name, f"a JSON value ({exc})", value) from None
+        raise
+    for name in obj.__struct_fields__:
+        value = getattr(obj, name)
+        if isinstance(value, (bytes, bytearray, memoryview)):  # msgspec would send base64
+            raise _bad_value(name, "a string, not bytes", value)
+    check = _body_checks.get(type(obj))
+    if check is None:
+        check = _body_checks[type(obj)] = msgspec.json.Decoder(type(obj)).decode
+    try:
+        check(raw)
+    except msgspec.ValidationError as exc:
+        raise InvalidInputError(f"invalid argument: {_readable(exc, type(obj))}") from None
+    return raw
+
+
+def _nested(value: object, type_: type[T], name: str) -> T:
+    """A nested input: a ``type_`` Struct or a dict with its Python or wire names."""
+    if isinstance(value, type_):
+        return value
+    if not isinstance(value, Mapping):
+        raise _bad_value(name, f"a {type_.__name__} or a dict", value)
+    fields = msgspec.structs.fields(type_)  # type: ignore[arg-type]
+    wire_of = {f.name: f.encode_name for f in fields}
+    wire_of.update({f.encode_name: f.encode_name for f in fields})
+    wire: dict[str, Any] = {}
+    for key, item in value.items():
+        target = wire_of.get(key) if isinstance(key, str) else None
+        if target is None:
+            choices = [f.name for f in fields]
+            raise InvalidInputError(
+                f"{name}: unknown key {key!r}{_closest(str(key), choices)}; "
+                f"known keys: {', '.join(choices)}"
+            )
+        if target in wire:
+            raise InvalidInputError(f"{name}: {key!r} is given twice (Python and wire name)")
+        wire[target] = item
+    try:
+        return msgspec.convert(wire, type_)
+    except msgspec.ValidationError as exc:
+        raise InvalidInputError(f"{name}: {_readable(exc, type_)}") from None
+
+
+def _callbacks(value: object) -> list[Callback]:
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
+        raise _bad_value("callbacks", "a list of Callback objects or dicts", value)
+    return [_nested(item, Callback, f"callbacks[{i}]") for i, item in enumerate(value)]
 
 
 class _NotGiven:
@@ -1577,7 +1598,7 @@ _NOT_GIVEN: Final = _NotGiven()
 
 
 # ---------------------------------------------------------------------------
-# Transport
+# 3. Transport, part 2: logging, the route table, the request pipeline's helpers
 # ---------------------------------------------------------------------------
 
 _log: Final = logging.getLogger("mix_client")
@@ -1746,6 +1767,113 @@ def _decode_send(status: int, raw: bytes) -> SendMessageResponse:
     return _SEND_ACCEPTED(status, raw)
 
 
+# Route table: every operation, declared once ----------------------------
+
+_store_api_key = _Op("storeApiKey", "POST", "/api/auth/api-key", _decoder(StoreApiKeyResponse))
+_set_api_key = _Op("setApiKey", "POST", "/api/auth/apikey", _decoder(SetApiKeyResponse))
+_initiate_oauth_login = _Op(
+    "initiateOAuthLogin", "POST", "/api/auth/login", _decoder(OAuthLoginResponse)
+)
+_handle_oauth_callback = _Op(
+    "handleOAuthCallback", "POST", "/api/auth/oauth-callback", _decoder(OAuthCallbackResponse)
+)
+_start_oauth_flow = _Op(
+    "startOAuthFlow", "POST", "/api/auth/oauth/{provider}", _decoder(OAuthFlowResponse)
+)
+_get_auth_status = _Op("getAuthStatus", "GET", "/api/auth/status", _decoder(AuthStatusResponse))
+_validate_preferred_provider = _Op(
+    "validatePreferredProvider", "GET", "/api/auth/validate", _decoder(ValidateProviderResponse)
+)
+_delete_credentials = _Op(
+    "deleteCredentials", "DELETE", "/api/auth/{provider}", _decoder(DeleteCredentialsResponse)
+)
+_list_commands = _Op("listCommands", "GET", "/api/commands", _decoder(list[Command]))
+_get_command = _Op("getCommand", "GET", "/api/commands/{name}", _decoder(Command))
+_list_mcp_servers = _Op("listMcpServers", "GET", "/api/mcp", _decoder(list[McpServer]))
+_get_message_history = _Op(
+    "getMessageHistory", "GET", "/api/messages/history", _decoder(list[BackendMessage])
+)
+_respond_to_notification = _Op(
+    "respondToNotification", "POST", "/api/notifications/{id}/respond", _no_content
+)
+_deny_permission = _Op(
+    "denyPermission", "POST", "/api/permissions/{id}/deny", _decoder(PermissionResult)
+)
+_grant_permission = _Op(
+    "grantPermission", "POST", "/api/permissions/{id}/grant", _decoder(PermissionResult)
+)
+_get_preferences = _Op("getPreferences", "GET", "/api/preferences", _decoder(PreferencesResponse))
+_update_preferences = _Op(
+    "updatePreferences", "POST", "/api/preferences", _decoder(UserPreferences)
+)
+_get_available_providers = _Op(
+    "getAvailableProviders", "GET", "/api/preferences/providers", _decoder(dict[str, ProviderInfo])
+)
+_reset_preferences = _Op(
+    "resetPreferences", "POST", "/api/preferences/reset", _decoder(UserPreferences)
+)
+_list_sessions = _Op("listSessions", "GET", "/api/sessions", _decoder(list[SessionData]))
+_create_session = _Op("createSession", "POST", "/api/sessions", _decoder(SessionData))
+_delete_session = _Op("deleteSession", "DELETE", "/api/sessions/{id}", _no_content)
+_get_session = _Op("getSession", "GET", "/api/sessions/{id}", _decoder(SessionData))
+_update_session_callbacks = _Op(
+    "updateSessionCallbacks", "PATCH", "/api/sessions/{id}/callbacks", _decoder(SessionData)
+)
+_cancel_session_processing = _Op(
+    "cancelSessionProcessing", "POST", "/api/sessions/{id}/cancel", _decoder(CancelResult)
+)
+_export_session = _Op("exportSession", "GET", "/api/sessions/{id}/export", _decoder(ExportSession))
+_list_session_files = _Op(
+    "listSessionFiles", "GET", "/api/sessions/{id}/files", _decoder(list[FileInfo])
+)
+_upload_session_file = _Op(
+    "uploadSessionFile",
+    "POST",
+    "/api/sessions/{id}/files/upload",
+    _decoder(FileInfo),
+    transfer=True,
+)
+_delete_session_file = _Op(
+    "deleteSessionFile", "DELETE", "/api/sessions/{id}/files/{filename}", _no_content
+)
+_get_session_file = _Op(
+    "getSessionFile", "GET", "/api/sessions/{id}/files/{filename}", _no_content, transfer=True
+)
+_fork_session = _Op("forkSession", "POST", "/api/sessions/{id}/fork", _decoder(SessionData))
+_get_session_messages = _Op(
+    "getSessionMessages", "GET", "/api/sessions/{id}/messages", _decoder(list[BackendMessage])
+)
+_send_message = _Op("sendMessage", "POST", "/api/sessions/{id}/messages", _decode_send)
+_rewind_session = _Op("rewindSession", "POST", "/api/sessions/{id}/rewind", _decoder(SessionData))
+_get_system_info = _Op("getSystemInfo", "GET", "/api/system/info", _decoder(SystemInfo))
+_list_llm_tools = _Op("listLLMTools", "GET", "/api/tools", _decoder(LLMToolsResponse))
+_get_tool_credentials_status = _Op(
+    "getToolCredentialsStatus",
+    "GET",
+    "/api/tools/credentials-status",
+    _decoder(ToolsStatusResponse),
+)
+_get_tools_status = _Op("getToolsStatus", "GET", "/api/tools/status", _decoder(ToolsStatusResponse))
+_health_check = _Op("healthCheck", "GET", "/health", _decoder(HealthResponse))
+_get_oauth_health = _Op("getOAuthHealth", "GET", "/health/auth", _decoder(OAuthHealthResponse))
+_refresh_oauth_tokens = _Op(
+    "refreshOAuthTokens", "POST", "/internal/auth/refresh-tokens", _decoder(RefreshTokensResponse)
+)
+_stream_events = _Op("streamEvents", "GET", "/stream", _no_content, transfer=True)
+
+OPERATIONS: Final[dict[str, _Op[Any]]] = {
+    op.operation_id: op for op in list(globals().values()) if isinstance(op, _Op)
+}
+"""Every endpoint this client knows, by operationId."""
+
+
+_CONNECT_TIMEOUTS: tuple[type[BaseException], ...] = tuple(
+    t for t in (getattr(aiohttp, "ConnectionTimeoutError", None),) if isinstance(t, type)
+)
+_TRANSPORT_ERRORS: Final = (aiohttp.ClientError, asyncio.TimeoutError, TimeoutError, OSError)
+_DISCONNECTS: Final = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+
+
 def _retry_delay(
     policy: _Policy,
     op: _Op[Any],
@@ -1802,14 +1930,7 @@ def _connection_error(exc: BaseException, method: str, url: str) -> tuple[APICon
     ), False
 
 
-_CONNECT_TIMEOUTS: tuple[type[BaseException], ...] = tuple(
-    t for t in (getattr(aiohttp, "ConnectionTimeoutError", None),) if isinstance(t, type)
-)
-_TRANSPORT_ERRORS: Final = (aiohttp.ClientError, asyncio.TimeoutError, TimeoutError, OSError)
-_DISCONNECTS: Final = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
-
-
-# Uploads --------------------------------------------------------------------
+# Uploads and downloads -----------------------------------------------------
 
 _UPLOAD_CHUNK: Final = 256 * 1024
 
@@ -1836,6 +1957,18 @@ or an async or plain iterator of bytes. Text files (``TextIO``) are refused."""
 
 ProgressCallback: TypeAlias = Callable[[int, int | None], object]
 """``progress(done, total)``: bytes moved so far and the total when known (else ``None``)."""
+
+
+def _check_progress(progress: object) -> None:
+    if progress is None:
+        return
+    if not callable(progress):
+        raise InvalidInputError(f"progress must be callable, not {type(progress).__name__}")
+    if inspect.iscoroutinefunction(progress):
+        raise InvalidInputError("progress must be a plain function, not an async one")
+
+
+_END: Final = object()
 
 
 class _Upload:
@@ -2035,11 +2168,220 @@ class _Upload:
                     yield chunk
 
 
-_END: Final = object()
+_ANY_CONTENT: Final = {"Accept": "*/*"}
+_YIELD_EVERY: Final = 4 << 20
+_THUMB: Final = re.compile(r"\d+|w\d+|h\d+")
+
+
+def _body_length(resp: aiohttp.ClientResponse) -> int | None:
+    """How many bytes the body will have, when the response says (and is not compressed)."""
+    if resp.headers.get("Content-Encoding", "identity").lower() not in ("", "identity"):
+        return None
+    return resp.content_length
+
+
+def _body_error(
+    exc: BaseException, resp: aiohttp.ClientResponse, received: int, total: int | None
+) -> APIConnectionError:
+    url = str(resp.url)
+    method = resp.method
+    if total is not None and received < total and isinstance(exc, aiohttp.ClientPayloadError):
+        return APIConnectionError(
+            f"{method} {url}: the response ended after {received} of the {total} bytes "
+            "its Content-Length announced",
+            method=method,
+            url=url,
+        )
+    error, _ = _connection_error(exc, method, url)
+    return error
+
+
+def _local_name(filename: str) -> str:
+    """Where ``download_session_file`` puts ``filename`` inside a directory."""
+    name = re.split(r"[/\\]", _check_str(filename, "filename"))[-1]
+    if name in ("", ".", ".."):
+        raise InvalidInputError(
+            f"download_session_file: {filename!r} has no file name to save under; "
+            "pass the full destination path"
+        )
+    return name
+
+
+def _open_temp(target: str) -> tuple[str, io.BufferedWriter]:
+    """A new file beside ``target`` (its link's target), with ``target``'s permissions."""
+    real = os.path.realpath(target) if os.path.islink(target) else target
+    folder, base = os.path.split(real)
+    while True:
+        tmp = os.path.join(folder, f".{base[:40]}.{os.urandom(6).hex()}.part")
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+            fd = os.open(tmp, flags, 0o666)  # the umask applies, as with open(..., "wb")
+        except FileExistsError:
+            continue
+        break
+    try:
+        with contextlib.suppress(OSError):
+            os.chmod(fd if os.chmod in os.supports_fd else tmp, os.stat(real).st_mode & 0o7777)
+        return tmp, open(fd, "wb")
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+
+
+def _finish_temp(f: io.BufferedWriter, tmp: str, target: str) -> None:
+    f.close()
+    real = os.path.realpath(target) if os.path.islink(target) else target
+    os.replace(tmp, real)
+
+
+def _discard_temp(f: io.BufferedWriter, tmp: str) -> None:
+    with contextlib.suppress(OSError):
+        f.close()
+    with contextlib.suppress(OSError):
+        os.unlink(tmp)
+
+
+_NO_HEADERS: Final[Mapping[str, str]] = {}
+
+
+class DownloadedFile(int):
+    """What :meth:`AsyncMix.download_session_file` returns: the number of bytes written
+    (an ``int``, as before), which also says where they went and what the server said."""
+
+    path: str
+    """The file written (``dest``, or ``dest/<name>`` when ``dest`` is a directory)."""
+    content_type: str | None
+    content_length: int | None
+    """The announced size; ``None`` when the server did not say (or compressed the body)."""
+    headers: Mapping[str, str]
+    """The response headers (case-insensitive)."""
+
+    def __new__(
+        cls,
+        size: int,
+        *,
+        path: str = "",
+        content_type: str | None = None,
+        content_length: int | None = None,
+        headers: Mapping[str, str] = _NO_HEADERS,
+    ) -> DownloadedFile:
+        self = super().__new__(cls, size)
+        self.path = path
+        self.content_type = content_type
+        self.content_length = content_length
+        self.headers = headers
+        return self
+
+    @property
+    def size(self) -> int:
+        """The number of bytes written."""
+        return int(self)
+
+
+class FileDownload:
+    """A file being downloaded: an async context manager and async iterator of chunks.
+
+    Once the response has arrived (``async with``, or the first chunk), it carries
+    ``content_type``, ``content_length`` (``None`` when unknown) and ``headers``.
+    """
+
+    def __init__(
+        self,
+        client: AsyncMix,
+        path: str,
+        query: str,
+        chunk_size: int,
+        opts: RequestOptions,
+        progress: ProgressCallback | None = None,
+    ) -> None:
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise InvalidInputError("chunk_size must be an int >= 1")
+        self._client = client
+        self._path = path
+        self._query = query
+        self._chunk_size = chunk_size
+        self._opts = opts
+        self._progress = progress
+        self._resp: aiohttp.ClientResponse | None = None
+        self._done = False
+        self.received = 0
+        """Bytes of the body read so far."""
+        self.content_type: str | None = None
+        self.content_length: int | None = None
+        """The body's size as announced; ``None`` when unknown (or compressed)."""
+        self.headers: Mapping[str, str] = _NO_HEADERS
+        """The response headers (case-insensitive); empty until the response arrived."""
+
+    async def _open(self) -> aiohttp.ClientResponse:
+        if self._resp is None:
+            resp, _ = await self._client._request(
+                _get_session_file,
+                self._path,
+                self._opts,
+                query=self._query,
+                stream=True,
+                extra_headers=_ANY_CONTENT,
+            )
+            self._resp = resp
+            self.content_type = resp.content_type
+            self.content_length = _body_length(resp)
+            self.headers = resp.headers
+            if self._progress is not None:
+                try:
+                    self._progress(0, self.content_length)
+                except BaseException:
+                    await self.aclose()
+                    raise
+        return self._resp
+
+    async def __aenter__(self) -> Self:
+        await self._open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        resp = getattr(self, "_resp", None)
+        if resp is not None:
+            resp.close()
+
+    async def aclose(self) -> None:
+        self._done = True
+        if self._resp is not None:
+            self._resp.close()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._done:
+            raise StopAsyncIteration
+        resp = await self._open()
+        try:
+            chunk = await resp.content.read(self._chunk_size)
+        except _TRANSPORT_ERRORS as exc:
+            await self.aclose()
+            raise _body_error(exc, resp, self.received, self.content_length) from exc
+        except BaseException:
+            await self.aclose()
+            raise
+        if not chunk:
+            await self.aclose()
+            raise StopAsyncIteration
+        self.received += len(chunk)
+        if self._progress is not None:
+            try:
+                self._progress(self.received, self.content_length)
+            except BaseException:
+                await self.aclose()
+                raise
+        return chunk
 
 
 # ---------------------------------------------------------------------------
-# Streaming
+# 4. Streaming: SSE decoder, typed events, EventStream
 # ---------------------------------------------------------------------------
 # Server-Sent Events: SSEDecoder turns bytes into frames (WHATWG rules, linear, events
 # up to max_event_size), decode_event turns a frame into a typed event, EventStream keeps
@@ -3211,8 +3553,9 @@ class EventStream:
         self._marker = True
 
 
-def _check_id(value: object, name: str) -> str:
-    return _check_str(value, name)
+# ---------------------------------------------------------------------------
+# 5. Turns: one message's events and result (query, send_and_wait)
+# ---------------------------------------------------------------------------
 
 
 class TurnRecoveredData(msgspec.Struct, frozen=True, kw_only=True):
@@ -3414,6 +3757,15 @@ async def _next_or_none(it: AsyncIterator[StreamEvent]) -> StreamEvent | None:
         return None
 
 
+class _SyncLoopFlag(threading.local):
+    flag = False
+    callbacks: concurrent.futures.Executor | None = None
+    """On a blocking ``Mix``'s loop thread: the pool its plain callbacks run on."""
+
+
+_in_sync_loop = _SyncLoopFlag()
+
+
 async def _maybe_await(callback: Callable[[Any], Any] | None, value: Any) -> None:
     if callback is None:
         return
@@ -3427,15 +3779,6 @@ async def _maybe_await(callback: Callable[[Any], Any] | None, value: Any) -> Non
         result = callback(value)
     if inspect.isawaitable(result):
         await result
-
-
-class _SyncLoopFlag(threading.local):
-    flag = False
-    callbacks: concurrent.futures.Executor | None = None
-    """On a blocking ``Mix``'s loop thread: the pool its plain callbacks run on."""
-
-
-_in_sync_loop = _SyncLoopFlag()
 
 
 class TurnStream:
@@ -3472,109 +3815,7 @@ class TurnStream:
 
 
 # ---------------------------------------------------------------------------
-# Operations
-# ---------------------------------------------------------------------------
-
-_store_api_key = _Op("storeApiKey", "POST", "/api/auth/api-key", _decoder(StoreApiKeyResponse))
-_set_api_key = _Op("setApiKey", "POST", "/api/auth/apikey", _decoder(SetApiKeyResponse))
-_initiate_oauth_login = _Op(
-    "initiateOAuthLogin", "POST", "/api/auth/login", _decoder(OAuthLoginResponse)
-)
-_handle_oauth_callback = _Op(
-    "handleOAuthCallback", "POST", "/api/auth/oauth-callback", _decoder(OAuthCallbackResponse)
-)
-_start_oauth_flow = _Op(
-    "startOAuthFlow", "POST", "/api/auth/oauth/{provider}", _decoder(OAuthFlowResponse)
-)
-_get_auth_status = _Op("getAuthStatus", "GET", "/api/auth/status", _decoder(AuthStatusResponse))
-_validate_preferred_provider = _Op(
-    "validatePreferredProvider", "GET", "/api/auth/validate", _decoder(ValidateProviderResponse)
-)
-_delete_credentials = _Op(
-    "deleteCredentials", "DELETE", "/api/auth/{provider}", _decoder(DeleteCredentialsResponse)
-)
-_list_commands = _Op("listCommands", "GET", "/api/commands", _decoder(list[Command]))
-_get_command = _Op("getCommand", "GET", "/api/commands/{name}", _decoder(Command))
-_list_mcp_servers = _Op("listMcpServers", "GET", "/api/mcp", _decoder(list[McpServer]))
-_get_message_history = _Op(
-    "getMessageHistory", "GET", "/api/messages/history", _decoder(list[BackendMessage])
-)
-_respond_to_notification = _Op(
-    "respondToNotification", "POST", "/api/notifications/{id}/respond", _no_content
-)
-_deny_permission = _Op(
-    "denyPermission", "POST", "/api/permissions/{id}/deny", _decoder(PermissionResult)
-)
-_grant_permission = _Op(
-    "grantPermission", "POST", "/api/permissions/{id}/grant", _decoder(PermissionResult)
-)
-_get_preferences = _Op("getPreferences", "GET", "/api/preferences", _decoder(PreferencesResponse))
-_update_preferences = _Op(
-    "updatePreferences", "POST", "/api/preferences", _decoder(UserPreferences)
-)
-_get_available_providers = _Op(
-    "getAvailableProviders", "GET", "/api/preferences/providers", _decoder(dict[str, ProviderInfo])
-)
-_reset_preferences = _Op(
-    "resetPreferences", "POST", "/api/preferences/reset", _decoder(UserPreferences)
-)
-_list_sessions = _Op("listSessions", "GET", "/api/sessions", _decoder(list[SessionData]))
-_create_session = _Op("createSession", "POST", "/api/sessions", _decoder(SessionData))
-_delete_session = _Op("deleteSession", "DELETE", "/api/sessions/{id}", _no_content)
-_get_session = _Op("getSession", "GET", "/api/sessions/{id}", _decoder(SessionData))
-_update_session_callbacks = _Op(
-    "updateSessionCallbacks", "PATCH", "/api/sessions/{id}/callbacks", _decoder(SessionData)
-)
-_cancel_session_processing = _Op(
-    "cancelSessionProcessing", "POST", "/api/sessions/{id}/cancel", _decoder(CancelResult)
-)
-_export_session = _Op("exportSession", "GET", "/api/sessions/{id}/export", _decoder(ExportSession))
-_list_session_files = _Op(
-    "listSessionFiles", "GET", "/api/sessions/{id}/files", _decoder(list[FileInfo])
-)
-_upload_session_file = _Op(
-    "uploadSessionFile",
-    "POST",
-    "/api/sessions/{id}/files/upload",
-    _decoder(FileInfo),
-    transfer=True,
-)
-_delete_session_file = _Op(
-    "deleteSessionFile", "DELETE", "/api/sessions/{id}/files/{filename}", _no_content
-)
-_get_session_file = _Op(
-    "getSessionFile", "GET", "/api/sessions/{id}/files/{filename}", _no_content, transfer=True
-)
-_fork_session = _Op("forkSession", "POST", "/api/sessions/{id}/fork", _decoder(SessionData))
-_get_session_messages = _Op(
-    "getSessionMessages", "GET", "/api/sessions/{id}/messages", _decoder(list[BackendMessage])
-)
-_send_message = _Op("sendMessage", "POST", "/api/sessions/{id}/messages", _decode_send)
-_rewind_session = _Op("rewindSession", "POST", "/api/sessions/{id}/rewind", _decoder(SessionData))
-_get_system_info = _Op("getSystemInfo", "GET", "/api/system/info", _decoder(SystemInfo))
-_list_llm_tools = _Op("listLLMTools", "GET", "/api/tools", _decoder(LLMToolsResponse))
-_get_tool_credentials_status = _Op(
-    "getToolCredentialsStatus",
-    "GET",
-    "/api/tools/credentials-status",
-    _decoder(ToolsStatusResponse),
-)
-_get_tools_status = _Op("getToolsStatus", "GET", "/api/tools/status", _decoder(ToolsStatusResponse))
-_health_check = _Op("healthCheck", "GET", "/health", _decoder(HealthResponse))
-_get_oauth_health = _Op("getOAuthHealth", "GET", "/health/auth", _decoder(OAuthHealthResponse))
-_refresh_oauth_tokens = _Op(
-    "refreshOAuthTokens", "POST", "/internal/auth/refresh-tokens", _decoder(RefreshTokensResponse)
-)
-_stream_events = _Op("streamEvents", "GET", "/stream", _no_content, transfer=True)
-
-OPERATIONS: Final[dict[str, _Op[Any]]] = {
-    op.operation_id: op for op in list(globals().values()) if isinstance(op, _Op)
-}
-"""Every endpoint this client knows, by operationId."""
-
-
-# ---------------------------------------------------------------------------
-# Client
+# 6. Client: AsyncMix (pool and lifecycle, the request loop, the endpoints)
 # ---------------------------------------------------------------------------
 
 
@@ -5018,229 +5259,8 @@ class AsyncMix:
                 call.finished = stored.finished or call.finished
 
 
-_ANY_CONTENT: Final = {"Accept": "*/*"}
-_YIELD_EVERY: Final = 4 << 20
-_THUMB: Final = re.compile(r"\d+|w\d+|h\d+")
-
-
-def _check_progress(progress: object) -> None:
-    if progress is None:
-        return
-    if not callable(progress):
-        raise InvalidInputError(f"progress must be callable, not {type(progress).__name__}")
-    if inspect.iscoroutinefunction(progress):
-        raise InvalidInputError("progress must be a plain function, not an async one")
-
-
-def _body_length(resp: aiohttp.ClientResponse) -> int | None:
-    """How many bytes the body will have, when the response says (and is not compressed)."""
-    if resp.headers.get("Content-Encoding", "identity").lower() not in ("", "identity"):
-        return None
-    return resp.content_length
-
-
-def _body_error(
-    exc: BaseException, resp: aiohttp.ClientResponse, received: int, total: int | None
-) -> APIConnectionError:
-    url = str(resp.url)
-    method = resp.method
-    if total is not None and received < total and isinstance(exc, aiohttp.ClientPayloadError):
-        return APIConnectionError(
-            f"{method} {url}: the response ended after {received} of the {total} bytes "
-            "its Content-Length announced",
-            method=method,
-            url=url,
-        )
-    error, _ = _connection_error(exc, method, url)
-    return error
-
-
-def _local_name(filename: str) -> str:
-    """Where ``download_session_file`` puts ``filename`` inside a directory."""
-    name = re.split(r"[/\\]", _check_str(filename, "filename"))[-1]
-    if name in ("", ".", ".."):
-        raise InvalidInputError(
-            f"download_session_file: {filename!r} has no file name to save under; "
-            "pass the full destination path"
-        )
-    return name
-
-
-def _open_temp(target: str) -> tuple[str, io.BufferedWriter]:
-    """A new file beside ``target`` (its link's target), with ``target``'s permissions."""
-    real = os.path.realpath(target) if os.path.islink(target) else target
-    folder, base = os.path.split(real)
-    while True:
-        tmp = os.path.join(folder, f".{base[:40]}.{os.urandom(6).hex()}.part")
-        try:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-            fd = os.open(tmp, flags, 0o666)  # the umask applies, as with open(..., "wb")
-        except FileExistsError:
-            continue
-        break
-    try:
-        with contextlib.suppress(OSError):
-            os.chmod(fd if os.chmod in os.supports_fd else tmp, os.stat(real).st_mode & 0o7777)
-        return tmp, open(fd, "wb")
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-
-
-def _finish_temp(f: io.BufferedWriter, tmp: str, target: str) -> None:
-    f.close()
-    real = os.path.realpath(target) if os.path.islink(target) else target
-    os.replace(tmp, real)
-
-
-def _discard_temp(f: io.BufferedWriter, tmp: str) -> None:
-    with contextlib.suppress(OSError):
-        f.close()
-    with contextlib.suppress(OSError):
-        os.unlink(tmp)
-
-
-_NO_HEADERS: Final[Mapping[str, str]] = {}
-
-
-class DownloadedFile(int):
-    """What :meth:`AsyncMix.download_session_file` returns: the number of bytes written
-    (an ``int``, as before), which also says where they went and what the server said."""
-
-    path: str
-    """The file written (``dest``, or ``dest/<name>`` when ``dest`` is a directory)."""
-    content_type: str | None
-    content_length: int | None
-    """The announced size; ``None`` when the server did not say (or compressed the body)."""
-    headers: Mapping[str, str]
-    """The response headers (case-insensitive)."""
-
-    def __new__(
-        cls,
-        size: int,
-        *,
-        path: str = "",
-        content_type: str | None = None,
-        content_length: int | None = None,
-        headers: Mapping[str, str] = _NO_HEADERS,
-    ) -> DownloadedFile:
-        self = super().__new__(cls, size)
-        self.path = path
-        self.content_type = content_type
-        self.content_length = content_length
-        self.headers = headers
-        return self
-
-    @property
-    def size(self) -> int:
-        """The number of bytes written."""
-        return int(self)
-
-
-class FileDownload:
-    """A file being downloaded: an async context manager and async iterator of chunks.
-
-    Once the response has arrived (``async with``, or the first chunk), it carries
-    ``content_type``, ``content_length`` (``None`` when unknown) and ``headers``.
-    """
-
-    def __init__(
-        self,
-        client: AsyncMix,
-        path: str,
-        query: str,
-        chunk_size: int,
-        opts: RequestOptions,
-        progress: ProgressCallback | None = None,
-    ) -> None:
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise InvalidInputError("chunk_size must be an int >= 1")
-        self._client = client
-        self._path = path
-        self._query = query
-        self._chunk_size = chunk_size
-        self._opts = opts
-        self._progress = progress
-        self._resp: aiohttp.ClientResponse | None = None
-        self._done = False
-        self.received = 0
-        """Bytes of the body read so far."""
-        self.content_type: str | None = None
-        self.content_length: int | None = None
-        """The body's size as announced; ``None`` when unknown (or compressed)."""
-        self.headers: Mapping[str, str] = _NO_HEADERS
-        """The response headers (case-insensitive); empty until the response arrived."""
-
-    async def _open(self) -> aiohttp.ClientResponse:
-        if self._resp is None:
-            resp, _ = await self._client._request(
-                _get_session_file,
-                self._path,
-                self._opts,
-                query=self._query,
-                stream=True,
-                extra_headers=_ANY_CONTENT,
-            )
-            self._resp = resp
-            self.content_type = resp.content_type
-            self.content_length = _body_length(resp)
-            self.headers = resp.headers
-            if self._progress is not None:
-                try:
-                    self._progress(0, self.content_length)
-                except BaseException:
-                    await self.aclose()
-                    raise
-        return self._resp
-
-    async def __aenter__(self) -> Self:
-        await self._open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    def __del__(self) -> None:
-        resp = getattr(self, "_resp", None)
-        if resp is not None:
-            resp.close()
-
-    async def aclose(self) -> None:
-        self._done = True
-        if self._resp is not None:
-            self._resp.close()
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> bytes:
-        if self._done:
-            raise StopAsyncIteration
-        resp = await self._open()
-        try:
-            chunk = await resp.content.read(self._chunk_size)
-        except _TRANSPORT_ERRORS as exc:
-            await self.aclose()
-            raise _body_error(exc, resp, self.received, self.content_length) from exc
-        except BaseException:
-            await self.aclose()
-            raise
-        if not chunk:
-            await self.aclose()
-            raise StopAsyncIteration
-        self.received += len(chunk)
-        if self._progress is not None:
-            try:
-                self._progress(self.received, self.content_length)
-            except BaseException:
-                await self.aclose()
-                raise
-        return chunk
-
-
 # ---------------------------------------------------------------------------
-# Sync
+# 7. Blocking facade: Mix runs AsyncMix on a private loop thread
 # ---------------------------------------------------------------------------
 
 
@@ -5743,7 +5763,7 @@ class Mix:
 
 
 # ---------------------------------------------------------------------------
-# CLI
+# 8. CLI: python -m mix_client
 # ---------------------------------------------------------------------------
 
 
