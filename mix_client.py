@@ -26,7 +26,8 @@ Sections, in the order data flows (each defined before it is used):
    encoding; logging, the route table (``_Op`` rows, ``OPERATIONS``), the one retry
    decision (``_retry_delay``), uploads and downloads.
 4. Streaming: ``SSEDecoder``, typed events and ``decode_event``, ``EventStream``.
-5. Turns: ``Turn``, ``TurnStream`` and the helpers ``query``/``send_and_wait`` use.
+5. Turns: ``Turn``, ``TurnStream`` and the turn runner ``query``/``send_and_wait``
+   use (``_turn_events``; ``_read_run``, ``_check_end``, ``_reconcile`` read the export).
 6. Client: ``AsyncMix``: pool and lifecycle, ``_request`` (the one request loop), one
    short method per endpoint.
 7. Blocking facade: ``Mix``, the same methods run on a private event-loop thread.
@@ -3781,6 +3782,284 @@ async def _maybe_await(callback: Callable[[Any], Any] | None, value: Any) -> Non
         await result
 
 
+async def _read_run(
+    mix: AsyncMix, session_id: str, text: str, state: _TurnState
+) -> TurnRecovered | None:
+    """The run's end as the export stores it (``None``: not over, not found, no export,
+    or the check failed for a passing reason and is tried again at the next interval)."""
+    try:
+        export = await state.within(mix.export_session(session_id), session_id)
+    except NotFoundError:
+        state.no_export = True  # an older server: nothing to check against
+        return None
+    except (APIConnectionError, APIStatusError) as exc:
+        if isinstance(exc, APIStatusError) and (
+            exc.status_code < 500 and exc.status_code not in (408, 429)
+        ):
+            raise
+        if state.deadline is not None and (asyncio.get_running_loop().time() >= state.deadline):
+            raise
+        return None
+    found = _run_rows(export.messages, text, state.user_message_id)
+    if found is None:
+        return None
+    rows, followed = found
+    end = _run_end(rows, followed)
+    if end is not None:
+        state.rows = rows
+        state.user_message_id = state.user_message_id or rows[0].id
+    return end
+
+
+async def _check_end(
+    mix: AsyncMix, session_id: str, text: str, state: _TurnState, event: StreamEvent
+) -> TurnEvent | None:
+    """An end event seen before the turn's own run began: whose is it?
+
+    The export decides: the event is this turn's end when the export shows the turn's
+    run over the same way (a ``complete`` naming the run's last message, or without a
+    message id; an ``error`` for a failed run). Otherwise it belongs to another run
+    (``None``): the turn waits for its own run on the stream, checking the export at
+    a bounded interval meanwhile. A server without the export cannot tell: the event is
+    taken as this turn's end, as such servers do not mark runs anyway.
+    """
+    end = await _read_run(mix, session_id, text, state)
+    if end is None:
+        return event if state.no_export else None
+    if isinstance(event, CompleteEvent):
+        mid = event.data.message_id
+        return event if not mid or mid == end.data.message_id else None
+    return event if end.data.finish_reason in _FAILED_FINISH else None
+
+
+async def _reconcile(mix: AsyncMix, turn: Turn, text: str, state: _TurnState | None = None) -> None:
+    """Fill what the stream lost from the stored messages.
+
+    Uses the run's rows already read from the export when its end was recovered, else
+    ``GET /api/sessions/{id}/messages``. Servers store one row per message (``role``
+    user, assistant, tool) or, in the spec's older shape, one row with both
+    ``userInput`` and ``assistantResponse``: take the turn's user row (by the id of its
+    ``user_message_created`` when seen, else the last row holding this turn's text) and
+    the rows after it up to the next user message.
+    """
+    state = state or _TurnState(None)
+    rows: list[tuple[str, str | None, str | None, list[ToolCall] | list[ExportToolCall]]]
+    if state.rows is not None:
+        rows = [
+            (
+                m.role,
+                m.content if m.role == "assistant" else None,
+                m.reasoning,
+                m.tool_calls or [],
+            )
+            for m in state.rows
+        ]
+    else:
+        messages = await state.within(mix.get_session_messages(turn.session_id), turn.session_id)
+        start = None
+        want = state.user_message_id or turn.user_message_id
+        if want:
+            start = next((i for i, m in enumerate(messages) if m.id == want), None)
+        if start is None:
+            for index in range(len(messages) - 1, -1, -1):
+                if messages[index].user_input == text and messages[index].role in ("user", ""):
+                    start = index
+                    break
+        if start is None:
+            return
+        picked = [messages[start]]
+        for row in messages[start + 1 :]:
+            if row.role == "user":
+                break
+            picked.append(row)
+        rows = [(m.role, m.assistant_response, m.reasoning, m.tool_calls or []) for m in picked]
+    answer = "".join(content for _, content, _, _ in rows if content)
+    if answer:
+        turn.text = answer
+    reasoning = "".join(r for _, _, r, _ in rows if r)
+    if reasoning:
+        turn.thinking = reasoning
+    known = {call.id: call for call in turn.tool_calls}
+    for _, _, _, stored_calls in rows:
+        for stored in stored_calls:
+            call = known.get(stored.id)
+            if call is None:
+                call = known[stored.id] = TurnToolCall(id=stored.id, name=stored.name)
+                turn.tool_calls.append(call)
+                call.raw_input = stored.input
+                call.input = parse_tool_input(stored.input)
+            if stored.result is not None:
+                call.result = stored.result
+            call.is_error = bool(stored.is_error) or call.is_error
+            call.finished = stored.finished or call.finished
+
+
+async def _turn_events(
+    mix: AsyncMix,
+    session_id: str,
+    text: str,
+    plan_mode: bool,
+    thinking_level: ThinkingLevel | UnsetType | None,
+    max_steps: int | UnsetType,
+    cancel_on_exit: bool,
+    state: _TurnState,
+) -> AsyncIterator[TurnEvent]:
+    loop = asyncio.get_running_loop()
+    if state.timeout is not None:
+        state.deadline = loop.time() + state.timeout
+    finished = False
+    sent = False
+    stream = mix.stream_events(session_id)
+    pending: asyncio.Future[StreamEvent | None] | None = None
+    try:
+        await state.within(stream.__aenter__(), session_id)
+        while True:
+            event = await state.within(_next_or_none(stream), session_id)
+            if event is None:
+                raise APIConnectionError(
+                    f"event stream of session {session_id!r} ended before it connected"
+                )
+            if isinstance(event, ConnectedEvent):
+                yield event
+                break
+            if isinstance(event, ErrorEvent):
+                raise AgentError(f"stream error: {event.data.error}", event=event)
+        reply = await state.within(
+            mix.send_message(
+                session_id,
+                text=text,
+                plan_mode=plan_mode,
+                thinking_level=thinking_level,
+                max_steps=max_steps,
+            ),
+            session_id,
+        )
+        sent = True
+        if reply.status == "completed":
+            # A slash command: the answer is in the reply and no event follows.
+            message = reply.message
+            finished = True
+            yield CompleteEvent(
+                data=CompleteData(
+                    type="complete",
+                    done=True,
+                    content=(message.assistant_response or "") if message else "",
+                    message_id=message.id if message else None,
+                )
+            )
+            return
+        claimed = False  # this run's user_message_created was seen
+        strict = mix._run_starts_seen  # the server marks runs: drop what precedes ours
+        foreign: set[str] = set()  # assistant message ids of other runs
+        gap = False  # reopened since sending: the run may have ended unseen
+        unmatched = False  # an end of some other run was seen before ours began
+        next_check = 0.0
+        interval = _POLL_MIN
+        while True:
+            checking = (gap or unmatched) and not state.no_export
+            if not checking and pending is None:
+                event = await state.within(_next_or_none(stream), session_id)
+            else:
+                # Read the stream and, at a bounded interval, check the stored run.
+                if pending is None:
+                    pending = asyncio.ensure_future(_next_or_none(stream))
+                wait: float | None = (next_check - loop.time()) if checking else None
+                if state.deadline is not None:
+                    left = state.deadline - loop.time()
+                    wait = left if wait is None else min(wait, left)
+                done, _ = await asyncio.wait(
+                    (pending,), timeout=None if wait is None else max(wait, 0.0)
+                )
+                if not done:
+                    if state.deadline is not None and loop.time() >= state.deadline:
+                        raise state.expired(session_id)
+                    if checking:
+                        recovered = await _read_run(mix, session_id, text, state)
+                        if recovered is not None:
+                            finished = True
+                            yield recovered
+                            _raise_if_failed(recovered)
+                            return
+                        next_check = loop.time() + interval
+                        interval = min(interval * 2, _POLL_MAX)
+                    continue
+                event = pending.result()
+                pending = None
+            if event is None:
+                raise APIConnectionError(
+                    f"event stream of session {session_id!r} ended before the turn finished"
+                )
+            if isinstance(event, Reconnected):
+                gap = True
+                next_check, interval = 0.0, _POLL_MIN  # check at once, then every <= 1 s
+                yield event
+                continue
+            if isinstance(event, UserMessageCreatedEvent) and not event.parent_tool_call_id:
+                mix._run_starts_seen = True
+                if not claimed and event.data.content.strip() == text.strip():
+                    claimed = True
+                    unmatched = False
+                    state.user_message_id = event.data.message_id or None
+                    yield event
+                else:
+                    strict = True  # another run's start (or a later one's)
+                continue
+            if not isinstance(event, _RUN_EVENTS) and not isinstance(
+                event,
+                UserMessageCreatedEvent,  # a sub-agent's, part of a run
+            ):
+                yield event  # connected, heartbeats, permissions, notifications, unknown
+                continue
+            aid = _assistant_id(event)
+            if not claimed:
+                if _is_end(event) and not (strict and not gap):
+                    # Ours only if this turn's start was lost in a gap, or the server
+                    # may not mark runs at all: the export decides.
+                    verdict = await _check_end(mix, session_id, text, state, event)
+                    if verdict is None:  # another run's end: wait for ours
+                        unmatched = not strict
+                        next_check, interval = loop.time() + _POLL_MIN, _POLL_MIN
+                        if aid is not None:
+                            foreign.add(aid)
+                        continue
+                    finished = True
+                    yield verdict
+                    if isinstance(verdict, TurnRecovered):
+                        _raise_if_failed(verdict)
+                    elif isinstance(verdict, ErrorEvent):
+                        raise AgentError(f"agent error: {verdict.data.error}", event=verdict)
+                    return
+                if strict:  # before this turn's start: another run's event
+                    if aid is not None:
+                        foreign.add(aid)
+                    continue
+                yield event  # a server that does not mark runs: take what comes
+                continue
+            if aid is not None and aid in foreign:
+                continue  # a concurrent run's event
+            # The run shows on the reopened stream: it is alive and its end will come
+            # here (what the gap lost is filled in from the stored messages).
+            gap = False
+            if isinstance(event, ErrorEvent) and _is_fatal(event):
+                finished = True
+                yield event
+                raise AgentError(f"agent error: {event.data.error}", event=event)
+            yield event
+            if isinstance(event, CompleteEvent) and not event.data.parent_tool_call_id:
+                finished = True
+                return
+    finally:
+        if pending is not None:
+            pending.cancel()
+            await asyncio.wait((pending,))
+            if not pending.cancelled():
+                pending.exception()  # a read error after the turn was over: not reported
+        await stream.aclose()
+        if cancel_on_exit and sent and not finished:
+            with contextlib.suppress(MixError):
+                await asyncio.shield(mix.cancel_session_processing(session_id, max_retries=0))
+
+
 class TurnStream:
     """The events of one turn (see :meth:`AsyncMix.query`): an async context manager and
     async iterator of :data:`TurnEvent`.
@@ -4853,224 +5132,11 @@ class AsyncMix:
         _check_bool(cancel_on_exit, "cancel_on_exit")
         state = _TurnState(timeout)
         return TurnStream(
-            self._turn(
-                session_id, text, plan_mode, thinking_level, max_steps, cancel_on_exit, state
+            _turn_events(
+                self, session_id, text, plan_mode, thinking_level, max_steps, cancel_on_exit, state
             ),
             state,
         )
-
-    async def _turn(
-        self,
-        session_id: str,
-        text: str,
-        plan_mode: bool,
-        thinking_level: ThinkingLevel | UnsetType | None,
-        max_steps: int | UnsetType,
-        cancel_on_exit: bool,
-        state: _TurnState,
-    ) -> AsyncIterator[TurnEvent]:
-        loop = asyncio.get_running_loop()
-        if state.timeout is not None:
-            state.deadline = loop.time() + state.timeout
-        finished = False
-        sent = False
-        stream = self.stream_events(session_id)
-        pending: asyncio.Future[StreamEvent | None] | None = None
-        try:
-            await state.within(stream.__aenter__(), session_id)
-            while True:
-                event = await state.within(_next_or_none(stream), session_id)
-                if event is None:
-                    raise APIConnectionError(
-                        f"event stream of session {session_id!r} ended before it connected"
-                    )
-                if isinstance(event, ConnectedEvent):
-                    yield event
-                    break
-                if isinstance(event, ErrorEvent):
-                    raise AgentError(f"stream error: {event.data.error}", event=event)
-            reply = await state.within(
-                self.send_message(
-                    session_id,
-                    text=text,
-                    plan_mode=plan_mode,
-                    thinking_level=thinking_level,
-                    max_steps=max_steps,
-                ),
-                session_id,
-            )
-            sent = True
-            if reply.status == "completed":
-                # A slash command: the answer is in the reply and no event follows.
-                message = reply.message
-                finished = True
-                yield CompleteEvent(
-                    data=CompleteData(
-                        type="complete",
-                        done=True,
-                        content=(message.assistant_response or "") if message else "",
-                        message_id=message.id if message else None,
-                    )
-                )
-                return
-            claimed = False  # this run's user_message_created was seen
-            strict = self._run_starts_seen  # the server marks runs: drop what precedes ours
-            foreign: set[str] = set()  # assistant message ids of other runs
-            gap = False  # reopened since sending: the run may have ended unseen
-            unmatched = False  # an end of some other run was seen before ours began
-            next_check = 0.0
-            interval = _POLL_MIN
-            while True:
-                checking = (gap or unmatched) and not state.no_export
-                if not checking and pending is None:
-                    event = await state.within(_next_or_none(stream), session_id)
-                else:
-                    # Read the stream and, at a bounded interval, check the stored run.
-                    if pending is None:
-                        pending = asyncio.ensure_future(_next_or_none(stream))
-                    wait: float | None = (next_check - loop.time()) if checking else None
-                    if state.deadline is not None:
-                        left = state.deadline - loop.time()
-                        wait = left if wait is None else min(wait, left)
-                    done, _ = await asyncio.wait(
-                        (pending,), timeout=None if wait is None else max(wait, 0.0)
-                    )
-                    if not done:
-                        if state.deadline is not None and loop.time() >= state.deadline:
-                            raise state.expired(session_id)
-                        if checking:
-                            recovered = await self._read_run(session_id, text, state)
-                            if recovered is not None:
-                                finished = True
-                                yield recovered
-                                _raise_if_failed(recovered)
-                                return
-                            next_check = loop.time() + interval
-                            interval = min(interval * 2, _POLL_MAX)
-                        continue
-                    event = pending.result()
-                    pending = None
-                if event is None:
-                    raise APIConnectionError(
-                        f"event stream of session {session_id!r} ended before the turn finished"
-                    )
-                if isinstance(event, Reconnected):
-                    gap = True
-                    next_check, interval = 0.0, _POLL_MIN  # check at once, then every <= 1 s
-                    yield event
-                    continue
-                if isinstance(event, UserMessageCreatedEvent) and not event.parent_tool_call_id:
-                    self._run_starts_seen = True
-                    if not claimed and event.data.content.strip() == text.strip():
-                        claimed = True
-                        unmatched = False
-                        state.user_message_id = event.data.message_id or None
-                        yield event
-                    else:
-                        strict = True  # another run's start (or a later one's)
-                    continue
-                if not isinstance(event, _RUN_EVENTS) and not isinstance(
-                    event,
-                    UserMessageCreatedEvent,  # a sub-agent's, part of a run
-                ):
-                    yield event  # connected, heartbeats, permissions, notifications, unknown
-                    continue
-                aid = _assistant_id(event)
-                if not claimed:
-                    if _is_end(event) and not (strict and not gap):
-                        # Ours only if this turn's start was lost in a gap, or the server
-                        # may not mark runs at all: the export decides.
-                        verdict = await self._check_end(session_id, text, state, event)
-                        if verdict is None:  # another run's end: wait for ours
-                            unmatched = not strict
-                            next_check, interval = loop.time() + _POLL_MIN, _POLL_MIN
-                            if aid is not None:
-                                foreign.add(aid)
-                            continue
-                        finished = True
-                        yield verdict
-                        if isinstance(verdict, TurnRecovered):
-                            _raise_if_failed(verdict)
-                        elif isinstance(verdict, ErrorEvent):
-                            raise AgentError(f"agent error: {verdict.data.error}", event=verdict)
-                        return
-                    if strict:  # before this turn's start: another run's event
-                        if aid is not None:
-                            foreign.add(aid)
-                        continue
-                    yield event  # a server that does not mark runs: take what comes
-                    continue
-                if aid is not None and aid in foreign:
-                    continue  # a concurrent run's event
-                # The run shows on the reopened stream: it is alive and its end will come
-                # here (what the gap lost is filled in from the stored messages).
-                gap = False
-                if isinstance(event, ErrorEvent) and _is_fatal(event):
-                    finished = True
-                    yield event
-                    raise AgentError(f"agent error: {event.data.error}", event=event)
-                yield event
-                if isinstance(event, CompleteEvent) and not event.data.parent_tool_call_id:
-                    finished = True
-                    return
-        finally:
-            if pending is not None:
-                pending.cancel()
-                await asyncio.wait((pending,))
-                if not pending.cancelled():
-                    pending.exception()  # a read error after the turn was over: not reported
-            await stream.aclose()
-            if cancel_on_exit and sent and not finished:
-                with contextlib.suppress(MixError):
-                    await asyncio.shield(self.cancel_session_processing(session_id, max_retries=0))
-
-    async def _read_run(
-        self, session_id: str, text: str, state: _TurnState
-    ) -> TurnRecovered | None:
-        """The run's end as the export stores it (``None``: not over, not found, no export,
-        or the check failed for a passing reason and is tried again at the next interval)."""
-        try:
-            export = await state.within(self.export_session(session_id), session_id)
-        except NotFoundError:
-            state.no_export = True  # an older server: nothing to check against
-            return None
-        except (APIConnectionError, APIStatusError) as exc:
-            if isinstance(exc, APIStatusError) and (
-                exc.status_code < 500 and exc.status_code not in (408, 429)
-            ):
-                raise
-            if state.deadline is not None and (asyncio.get_running_loop().time() >= state.deadline):
-                raise
-            return None
-        found = _run_rows(export.messages, text, state.user_message_id)
-        if found is None:
-            return None
-        rows, followed = found
-        end = _run_end(rows, followed)
-        if end is not None:
-            state.rows = rows
-            state.user_message_id = state.user_message_id or rows[0].id
-        return end
-
-    async def _check_end(
-        self, session_id: str, text: str, state: _TurnState, event: StreamEvent
-    ) -> TurnEvent | None:
-        """An end event seen before the turn's own run began: whose is it?
-
-        The export decides: the event is this turn's end when the export shows the turn's
-        run over the same way (a ``complete`` naming the run's last message, or without a
-        message id; an ``error`` for a failed run). Otherwise it belongs to another run
-        (``None``): the turn waits for its own run on the stream, checking the export at
-        a bounded interval meanwhile. A server without the export cannot tell: the event is
-        taken as this turn's end, as such servers do not mark runs anyway.
-        """
-        end = await self._read_run(session_id, text, state)
-        if end is None:
-            return event if state.no_export else None
-        if isinstance(event, CompleteEvent):
-            mid = event.data.message_id
-            return event if not mid or mid == end.data.message_id else None
-        return event if end.data.finish_reason in _FAILED_FINISH else None
 
     async def send_and_wait(
         self,
@@ -5189,74 +5255,11 @@ class AsyncMix:
         final_content = turn.final.data.content if turn.final is not None else None
         if turn.reconnects or calls or turn.recovered is not None:
             # The stream carries progress lines, not tool results; the stored message has them.
-            await self._reconcile(turn, text, state)
+            await _reconcile(self, turn, text, state)
         elif final_content and final_content != turn.text:
             turn.text = final_content
         await _maybe_await(on_complete, turn)
         return turn
-
-    async def _reconcile(self, turn: Turn, text: str, state: _TurnState | None = None) -> None:
-        """Fill what the stream lost from the stored messages.
-
-        Uses the run's rows already read from the export when its end was recovered, else
-        ``GET /api/sessions/{id}/messages``. Servers store one row per message (``role``
-        user, assistant, tool) or, in the spec's older shape, one row with both
-        ``userInput`` and ``assistantResponse``: take the turn's user row (by the id of its
-        ``user_message_created`` when seen, else the last row holding this turn's text) and
-        the rows after it up to the next user message.
-        """
-        state = state or _TurnState(None)
-        rows: list[tuple[str, str | None, str | None, list[ToolCall] | list[ExportToolCall]]]
-        if state.rows is not None:
-            rows = [
-                (
-                    m.role,
-                    m.content if m.role == "assistant" else None,
-                    m.reasoning,
-                    m.tool_calls or [],
-                )
-                for m in state.rows
-            ]
-        else:
-            messages = await state.within(
-                self.get_session_messages(turn.session_id), turn.session_id
-            )
-            start = None
-            want = state.user_message_id or turn.user_message_id
-            if want:
-                start = next((i for i, m in enumerate(messages) if m.id == want), None)
-            if start is None:
-                for index in range(len(messages) - 1, -1, -1):
-                    if messages[index].user_input == text and messages[index].role in ("user", ""):
-                        start = index
-                        break
-            if start is None:
-                return
-            picked = [messages[start]]
-            for row in messages[start + 1 :]:
-                if row.role == "user":
-                    break
-                picked.append(row)
-            rows = [(m.role, m.assistant_response, m.reasoning, m.tool_calls or []) for m in picked]
-        answer = "".join(content for _, content, _, _ in rows if content)
-        if answer:
-            turn.text = answer
-        reasoning = "".join(r for _, _, r, _ in rows if r)
-        if reasoning:
-            turn.thinking = reasoning
-        known = {call.id: call for call in turn.tool_calls}
-        for _, _, _, stored_calls in rows:
-            for stored in stored_calls:
-                call = known.get(stored.id)
-                if call is None:
-                    call = known[stored.id] = TurnToolCall(id=stored.id, name=stored.name)
-                    turn.tool_calls.append(call)
-                    call.raw_input = stored.input
-                    call.input = parse_tool_input(stored.input)
-                if stored.result is not None:
-                    call.result = stored.result
-                call.is_error = bool(stored.is_error) or call.is_error
-                call.finished = stored.finished or call.finished
 
 
 # ---------------------------------------------------------------------------
