@@ -3626,7 +3626,16 @@ class Turn(msgspec.Struct, kw_only=True):
     """Set when the stream lost the run's end and it was read from the server instead."""
     user_message_id: str | None = None
     """The id of this turn's user message (from ``user_message_created``), when seen."""
-    events: int = 0
+    event_count: int = 0
+    """How many of the turn's own events arrived."""
+
+    @property
+    def events(self) -> int:
+        """Deprecated name of :attr:`event_count` (read-only)."""
+        import warnings
+
+        warnings.warn("Turn.events is now Turn.event_count", DeprecationWarning, stacklevel=2)
+        return self.event_count
 
 
 _FAILED_FINISH: Final = frozenset({"canceled", "cancelled", "error", "permission_denied"})
@@ -5115,8 +5124,8 @@ class AsyncMix:
         the gap ends it with a :class:`TurnRecovered` marker (a failed or cancelled run
         raises :class:`AgentError`). A slash command (``/help``) is answered at once: one
         :class:`CompleteEvent` built from the reply (``id`` ``None``), then the end.
-        ``timeout`` bounds the whole turn (opening the stream, sending, the run, the
-        checks) with :class:`APITimeoutError`. With ``cancel_on_exit=True``, leaving early
+        ``timeout`` is a turn deadline, not an HTTP timeout: it bounds the whole turn
+        (opening the stream, sending, the run, the checks) with :class:`APITimeoutError`. With ``cancel_on_exit=True``, leaving early
         (``break``, an exception, cancellation, the timeout) also cancels the agent's run.
 
         ``async with mix.query(sid, "hi") as events: async for event in events: ...``
@@ -5187,7 +5196,7 @@ class AsyncMix:
         async with events:
             try:
                 async for event in events:
-                    turn.events += 1
+                    turn.event_count += 1
                     await _maybe_await(on_event, event)
                     if isinstance(event, ContentEvent):
                         if not event.data.parent_tool_call_id:

@@ -1184,7 +1184,7 @@ async def test_send_and_wait_full_turn_with_callbacks(srv: SSEServer, mix: Async
     assert events_seen[0] == "ConnectedEvent"
     assert events_seen[-1] == "CompleteEvent"
     assert events_seen.count("CompleteEvent") == 2  # the sub-agent's and the final one
-    assert turn.events == len(events_seen)
+    assert turn.event_count == len(events_seen)
     assert srv.posts[0]["registered"] is True
 
 
