@@ -329,11 +329,11 @@ CallbackType = Literal["bash_script", "sub_agent", "send_message"]
 
 
 class _Model(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """Base of every response model (snake_case on the wire)."""
+    """Base of every model, response or request body, whose wire names are snake_case."""
 
 
-class _CamelModel(msgspec.Struct, kw_only=True, omit_defaults=True, rename="camel"):
-    """Base of every response model whose wire names are camelCase."""
+class _CamelModel(_Model, rename="camel"):
+    """Base of every model, response or request body, whose wire names are camelCase."""
 
 
 class RESTError(_Model):
@@ -517,7 +517,7 @@ class PreferencesResponse(_Model):
     preferences: UserPreferences | None = None
 
 
-class Callback(msgspec.Struct, kw_only=True, omit_defaults=True, rename="camel"):
+class Callback(_CamelModel):
     """A session-level callback run after tool completion (sent and received).
 
     >>> Callback(tool_name="*", type="bash_script", bash_command="echo $CALLBACK_TOOL_NAME")
@@ -733,35 +733,27 @@ class RefreshTokensResponse(_Model):
 # Request bodies -------------------------------------------------------------
 
 
-class _Body(msgspec.Struct, kw_only=True, omit_defaults=True):
-    pass
-
-
-class _CamelBody(msgspec.Struct, kw_only=True, omit_defaults=True, rename="camel"):
-    pass
-
-
-class _StoreApiKeyBody(_Body):
+class _StoreApiKeyBody(_Model):
     provider: str
     api_key: str
 
 
-class _SetApiKeyBody(_CamelBody):
+class _SetApiKeyBody(_CamelModel):
     api_key: str
 
 
-class _OAuthCallbackBody(_Body):
+class _OAuthCallbackBody(_Model):
     provider: str
     code: str
     state: str
 
 
-class _NotificationReplyBody(_Body):
+class _NotificationReplyBody(_Model):
     type: str
     value: str | UnsetType = UNSET
 
 
-class _PreferencesBody(_Body):
+class _PreferencesBody(_Model):
     main_agent_max_tokens: int | UnsetType | None = UNSET
     main_agent_model: str | UnsetType | None = UNSET
     main_agent_reasoning_effort: str | UnsetType | None = UNSET
@@ -771,7 +763,7 @@ class _PreferencesBody(_Body):
     sub_agent_reasoning_effort: str | UnsetType | None = UNSET
 
 
-class _CreateSessionBody(_CamelBody):
+class _CreateSessionBody(_CamelModel):
     title: str
     browser_mode: str
     callbacks: list[Callback] | UnsetType = UNSET
@@ -782,23 +774,23 @@ class _CreateSessionBody(_CamelBody):
     subagent_type: str | UnsetType = UNSET
 
 
-class _CallbacksBody(_Body):
+class _CallbacksBody(_Model):
     callbacks: list[Callback]
 
 
-class _ForkBody(_CamelBody):
+class _ForkBody(_CamelModel):
     message_index: int
     title: str | UnsetType = UNSET
 
 
-class _SendMessageBody(_Body):
+class _SendMessageBody(_Model):
     text: str
     plan_mode: bool = False
     thinking_level: str | UnsetType | None = UNSET
     max_steps: int | UnsetType = UNSET
 
 
-class _RewindBody(_CamelBody):
+class _RewindBody(_CamelModel):
     message_id: str
     cleanup_media: bool  # always sent: some servers read a missing field as false
 
@@ -2707,133 +2699,137 @@ class SSEDecoder:
 # ---------------------------------------------------------------------------
 
 
-class ConnectedData(msgspec.Struct, frozen=True, gc=False):
-    session_id: str = msgspec.field(default="", name="sessionId")
+class _EventData(msgspec.Struct, frozen=True, gc=False, rename="camel"):
+    """Base of every event payload (camelCase on the wire)."""
 
 
-class HeartbeatData(msgspec.Struct, frozen=True, gc=False):
+class ConnectedData(_EventData, frozen=True):
+    session_id: str = ""
+
+
+class HeartbeatData(_EventData, frozen=True):
     type: str = ""
 
 
-class UserMessageCreatedData(msgspec.Struct, frozen=True, gc=False):
+class UserMessageCreatedData(_EventData, frozen=True):
     type: str = ""
-    message_id: str = msgspec.field(default="", name="messageId")
+    message_id: str = ""
     content: str = ""
-    parent_tool_call_id: str | None = msgspec.field(default=None, name="parentToolCallId")
+    parent_tool_call_id: str | None = None
 
 
-class ThinkingData(msgspec.Struct, frozen=True, gc=False):
-    type: str = ""
-    content: str = ""
-    assistant_message_id: str | None = msgspec.field(default=None, name="assistantMessageId")
-    parent_tool_call_id: str | None = msgspec.field(default=None, name="parentToolCallId")
-
-
-class ContentData(msgspec.Struct, frozen=True, gc=False):
+class ThinkingData(_EventData, frozen=True):
     type: str = ""
     content: str = ""
-    assistant_message_id: str | None = msgspec.field(default=None, name="assistantMessageId")
-    parent_tool_call_id: str | None = msgspec.field(default=None, name="parentToolCallId")
+    assistant_message_id: str | None = None
+    parent_tool_call_id: str | None = None
 
 
-class ToolUseStartData(msgspec.Struct, frozen=True, gc=False):
+class ContentData(_EventData, frozen=True):
+    type: str = ""
+    content: str = ""
+    assistant_message_id: str | None = None
+    parent_tool_call_id: str | None = None
+
+
+class ToolUseStartData(_EventData, frozen=True):
     type: str = ""
     id: str = ""  # tool call id
     name: str = ""  # tool name
-    assistant_message_id: str | None = msgspec.field(default=None, name="assistantMessageId")
-    parent_tool_call_id: str | None = msgspec.field(default=None, name="parentToolCallId")
+    assistant_message_id: str | None = None
+    parent_tool_call_id: str | None = None
 
 
-class ToolUseParameterDeltaData(msgspec.Struct, frozen=True, gc=False):
+class ToolUseParameterDeltaData(_EventData, frozen=True):
     type: str = ""
-    tool_call_id: str = msgspec.field(default="", name="toolCallId")
+    tool_call_id: str = ""
     input: str = ""  # partial JSON text
-    assistant_message_id: str | None = msgspec.field(default=None, name="assistantMessageId")
-    parent_tool_call_id: str | None = msgspec.field(default=None, name="parentToolCallId")
+    assistant_message_id: str | None = None
+    parent_tool_call_id: str | None = None
 
 
-class ToolUseParameterStreamingCompleteData(msgspec.Struct, frozen=True, gc=False):
+class ToolUseParameterStreamingCompleteData(_EventData, frozen=True):
     type: str = ""
     id: str = ""  # tool call id
     name: str = ""  # tool name
     input: str = ""  # complete JSON text of the tool input
-    assistant_message_id: str | None = msgspec.field(default=None, name="assistantMessageId")
-    parent_tool_call_id: str | None = msgspec.field(default=None, name="parentToolCallId")
+    assistant_message_id: str | None = None
+    parent_tool_call_id: str | None = None
 
 
-class ToolExecutionStartData(msgspec.Struct, frozen=True, gc=False):
+class ToolExecutionStartData(_EventData, frozen=True):
     type: str = ""
-    tool_name: str = msgspec.field(default="", name="toolName")  # may be ""
-    tool_call_id: str = msgspec.field(default="", name="toolCallId")
+    tool_name: str = ""  # may be ""
+    tool_call_id: str = ""
     progress: str = ""
-    parent_tool_call_id: str | None = msgspec.field(default=None, name="parentToolCallId")
+    parent_tool_call_id: str | None = None
 
 
-class ToolExecutionCompleteData(msgspec.Struct, frozen=True, gc=False):
+class ToolExecutionCompleteData(_EventData, frozen=True):
     type: str = ""
-    tool_name: str = msgspec.field(default="", name="toolName")  # may be ""
-    tool_call_id: str = msgspec.field(default="", name="toolCallId")
+    tool_name: str = ""  # may be ""
+    tool_call_id: str = ""
     progress: str = ""
     success: bool = False
-    parent_tool_call_id: str | None = msgspec.field(default=None, name="parentToolCallId")
+    parent_tool_call_id: str | None = None
 
 
-class PermissionData(msgspec.Struct, frozen=True, gc=False):
+class PermissionData(_EventData, frozen=True):
     type: str = ""
     id: str = ""  # permission request id
-    session_id: str = msgspec.field(default="", name="sessionId")
-    tool_name: str = msgspec.field(default="", name="toolName")
+    session_id: str = ""
+    tool_name: str = ""
     description: str = ""
     action: str = ""
     path: str | None = None
     params: dict[str, Any] | None = None
-    parent_tool_call_id: str | None = msgspec.field(default=None, name="parentToolCallId")
+    parent_tool_call_id: str | None = None
 
 
-class NotificationData(msgspec.Struct, frozen=True, gc=False):
+class NotificationData(_EventData, frozen=True):
     type: str = ""
     id: str = ""  # notification id
-    session_id: str = msgspec.field(default="", name="sessionId")
-    notification_type: str = msgspec.field(default="", name="notificationType")
+    session_id: str = ""
+    notification_type: str = ""
     title: str = ""
     message: str = ""
-    response_type: str = msgspec.field(default="", name="responseType")
+    response_type: str = ""
     timeout: int | None = None  # seconds
-    created_at: int | None = msgspec.field(default=None, name="createdAt")  # Unix seconds
+    created_at: int | None = None  # Unix seconds
     choices: list[str] | None = None
-    parent_tool_call_id: str | None = msgspec.field(default=None, name="parentToolCallId")
+    parent_tool_call_id: str | None = None
 
 
-class SessionCreatedData(msgspec.Struct, frozen=True, gc=False):
+class SessionCreatedData(_EventData, frozen=True):
     type: str = ""
-    session_id: str = msgspec.field(default="", name="sessionId")
+    session_id: str = ""
     title: str = ""
-    created_at: int | None = msgspec.field(default=None, name="createdAt")  # Unix seconds
+    created_at: int | None = None  # Unix seconds
 
 
-class SessionDeletedData(msgspec.Struct, frozen=True, gc=False):
+class SessionDeletedData(_EventData, frozen=True):
     type: str = ""
-    session_id: str = msgspec.field(default="", name="sessionId")
+    session_id: str = ""
 
 
-class ErrorData(msgspec.Struct, frozen=True, gc=False):
+class ErrorData(_EventData, frozen=True):
     error: str = ""
     type: str | None = None
     attempt: int | None = None
-    max_attempts: int | None = msgspec.field(default=None, name="maxAttempts")
-    retry_after: int | None = msgspec.field(default=None, name="retryAfter")  # milliseconds
-    parent_tool_call_id: str | None = msgspec.field(default=None, name="parentToolCallId")
+    max_attempts: int | None = None
+    retry_after: int | None = None  # milliseconds
+    parent_tool_call_id: str | None = None
 
 
-class CompleteData(msgspec.Struct, frozen=True, gc=False):
+class CompleteData(_EventData, frozen=True):
     type: str = ""
     done: bool = False
     content: str | None = None
-    message_id: str | None = msgspec.field(default=None, name="messageId")
+    message_id: str | None = None
     reasoning: str | None = None
     # Milliseconds per the spec; some servers send (possibly fractional) seconds.
-    reasoning_duration: int | float | None = msgspec.field(default=None, name="reasoningDuration")
-    parent_tool_call_id: str | None = msgspec.field(default=None, name="parentToolCallId")
+    reasoning_duration: int | float | None = None
+    parent_tool_call_id: str | None = None
 
 
 # ---------------------------------------------------------------------------

@@ -346,7 +346,7 @@ def test_a_model_built_in_python_encodes_its_defaults() -> None:
 def test_request_bodies_still_omit_defaults() -> None:
     body = mix_client._SendMessageBody(text="hi")
     assert json.loads(msgspec.json.encode(body)) == {"text": "hi"}
-    for cls in (mix_client._Body, mix_client._CamelBody):
+    for cls in (mix_client._Model, mix_client._CamelModel):
         assert cls.__struct_config__.omit_defaults
 
 
