@@ -2415,10 +2415,7 @@ def _check_size(value: object, name: str) -> int:
 
 
 # Decoded event names; a stream uses a handful, so each is decoded once.
-# _SSE_EVENT_NAMES is keyed by the field value, _SSE_EVENT_LINES by the whole
-# ``event: NAME`` line (used by the one-frame shortcut).
 _SSE_EVENT_NAMES: dict[bytes, str] = {}
-_SSE_EVENT_LINES: dict[bytes, str] = {}
 _SSE_EVENT_CACHE_MAX = 256
 
 
@@ -2428,31 +2425,7 @@ def _sse_event_name(value: bytes) -> str:
         name = value.decode("utf-8", "replace")
         if len(_SSE_EVENT_NAMES) < _SSE_EVENT_CACHE_MAX:
             _SSE_EVENT_NAMES[value] = name
-            _SSE_EVENT_LINES[b"event: " + value] = name or "message"
     return name
-
-
-for _sse_seed_name in (
-    "connected",
-    "heartbeat",
-    "user_message_created",
-    "thinking",
-    "content",
-    "tool_use_start",
-    "tool_use_parameter_delta",
-    "tool_use_parameter_streaming_complete",
-    "tool_execution_start",
-    "tool_execution_complete",
-    "permission",
-    "notification",
-    "session_created",
-    "session_deleted",
-    "error",
-    "complete",
-    "rate_limit_error",
-):
-    _sse_event_name(_sse_seed_name.encode())
-del _sse_seed_name
 
 
 class SSEDecoder:
@@ -2474,9 +2447,7 @@ class SSEDecoder:
     Work is linear in the bytes fed, whatever the chunking: each chunk is
     scanned once (CR/LF are normalised to LF with ``bytes.replace``, then
     ``split``), and an unfinished line is kept in a ``bytearray`` (amortised
-    O(1) appends, buffered bytes are never re-scanned).  A chunk holding exactly
-    one ``id:``/``event:``/``data:`` frame -- what the Mix server writes --
-    takes a shortcut.
+    O(1) appends, buffered bytes are never re-scanned).
 
     Attributes:
         last_event_id: the last event id seen (persists across events), or
@@ -2486,7 +2457,6 @@ class SSEDecoder:
 
     __slots__ = (
         "_bom_buf",
-        "_clean",
         "_counted",
         "_cr",
         "_data",
@@ -2517,12 +2487,9 @@ class SSEDecoder:
         self._data: list[bytes] = []  # data lines of the event being built
         self._event: str | None = None  # event type buffer
         self._frame_retry: int | None = None  # retry seen since the last dispatch
-        self._clean = False  # between events, nothing buffered: shortcut allowed
 
     def feed(self, chunk: bytes) -> list[ServerSentEvent]:
         """Parse ``chunk`` and return the frames it completes (often none)."""
-        if self._clean and 13 not in chunk and len(chunk) <= self._max:
-            return self._frames(chunk)
         if self._start:
             chunk = self._strip_bom(chunk)
         if self._cr and chunk:
@@ -2533,7 +2500,7 @@ class SSEDecoder:
             self._cr = chunk[-1] == 13
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         elif 10 not in chunk:
-            self._partial += chunk  # (_clean is already False here)
+            self._partial += chunk
             if len(self._partial) + self._size > self._max:
                 self._too_large()
             return []
@@ -2553,38 +2520,6 @@ class SSEDecoder:
             f"SSE event larger than max_event_size ({self._max} bytes): {size} bytes buffered",
             limit=self._max,
         )
-
-    def _frames(self, chunk: bytes) -> list[ServerSentEvent]:
-        """Shortcut, from a clean state: whole ``id: N\nevent: NAME\ndata: JSON`` frames.
-
-        What the Mix server writes. Each frame is split once; any other shape goes
-        through the general line parser, which gives the same result.
-        """
-        frames = chunk.split(b"\n\n")
-        tail = frames.pop()
-        out: list[ServerSentEvent] = []
-        names = _SSE_EVENT_LINES
-        for frame in frames:
-            parts = frame.split(b"\n")
-            if len(parts) == 3:
-                id_line, event_line, data_line = parts
-                name = names.get(event_line)
-                if (
-                    name is not None
-                    and id_line[:4] == b"id: "
-                    and data_line[:6] == b"data: "
-                    and 0 not in id_line
-                ):
-                    event_id = id_line[4:].decode("utf-8", "replace") or None
-                    self.last_event_id = self._id = event_id
-                    out.append(ServerSentEvent(name, data_line[6:], event_id, None))
-                    continue
-            parts.append(b"")  # the blank line that ended the frame
-            parts.append(b"")  # and nothing after it
-            out += self._lines(parts)
-        if tail:
-            out += self._lines(tail.split(b"\n"))
-        return out
 
     def _strip_bom(self, chunk: bytes) -> bytes:
         buf = self._bom_buf + chunk
@@ -2677,15 +2612,6 @@ class SSEDecoder:
             self._counted = self._size = 0
         if partial and len(partial) + self._size > self._max:
             self._too_large()
-        self._clean = not (
-            data
-            or partial
-            or self._start
-            or self._cr
-            or event is not None
-            or self._frame_retry is not None
-            or self._id != self.last_event_id
-        )
         return out
 
 
