@@ -5429,10 +5429,14 @@ class _SyncMethod(Generic[P, R]):
         self._fn = fn
         self.__doc__ = fn.__doc__
         self.__name__ = fn.__name__
-        self._signature = _without_self(fn)
         # typing.get_type_hints(Mix.method) resolves these (in fn's module).
         self.__wrapped__ = fn
         self.__annotations__ = dict(fn.__annotations__)
+
+    @functools.cached_property
+    def _signature(self) -> inspect.Signature:
+        # On first use, not at import: 40-odd signatures cost about a millisecond.
+        return _without_self(self._fn)
 
     @overload
     def __get__(self, obj: None, owner: type[Any]) -> _SyncMethod[P, R]: ...

@@ -861,14 +861,29 @@ print(json.dumps({"wall_ms": wall * 1e3, "cpu_ms": cpu * 1e3}))
 """
 
 
-def import_sample(name: str, url: str, pycache: str | None) -> dict[str, Any]:
+# ``import mix_client`` alone, over aiohttp + msgspec already imported: what the module
+# itself costs (its imports of the standard library included).
+IMPORT_ADDED = (
+    """
+import json, sys, time
+import aiohttp, msgspec
+t0, c0 = time.perf_counter(), time.process_time()
+import mix_client
+"""
+    + IMPORT_CODA
+)
+
+
+def import_sample(
+    name: str, url: str, pycache: str | None, code: str | None = None
+) -> dict[str, Any]:
     """Time import + client + first call in a fresh interpreter (interpreter start excluded).
 
     With ``pycache`` (a directory) byte-code is cached there for every module, as an
     installed package would have it; with None, PYTHONDONTWRITEBYTECODE=1 and no prefix:
     installed packages use their own .pyc while mix_client.py is compiled from source.
     """
-    code = IMPORT_PRELUDE + IMPORT_SNIPPETS[name] + IMPORT_CODA
+    code = code or IMPORT_PRELUDE + IMPORT_SNIPPETS[name] + IMPORT_CODA
     env = dict(os.environ)
     if pycache is not None:
         env.pop("PYTHONDONTWRITEBYTECODE", None)
@@ -1074,6 +1089,22 @@ def rows_for(cfg: Config) -> list[Row]:
     )
     rows.append(Row("import + first call CPU", "import.cpu_ms", "ms"))
     rows.append(Row("import + first call, mix_client.py not cached", "import_nopyc.wall_ms", "ms"))
+    rows.append(
+        Row(
+            "import mix_client over aiohttp + msgspec, byte-code cached",
+            "import_added.wall_ms",
+            "ms",
+            "< 10 ms",
+            lambda r: None if (v := r.get("import_added.wall_ms", "mix_client")) != v else v < 10,
+        )
+    )
+    rows.append(
+        Row(
+            "import mix_client over aiohttp + msgspec, not cached",
+            "import_added_nopyc.wall_ms",
+            "ms",
+        )
+    )
     return rows
 
 
@@ -1371,6 +1402,11 @@ def main(argv: list[str] | None = None) -> int:
                         out = import_sample(name, server.url, pyc)
                         res.add("import.wall_ms", name, out["wall_ms"])
                         res.add("import.cpu_ms", name, out["cpu_ms"])
+                if "mix_client" in imp_who:
+                    for _ in range(cfg.import_samples):
+                        for pyc_dir, key in ((pyc, "import_added"), (None, "import_added_nopyc")):
+                            out = import_sample("mix_client", server.url, pyc_dir, IMPORT_ADDED)
+                            res.add(f"{key}.wall_ms", "mix_client", out["wall_ms"])
             # the same without byte-code caching (a copied mix_client.py under
             # PYTHONDONTWRITEBYTECODE=1 is compiled on every import; aiohttp is not)
             for r in range(cfg.import_samples):
