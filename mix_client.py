@@ -24,12 +24,12 @@ Sections, in the order data flows (each defined before it is used):
 2. Errors: ``MixError`` and its tree, and the status-to-error mapping.
 3. Transport: input checks, retry policy, timeouts, per-call options, request-body
    encoding; logging, the route table (``_Op`` rows, ``OPERATIONS``), the one retry
-   decision (``_retry_delay``), uploads and downloads.
+   decision (``_retry_delay``), the one request pipeline (``_send``), uploads and
+   downloads.
 4. Streaming: ``SSEDecoder``, typed events and ``decode_event``, ``EventStream``.
 5. Turns: ``Turn``, ``TurnStream`` and the turn runner ``query``/``send_and_wait``
    use (``_turn_events``; ``_read_run``, ``_check_end``, ``_reconcile`` read the export).
-6. Client: ``AsyncMix``: pool and lifecycle, ``_request`` (the one request loop), one
-   short method per endpoint.
+6. Client: ``AsyncMix``: pool and lifecycle, one short method per endpoint.
 7. Blocking facade: ``Mix``, the same methods run on a private event-loop thread.
 8. CLI: ``python -m mix_client``.
 """
@@ -1591,7 +1591,7 @@ _NOT_GIVEN: Final = _NotGiven()
 
 
 # ---------------------------------------------------------------------------
-# 3. Transport, part 2: logging, the route table, the request pipeline's helpers
+# 3. Transport, part 2: logging, the route table, the request pipeline, transfers
 # ---------------------------------------------------------------------------
 
 _log: Final = logging.getLogger("mix_client")
@@ -1921,6 +1921,201 @@ def _connection_error(exc: BaseException, method: str, url: str) -> tuple[APICon
     return APIConnectionError(
         f"{method} {url}: {type(exc).__name__}: {exc}", method=method, url=url
     ), False
+
+
+# The request pipeline -----------------------------------------------------
+
+
+def _cancelling() -> bool:
+    """Whether the current task itself is being cancelled (not just a future it awaited)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)  # Python 3.11+
+    return task is None or cancelling is None or cancelling() > 0
+
+
+async def _send(
+    client: AsyncMix,
+    op: _Op[Any],
+    path: str,
+    opts: RequestOptions,
+    *,
+    query: str = "",
+    body: bytes | None = None,
+    upload: _Upload | None = None,
+    stream: bool = False,
+    extra_headers: Mapping[str, str] | None = None,
+    streams_pool: bool = False,
+) -> tuple[aiohttp.ClientResponse, bytes]:
+    """The one request pipeline: options, headers, the attempts and the waits between them
+    (the decision: :func:`_retry_delay`). Returns the response: read (``stream=False``) or
+    open."""
+    policy = client._policy
+    timeout = client._transfer_timeout if op.transfer else client._timeout
+    base = client.server_url
+    if opts:
+        opts = _options(opts, op)
+        if "extra_body" in opts:
+            body = _merge_body(body, opts["extra_body"], op, upload)
+    headers: Mapping[str, str] | None = client._json_headers if body is not None else None
+    if opts:
+        if "max_retries" in opts or "retry_config" in opts:
+            policy = _make_policy(
+                opts.get("max_retries", client._max_retries),
+                opts.get("retry_config", client._retry_config),
+            )
+        if "timeout" in opts:
+            timeout = _as_timeout(opts["timeout"], op.transfer)
+        if "headers" in opts:
+            headers = {**(headers or {}), **opts["headers"]}
+        if "server_url" in opts:
+            base = opts["server_url"]
+        if "extra_query" in opts:
+            more = _extra_query(opts["extra_query"])
+            query = f"{query}&{more}" if query and more else query or more
+    if client._user_session is not None or client._parent is not None:
+        # The pool's session does not carry this client's default headers.
+        headers = {
+            **(client._json_headers if body is not None else client._headers),
+            **(headers or {}),
+        }
+    if upload is not None:
+        headers = {**(headers or {}), "Content-Type": upload.content_type}
+        if upload.size is not None:
+            headers["Content-Length"] = str(upload.size)
+    if extra_headers:
+        headers = {**(headers or {}), **extra_headers}
+    if opts and "extra_headers" in opts:
+        headers = {**(headers or {}), **opts["extra_headers"]}
+    url_text = base + path + ("?" + query if query else "")
+    url = URL(url_text, encoded=True)
+    method = op.method
+    session = client._http(streams_pool)
+    debug = client._logger.isEnabledFor(logging.DEBUG)
+    attempt = 0
+    # Resend once at once after a dropped connection, as aiohttp does unless told not to.
+    resend = op.idempotent and getattr(session, "_retry_connection", True) is False
+    resent = False
+    started = time.monotonic()
+    # A total limit covers the whole call: every attempt and every wait between them.
+    deadline = None if timeout is None or timeout.total is None else started + timeout.total
+    attempt_timeout = timeout
+    while True:
+        if deadline is not None and (attempt or resent) and timeout is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise APITimeoutError(
+                    f"{method} {url_text}: timed out", method=method, url=url_text
+                )
+            attempt_timeout = _with_total(timeout, left)
+        if debug:
+            client._logger.debug(
+                "-> %s %s headers=%s body=%s",
+                method,
+                url_text,
+                _redact_headers(headers or {}),
+                _redact_body(body) if upload is None else f"<multipart {upload.filename!r}>",
+            )
+        data: Any = body if upload is None else upload.body()
+        try:
+            resp = await session.request(
+                method,
+                url,
+                data=data,
+                headers=headers,
+                # None: your session's own timeout (aiohttp reads None as "no timeout")
+                timeout=attempt_timeout if attempt_timeout is not None else session.timeout,
+                # The API has no redirects: a 3xx is an error, and nothing (least of
+                # all the credentials) goes where it points.
+                allow_redirects=False,
+                # no body: no aiohttp-invented "Content-Type: application/octet-stream"
+                skip_auto_headers=op.skip_headers if data is None else None,
+            )
+        except asyncio.CancelledError:
+            # Closing the pool cancels the calls waiting for one of its connections.
+            if not client._is_closed() or _cancelling():
+                raise
+            raise ClientClosedError(
+                f"{method} {url_text}: the client was closed", method=method, url=url_text
+            ) from None
+        except (*_TRANSPORT_ERRORS, RuntimeError) as exc:
+            if client._is_closed():  # aiohttp: "Session is closed", or its connections cut
+                raise ClientClosedError(
+                    f"{method} {url_text}: the client was closed", method=method, url=url_text
+                ) from exc
+            if upload is not None and upload.failure is not None:
+                raise upload.failure from None  # bad chunk or progress callback: no retry
+            if isinstance(exc, RuntimeError):
+                raise
+            if (
+                resend
+                and isinstance(exc, _DISCONNECTS)
+                and not isinstance(exc, aiohttp.ClientConnectorError)
+                and (upload is None or upload.replayable)
+            ):
+                resend = False
+                resent = True
+                continue
+            error, unsent = _connection_error(exc, method, url_text)
+            delay = _retry_delay(policy, op, upload, attempt, started, deadline, unsent=unsent)
+            if delay is None:
+                if debug:
+                    client._logger.debug("!! %s %s: %s", method, url_text, error)
+                raise error from exc
+            reason: object = error
+        else:
+            status = resp.status
+            if 200 <= status < 300:
+                if stream:
+                    if debug:
+                        client._logger.debug("<- %s %s %d (streaming)", method, url_text, status)
+                    return resp, b""
+                try:
+                    raw = await resp.read()
+                except _TRANSPORT_ERRORS as exc:
+                    if client._is_closed():
+                        raise ClientClosedError(
+                            f"{method} {url_text}: the client was closed",
+                            method=method,
+                            url=url_text,
+                        ) from exc
+                    error, _ = _connection_error(exc, method, url_text)
+                    delay = _retry_delay(policy, op, upload, attempt, started, deadline)
+                    if delay is None:
+                        raise error from exc
+                    reason = error
+                else:
+                    if debug:
+                        client._logger.debug(
+                            "<- %s %s %d %s", method, url_text, status, _redact_body(raw)
+                        )
+                    return resp, raw
+                finally:
+                    resp.release()
+            else:
+                try:
+                    raw = await resp.read()
+                except _TRANSPORT_ERRORS:
+                    raw = b""
+                finally:
+                    resp.release()
+                if debug:
+                    client._logger.debug(
+                        "<- %s %s %d %s", method, url_text, status, _redact_body(raw)
+                    )
+                if status == 404 and (attempt or resent) and method == "DELETE":
+                    # The first answer was lost, yet the thing is gone: the DELETE got done.
+                    return resp, b"{}"
+                delay = _retry_delay(
+                    policy, op, upload, attempt, started, deadline, status, resp.headers
+                )
+                if delay is None:
+                    raise _status_error(method, url_text, status, resp.headers, raw, resp)
+                reason = f"HTTP {status}"
+        # The one place a call goes round again (the decision: _retry_delay).
+        if debug:
+            client._logger.debug("retry %d in %.2fs after %s", attempt + 1, delay, reason)
+        await asyncio.sleep(delay)
+        attempt += 1
 
 
 # Uploads and downloads -----------------------------------------------------
@@ -2308,7 +2503,8 @@ class FileDownload:
 
     async def _open(self) -> aiohttp.ClientResponse:
         if self._resp is None:
-            resp, _ = await self._client._request(
+            resp, _ = await _send(
+                self._client,
                 _get_session_file,
                 self._path,
                 self._opts,
@@ -3341,7 +3537,8 @@ class EventStream:
         if not first:
             opts = {**opts, "max_retries": 0}
         try:
-            resp, _ = await self._client._request(
+            resp, _ = await _send(
+                self._client,
                 _stream_events,
                 self._path,
                 opts,
@@ -4025,15 +4222,8 @@ class TurnStream:
 
 
 # ---------------------------------------------------------------------------
-# 6. Client: AsyncMix (pool and lifecycle, the request loop, the endpoints)
+# 6. Client: AsyncMix (pool and lifecycle, the endpoints)
 # ---------------------------------------------------------------------------
-
-
-def _cancelling() -> bool:
-    """Whether the current task itself is being cancelled (not just a future it awaited)."""
-    task = asyncio.current_task()
-    cancelling = getattr(task, "cancelling", None)  # Python 3.11+
-    return task is None or cancelling is None or cancelling() > 0
 
 
 def _env_flag(name: str) -> bool:
@@ -4238,7 +4428,7 @@ class AsyncMix:
             )
             if hasattr(session, "_retry_connection"):
                 # aiohttp would resend an idempotent request after a dropped connection,
-                # out of sight; _request does it itself, so it knows a DELETE was resent.
+                # out of sight; _send does it itself, so it knows a DELETE was resent.
                 session._retry_connection = False
             self._session = session
             self._session_loop = loop
@@ -4304,7 +4494,7 @@ class AsyncMix:
     ) -> T:
         """Call ``op`` with its path parameters (in the template's order) and decode."""
         path = op.url(*path_values)
-        resp, raw = await self._request(op, path, opts, query=query, body=body, upload=upload)
+        resp, raw = await _send(self, op, path, opts, query=query, body=body, upload=upload)
         try:
             return op.decode(resp.status, raw)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
@@ -4318,188 +4508,6 @@ class AsyncMix:
                 url=str(resp.url),
                 raw_response=resp,
             ) from exc
-
-    async def _request(
-        self,
-        op: _Op[Any],
-        path: str,
-        opts: RequestOptions,
-        *,
-        query: str = "",
-        body: bytes | None = None,
-        upload: _Upload | None = None,
-        stream: bool = False,
-        extra_headers: Mapping[str, str] | None = None,
-        streams_pool: bool = False,
-    ) -> tuple[aiohttp.ClientResponse, bytes]:
-        """Send with retries. Returns the response: read (``stream=False``) or open."""
-        policy = self._policy
-        timeout = self._transfer_timeout if op.transfer else self._timeout
-        base = self.server_url
-        if opts:
-            opts = _options(opts, op)
-            if "extra_body" in opts:
-                body = _merge_body(body, opts["extra_body"], op, upload)
-        headers: Mapping[str, str] | None = self._json_headers if body is not None else None
-        if opts:
-            if "max_retries" in opts or "retry_config" in opts:
-                policy = _make_policy(
-                    opts.get("max_retries", self._max_retries),
-                    opts.get("retry_config", self._retry_config),
-                )
-            if "timeout" in opts:
-                timeout = _as_timeout(opts["timeout"], op.transfer)
-            if "headers" in opts:
-                headers = {**(headers or {}), **opts["headers"]}
-            if "server_url" in opts:
-                base = opts["server_url"]
-            if "extra_query" in opts:
-                more = _extra_query(opts["extra_query"])
-                query = f"{query}&{more}" if query and more else query or more
-        if self._user_session is not None or self._parent is not None:
-            # The pool's session does not carry this client's default headers.
-            headers = {
-                **(self._json_headers if body is not None else self._headers),
-                **(headers or {}),
-            }
-        if upload is not None:
-            headers = {**(headers or {}), "Content-Type": upload.content_type}
-            if upload.size is not None:
-                headers["Content-Length"] = str(upload.size)
-        if extra_headers:
-            headers = {**(headers or {}), **extra_headers}
-        if opts and "extra_headers" in opts:
-            headers = {**(headers or {}), **opts["extra_headers"]}
-        url_text = base + path + ("?" + query if query else "")
-        url = URL(url_text, encoded=True)
-        method = op.method
-        session = self._http(streams_pool)
-        debug = self._logger.isEnabledFor(logging.DEBUG)
-        attempt = 0
-        # Resend once at once after a dropped connection, as aiohttp does unless told not to.
-        resend = op.idempotent and getattr(session, "_retry_connection", True) is False
-        resent = False
-        started = time.monotonic()
-        # A total limit covers the whole call: every attempt and every wait between them.
-        deadline = None if timeout is None or timeout.total is None else started + timeout.total
-        attempt_timeout = timeout
-        while True:
-            if deadline is not None and (attempt or resent) and timeout is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise APITimeoutError(
-                        f"{method} {url_text}: timed out", method=method, url=url_text
-                    )
-                attempt_timeout = _with_total(timeout, left)
-            if debug:
-                self._logger.debug(
-                    "-> %s %s headers=%s body=%s",
-                    method,
-                    url_text,
-                    _redact_headers(headers or {}),
-                    _redact_body(body) if upload is None else f"<multipart {upload.filename!r}>",
-                )
-            data: Any = body if upload is None else upload.body()
-            try:
-                resp = await session.request(
-                    method,
-                    url,
-                    data=data,
-                    headers=headers,
-                    # None: your session's own timeout (aiohttp reads None as "no timeout")
-                    timeout=attempt_timeout if attempt_timeout is not None else session.timeout,
-                    # The API has no redirects: a 3xx is an error, and nothing (least of
-                    # all the credentials) goes where it points.
-                    allow_redirects=False,
-                    # no body: no aiohttp-invented "Content-Type: application/octet-stream"
-                    skip_auto_headers=op.skip_headers if data is None else None,
-                )
-            except asyncio.CancelledError:
-                # Closing the pool cancels the calls waiting for one of its connections.
-                if not self._is_closed() or _cancelling():
-                    raise
-                raise ClientClosedError(
-                    f"{method} {url_text}: the client was closed", method=method, url=url_text
-                ) from None
-            except (*_TRANSPORT_ERRORS, RuntimeError) as exc:
-                if self._is_closed():  # aiohttp: "Session is closed", or its connections cut
-                    raise ClientClosedError(
-                        f"{method} {url_text}: the client was closed", method=method, url=url_text
-                    ) from exc
-                if upload is not None and upload.failure is not None:
-                    raise upload.failure from None  # bad chunk or progress callback: no retry
-                if isinstance(exc, RuntimeError):
-                    raise
-                if (
-                    resend
-                    and isinstance(exc, _DISCONNECTS)
-                    and not isinstance(exc, aiohttp.ClientConnectorError)
-                    and (upload is None or upload.replayable)
-                ):
-                    resend = False
-                    resent = True
-                    continue
-                error, unsent = _connection_error(exc, method, url_text)
-                delay = _retry_delay(policy, op, upload, attempt, started, deadline, unsent=unsent)
-                if delay is None:
-                    if debug:
-                        self._logger.debug("!! %s %s: %s", method, url_text, error)
-                    raise error from exc
-                reason: object = error
-            else:
-                status = resp.status
-                if 200 <= status < 300:
-                    if stream:
-                        if debug:
-                            self._logger.debug("<- %s %s %d (streaming)", method, url_text, status)
-                        return resp, b""
-                    try:
-                        raw = await resp.read()
-                    except _TRANSPORT_ERRORS as exc:
-                        if self._is_closed():
-                            raise ClientClosedError(
-                                f"{method} {url_text}: the client was closed",
-                                method=method,
-                                url=url_text,
-                            ) from exc
-                        error, _ = _connection_error(exc, method, url_text)
-                        delay = _retry_delay(policy, op, upload, attempt, started, deadline)
-                        if delay is None:
-                            raise error from exc
-                        reason = error
-                    else:
-                        if debug:
-                            self._logger.debug(
-                                "<- %s %s %d %s", method, url_text, status, _redact_body(raw)
-                            )
-                        return resp, raw
-                    finally:
-                        resp.release()
-                else:
-                    try:
-                        raw = await resp.read()
-                    except _TRANSPORT_ERRORS:
-                        raw = b""
-                    finally:
-                        resp.release()
-                    if debug:
-                        self._logger.debug(
-                            "<- %s %s %d %s", method, url_text, status, _redact_body(raw)
-                        )
-                    if status == 404 and (attempt or resent) and method == "DELETE":
-                        # The first answer was lost, yet the thing is gone: the DELETE got done.
-                        return resp, b"{}"
-                    delay = _retry_delay(
-                        policy, op, upload, attempt, started, deadline, status, resp.headers
-                    )
-                    if delay is None:
-                        raise _status_error(method, url_text, status, resp.headers, raw, resp)
-                    reason = f"HTTP {status}"
-            # The one place a call goes round again (the decision: _retry_delay).
-            if debug:
-                self._logger.debug("retry %d in %.2fs after %s", attempt + 1, delay, reason)
-            await asyncio.sleep(delay)
-            attempt += 1
 
     # Authentication ----------------------------------------------------------
 
@@ -4875,8 +4883,14 @@ class AsyncMix:
         """
         path, query = self._file_path(id, filename, thumb, time)
         _check_progress(progress)
-        resp, _ = await self._request(
-            _get_session_file, path, opts, query=query, stream=True, extra_headers=_ANY_CONTENT
+        resp, _ = await _send(
+            self,
+            _get_session_file,
+            path,
+            opts,
+            query=query,
+            stream=True,
+            extra_headers=_ANY_CONTENT,
         )
         total = _body_length(resp)
         received = 0

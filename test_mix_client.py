@@ -2896,7 +2896,7 @@ async def test_download_to_bytes_lets_other_tasks_run(monkeypatch: pytest.Monkey
             await asyncio.sleep(0)
 
     client = AsyncMix("http://test")
-    monkeypatch.setattr(client, "_request", fake_request)
+    monkeypatch.setattr(mix_client, "_send", fake_request)
     task = asyncio.create_task(ticker())
     await asyncio.sleep(0)
     start = ticks
