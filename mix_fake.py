@@ -93,7 +93,7 @@ Every request is recorded in ``fake.requests`` (``RecordedRequest(method, path, 
 headers, body)``; upload bodies are not kept) and counted in ``fake.hits[operation_id]``.
 ``fake.publish(session_id, event, data)`` pushes any event (also unknown names) to the
 streams of a session, ``fake.broadcast(event, data)`` to every stream.  Other helpers:
-``wait_for_streams``, ``wait_idle``, ``stream_count``, ``pending_permissions``,
+``wait_for_streams``, ``wait_streams_closed``, ``wait_idle``, ``stream_count``, ``pending_permissions``,
 ``pending_notifications``, ``add_session``, ``add_file``, ``dropped_events``.
 """
 
@@ -719,6 +719,7 @@ class MixFake:
 
         self._sessions: dict[str, _Session] = {}
         self._streams: list[_Stream] = []
+        self._stream_waiters: list[asyncio.Future[None]] = []
         self._credentials: dict[str, str] = {"anthropic": "api_key"} if authenticated else {}
         self._oauth_states: set[str] = set()
         self._oauth_expiry: float = 0.0
@@ -865,11 +866,35 @@ class MixFake:
         self, session_id: str | None = None, count: int = 1, timeout: float = 5.0
     ) -> None:
         """Wait until at least ``count`` streams (of a session) are open."""
-        deadline = time.monotonic() + timeout
-        while self.stream_count(session_id) < count:
-            if time.monotonic() > deadline:
-                raise TimeoutError("streams did not open in time")
-            await asyncio.sleep(0.005)
+        await self._wait_streams(
+            lambda: self.stream_count(session_id) >= count, timeout, "streams did not open"
+        )
+
+    async def wait_streams_closed(
+        self, session_id: str | None = None, timeout: float = 5.0
+    ) -> None:
+        """Wait until no stream (of a session) is open: the server has seen every close."""
+        await self._wait_streams(
+            lambda: self.stream_count(session_id) == 0, timeout, "streams stayed open"
+        )
+
+    async def _wait_streams(self, done: Callable[[], bool], timeout: float, what: str) -> None:
+        async def wait() -> None:
+            while not done():
+                waiter = asyncio.get_running_loop().create_future()
+                self._stream_waiters.append(waiter)
+                await waiter
+
+        try:
+            await asyncio.wait_for(wait(), timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"{what} within {timeout} s") from None
+
+    def _streams_changed(self) -> None:
+        waiters, self._stream_waiters = self._stream_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def wait_idle(self, session_id: str | None = None, timeout: float = 5.0) -> None:
         """Wait until the scripted turns (of a session) are over."""
@@ -2072,6 +2097,7 @@ class MixFake:
             return response
         cut = self._cuts.popleft() if self._cuts else None
         self._streams.append(stream)
+        self._streams_changed()
         loop = asyncio.get_running_loop()
         try:
             item: tuple[str, JSON] | None = ("connected", {"sessionId": sid})
@@ -2103,6 +2129,7 @@ class MixFake:
         finally:
             with contextlib.suppress(ValueError):
                 self._streams.remove(stream)
+            self._streams_changed()
         return response
 
 

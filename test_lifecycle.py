@@ -397,10 +397,7 @@ def test_sync_stream_close_after_client_close_is_harmless(fake: FakeThread) -> N
         assert next(events).event == "connected"
         mix.close()  # closes the open stream too
     events.close()  # again: nothing to do, no error
-    deadline = time.monotonic() + 10
-    while fake.sync(fake.fake.stream_count) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert fake.sync(fake.fake.stream_count) == 0
+    fake.call(fake.fake.wait_streams_closed(timeout=10))
 
 
 # ---------------------------------------------------------------------------
@@ -975,10 +972,7 @@ def test_close_ends_a_blocking_stream_read_in_another_thread(fake: FakeThread) -
     reader.join(20)
     assert not reader.is_alive(), "the stream read never returned after close()"
     assert isinstance(outcome[-1], MixError), outcome
-    deadline = time.monotonic() + 10
-    while fake.sync(fake.fake.stream_count) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert fake.sync(fake.fake.stream_count) == 0
+    fake.call(fake.fake.wait_streams_closed(timeout=10))
 
 
 async def test_stream_timeout_is_the_longest_wait_without_progress() -> None:

@@ -729,8 +729,7 @@ async def test_stream_framing_and_plain_turn(api: Api, fake: MixFake) -> None:
     session = await api.call("getSession", 200, {"id": sid})
     assert session["userMessageCount"] == 1 and session["assistantMessageCount"] == 1
     assert session["firstUserMessage"] == "hello world"
-    await asyncio.sleep(0.05)
-    assert fake.stream_count(sid) == 0  # the closed stream was unregistered
+    await fake.wait_streams_closed(sid)  # the closed stream was unregistered
 
 
 async def test_ids_restart_on_each_connection(api: Api) -> None:
@@ -864,7 +863,8 @@ async def test_permission_waits_for_answer(api: Api, fake: MixFake, grant: bool)
         perm = frames[-1].data
         assert perm["sessionId"] == sid and perm["toolName"] == "Write"
         assert fake.pending_permissions == [perm["id"]]
-        await asyncio.sleep(0.1)
+        with pytest.raises(asyncio.TimeoutError):  # nothing more comes while it waits
+            await asyncio.wait_for(sse.next(), 0.2)
         assert fake.pending_permissions == [perm["id"]]  # still waiting
         op = "grantPermission" if grant else "denyPermission"
         doc = await api.call(op, 200, {"id": perm["id"]})
@@ -1047,13 +1047,20 @@ async def test_drop_and_delay(api: Api, fake: MixFake) -> None:
     await api.call("createSession", 201, json=OK)
     assert fake.hits["createSession"] == 2
 
-    fake.delay_next("healthCheck", 0.3)
-    start = time.monotonic()
-    await api.call("healthCheck", 200)
-    assert time.monotonic() - start >= 0.3
-    start = time.monotonic()
-    await api.call("healthCheck", 200)
-    assert time.monotonic() - start < 0.3
+    fake.delay_next("healthCheck", 30)
+    seen = fake.hits["healthCheck"]
+    held = asyncio.ensure_future(api.call("healthCheck", 200))
+
+    async def arrived() -> None:
+        while fake.hits["healthCheck"] == seen:  # noqa: ASYNC110 (no event to wait on)
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(arrived(), 10)  # the held request took the delay
+    await api.call("healthCheck", 200)  # the delay applied once: the next one answers
+    assert not held.done()  # the delayed one is still held
+    held.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await held
 
 
 async def test_cut_stream_after(api: Api, fake: MixFake) -> None:
@@ -1068,8 +1075,7 @@ async def test_cut_stream_after(api: Api, fake: MixFake) -> None:
         assert [(await sse.next()).data["content"] for _ in range(2)] == ["0", "1"]
         with pytest.raises((aiohttp.ClientPayloadError, EOFError)):
             await sse.next()
-    await asyncio.sleep(0.05)
-    assert fake.stream_count(sid) == 0
+    await fake.wait_streams_closed(sid)
     async with open_stream(api, sid) as sse:  # the cut applied once
         await sse.expect_marker(fake, sid)
 

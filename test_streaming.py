@@ -683,7 +683,14 @@ async def test_slow_consumer_gets_every_written_event(srv: SSEServer, mix: Async
         for i in range(count):
             srv.publish("s1", "content", content=f"piece {i} " + "x" * (i % 300))
         srv.end("s1")  # clean end of the stream after the burst
-        await asyncio.sleep(0.3)  # the consumer lags while the server writes
+        conn = srv.conns[0]
+        # the consumer lags (reads nothing) until the server has taken the whole burst
+        await srv.wait_for(
+            lambda: (
+                len(conn.written) - 1 + conn.dropped + sum(n != CUT for n, _ in conn.buf) >= count
+            ),
+            "the server took every published event",
+        )
         got = await _collect(events)
     written = srv.conns[0].written[1:]
     assert len(written) + srv.conns[0].dropped == count

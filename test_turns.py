@@ -102,7 +102,7 @@ async def test_complete_lost_in_the_gap_is_recovered(fake: MixFake, mix: AsyncMi
     assert (call.name, call.result, call.finished) == ("Bash", "hello\n", True)
     assert call.input == {"command": "echo hello", "description": "Print a greeting"}
     assert elapsed < 10  # liveness: far from the 22-30 s the retry field asked for
-    await until(lambda: fake.stream_count(sid) == 0)
+    await fake.wait_streams_closed(sid, WAIT)
 
 
 async def test_query_ends_with_a_recovered_marker(fake: MixFake, mix: AsyncMix) -> None:
@@ -133,7 +133,7 @@ async def test_query_ends_with_a_recovered_marker(fake: MixFake, mix: AsyncMix) 
         if getattr(t.get_coro(), "__qualname__", "") == "_next_or_none" and not t.done()
     ]
     assert readers == []
-    await until(lambda: fake.stream_count(sid) == 0)
+    await fake.wait_streams_closed(sid, WAIT)
 
 
 async def test_end_is_recovered_within_about_two_seconds(fake: MixFake, mix: AsyncMix) -> None:
@@ -382,7 +382,7 @@ async def test_slash_command_turn_returns_at_once(fake: MixFake, mix: AsyncMix) 
     assert "/clear" in turn.text and turn.text.startswith("Available commands")
     assert turn.final is not None and turn.final.data.message_id == "cmd-help"
     assert turn.final.id is None
-    await until(lambda: fake.stream_count(sid) == 0)
+    await fake.wait_streams_closed(sid, WAIT)
 
 
 async def test_slash_command_query_yields_the_answer(fake: MixFake, mix: AsyncMix) -> None:
