@@ -93,7 +93,8 @@ Every request is recorded in ``fake.requests`` (``RecordedRequest(method, path, 
 headers, body)``; upload bodies are not kept) and counted in ``fake.hits[operation_id]``.
 ``fake.publish(session_id, event, data)`` pushes any event (also unknown names) to the
 streams of a session, ``fake.broadcast(event, data)`` to every stream.  Other helpers:
-``wait_for_streams``, ``wait_streams_closed``, ``wait_idle``, ``stream_count``, ``pending_permissions``,
+``wait_for_streams``, ``wait_streams_closed``, ``wait_connections``, ``open_connections``,
+``wait_idle``, ``stream_count``, ``pending_permissions``,
 ``pending_notifications``, ``add_session``, ``add_file``, ``dropped_events``.
 """
 
@@ -895,6 +896,21 @@ class MixFake:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+    @property
+    def open_connections(self) -> int:
+        """TCP connections the server holds open now: its view of the clients' pools."""
+        server = self._runner.server if self._runner is not None else None
+        return len(server.connections) if server is not None else 0
+
+    async def wait_connections(self, count: int = 0, timeout: float = 5.0) -> None:
+        """Wait until the server holds at most ``count`` open connections (clients closed
+        theirs). aiohttp has no close hook to wait on: this polls, bounded by ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while self.open_connections > count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.open_connections} connections stayed open")
+            await asyncio.sleep(0.01)
 
     async def wait_idle(self, session_id: str | None = None, timeout: float = 5.0) -> None:
         """Wait until the scripted turns (of a session) are over."""

@@ -317,7 +317,6 @@ def _one_race(url: str, before: set[threading.Thread]) -> None:
     ends = _race_close(mix)
     assert len(ends) == 8  # every thread's calls ended
     assert all(isinstance(e, MixError) for e in ends), ends
-    assert mix._runner._thread is None
     deadline = time.monotonic() + 20
     while loop_threads() - before and time.monotonic() < deadline:
         for t in loop_threads() - before:
@@ -456,22 +455,19 @@ def test_session_factory_must_make_a_session() -> None:
 
 SERVER_SNIPPET = """
 import asyncio, gc, threading
-from aiohttp import web
+from mix_fake import MixFake
 
 loop = asyncio.new_event_loop()
 threading.Thread(target=loop.run_forever, daemon=True).start()
-async def start():
-    async def ok(request):
-        return web.json_response({"status": "ok"})
-    app = web.Application()
-    app.router.add_get("/health", ok)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner
-runner = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
-url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+fake = MixFake()
+url = asyncio.run_coroutine_threadsafe(fake.start(), loop).result(30)
+
+def closed_on_server():
+    # the server's view: every connection of the clients was closed (a bounded wait)
+    return asyncio.run_coroutine_threadsafe(fake.wait_connections(0, timeout=10), loop)
+
+def loop_threads():
+    return {t for t in threading.enumerate() if t.name == "mix-client-loop" and t.is_alive()}
 """
 
 
@@ -483,16 +479,15 @@ import mix_client
 mix = mix_client.AsyncMix(url)
 async def one():
     await mix.health_check()
-    return mix._session
-first = asyncio.run(one())
-assert first.closed, "the first loop's session was abandoned open"
-second = asyncio.run(one())
-assert second is not first and second.closed
+asyncio.run(one())
+closed_on_server().result(30)  # the first loop's session was not abandoned open
+asyncio.run(one())  # a new session on the new loop, closed with it too
+closed_on_server().result(30)
 async def last():
     await mix.health_check()
     await mix.aclose()
 asyncio.run(last())
-del mix, first, second
+del mix
 gc.collect()
 print("DONE")
 """
@@ -509,14 +504,9 @@ import mix_client
 async def dropped_in_a_running_loop():
     mix = mix_client.AsyncMix(url)
     await mix.health_check()
-    session = mix._session
     del mix
     gc.collect()
-    for _ in range(200):  # the session closes on this loop, soon
-        if session.closed:
-            break
-        await asyncio.sleep(0.01)
-    assert session.closed, "dropped AsyncMix left its session open"
+    await asyncio.wrap_future(closed_on_server())  # the session closes on this loop, soon
 
 asyncio.run(dropped_in_a_running_loop())
 
@@ -526,16 +516,16 @@ async def dropped_at_the_end():
     await kept.health_check()
 
 asyncio.run(dropped_at_the_end())
-assert kept._session is None or kept._session.closed
+closed_on_server().result(30)
 del kept
 
+before = loop_threads()
 mix = mix_client.Mix(url)
 mix.health_check()
-session = mix.async_client._session
-thread = mix._runner._thread
+(thread,) = loop_threads() - before
 del mix
 gc.collect()
-assert session.closed, "dropped Mix left its session open"
+closed_on_server().result(30)  # dropped Mix closed its session
 thread.join(10)
 assert not thread.is_alive(), "dropped Mix left its loop thread running"
 
@@ -549,21 +539,14 @@ print("DONE")
 
 
 async def test_async_client_dropped_on_a_running_loop_closes_its_session() -> None:
-    async def ok(request: web.Request) -> web.StreamResponse:
-        return web.json_response({"status": "ok"})
-
-    with serve(ok) as srv:
-        mix = AsyncMix(srv.url)
+    server = MixFake()
+    async with server as url:
+        mix = AsyncMix(url)
         await mix.health_check()
-        session = mix._session
-        assert session is not None
+        assert server.open_connections == 1  # the pool keeps its connection
         del mix
         gc.collect()
-        for _ in range(500):
-            if session.closed:
-                break
-            await asyncio.sleep(0.01)
-        assert session.closed
+        await server.wait_connections(0)  # the server sees the session close, soon
 
 
 # ---------------------------------------------------------------------------
@@ -1024,11 +1007,10 @@ import mix_client
 mix = mix_client.AsyncMix(url)
 own = asyncio.new_event_loop()
 own.run_until_complete(mix.health_check())
-session = mix._session
 own.close()
 del mix
 gc.collect()
-assert session.closed
+closed_on_server().result(30)
 print("DONE")
 """
     )
@@ -1111,14 +1093,15 @@ def test_stream_sessions_are_closed_too_across_asyncio_runs() -> None:
         async with mix.stream_events(sid) as events:
             async for event in events:
                 break
-        return mix._session, mix._stream_session
-    plain, streams = asyncio.run(one())
-    assert streams is not None and streams is not plain
-    assert plain.closed and streams.closed, "a session of the ended loop was left open"
-    plain2, streams2 = asyncio.run(one())
-    assert plain2.closed and streams2.closed
-    del mix, plain, streams, plain2, streams2
-    gc.collect()
+    def closed_on_server():  # every connection of the ended loop's sessions was closed
+        on_server(fake.wait_connections(0, timeout=10))
+        on_server(fake.wait_streams_closed(timeout=10))
+    asyncio.run(one())
+    closed_on_server()
+    asyncio.run(one())
+    closed_on_server()
+    del mix
+    gc.collect()  # an unclosed session would warn here
     on_server(fake.stop())
     print("DONE")
     """

@@ -166,6 +166,17 @@ class LoopbackServer:
     def reply(self, *replies: Any) -> None:
         self._replies.extend(replies)
 
+    def wait_connections_closed(self, timeout: float = 10.0) -> None:
+        """Wait (bounded) until the server holds no open connection: the clients closed their
+        pools. Blocks: from a coroutine, call it through ``asyncio.to_thread``."""
+
+        async def wait() -> None:
+            server = self._runner.server
+            while server is not None and server.connections:  # noqa: ASYNC110 (no close hook)
+                await asyncio.sleep(0.01)
+
+        self.call(asyncio.wait_for(wait(), timeout))
+
     def call(self, coro: Any) -> Any:
         """Run a coroutine on the server's loop."""
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(30)
@@ -2105,16 +2116,13 @@ async def test_user_session_json_headers(server: LoopbackServer) -> None:
 async def test_own_session_is_closed(server: LoopbackServer) -> None:
     c = AsyncMix(server.url)
     await c.health_check()
-    session = c._session
-    assert session is not None
-    assert not session.closed
+    with pytest.raises(asyncio.TimeoutError):  # the pool keeps its connection open
+        await asyncio.to_thread(server.wait_connections_closed, 0.3)
     await c.aclose()
-    assert session.closed
+    await asyncio.to_thread(server.wait_connections_closed)
     async with AsyncMix(server.url) as c2:
         await c2.health_check()
-        session2 = c2._session
-    assert session2 is not None
-    assert session2.closed
+    await asyncio.to_thread(server.wait_connections_closed)
 
 
 async def test_closed_client_refuses_calls(server: LoopbackServer) -> None:
@@ -2469,8 +2477,6 @@ async def test_iter_session_file_closes_on_early_break(
         async for chunk in chunks:
             assert len(chunk) <= 4096
             break
-    assert chunks._resp is not None
-    assert chunks._resp.closed
     # the server sees the connection go away instead of sending the whole GiB
     assert await asyncio.to_thread(aborted.wait, 10)
 
@@ -2618,9 +2624,7 @@ async def test_with_options_shares_the_session(server: LoopbackServer, clock: Cl
             await c.health_check()
         assert len(server.requests) == 4
         assert "X-Opt" not in server.requests[-1].headers
-        assert fast._http() is c._http()
-        session = c._http()
-    assert session.closed
+    await asyncio.to_thread(server.wait_connections_closed)  # closing c closed what fast used
 
 
 async def test_with_options_after_first_call_shares_the_session(server: LoopbackServer) -> None:
@@ -2628,7 +2632,8 @@ async def test_with_options_after_first_call_shares_the_session(server: Loopback
         await c.health_check()
         other = c.with_options(timeout=5)
         await other.health_check()
-        assert other._http() is c._http()
+    # one pool: closing the first client closed the connection the second one used
+    await asyncio.to_thread(server.wait_connections_closed)
 
 
 # ---------------------------------------------------------------------------
@@ -2714,15 +2719,16 @@ async def test_sync_call_inside_a_running_event_loop(server: LoopbackServer) -> 
     assert server.requests[0].raw_path == "/health"
 
 
+def loop_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "mix-client-loop" and t.is_alive()}
+
+
 def test_with_mix_closes(server: LoopbackServer) -> None:
+    before = loop_threads()
     with Mix(server.url) as mix:
         mix.health_check()
-        session = mix.async_client._session
-        thread = mix._runner._thread
-        assert session is not None
-        assert thread is not None
-        assert thread.is_alive()
-    assert session.closed
+        (thread,) = loop_threads() - before
+    server.wait_connections_closed()
     thread.join(5)
     assert not thread.is_alive()
     for _ in range(3):
@@ -2730,7 +2736,7 @@ def test_with_mix_closes(server: LoopbackServer) -> None:
             mix.health_check()
     mix.close()  # again: harmless
     # a call after close must not start a new background loop that nothing stops
-    assert mix._runner._thread is None
+    assert loop_threads() == before
     assert len(server.requests) == 1
 
 

@@ -398,7 +398,7 @@ def test_run_sync_runs_a_coroutine_on_the_mix_loop(thread_fake: ThreadFake) -> N
         thread_name, ids = mix.run_sync(work(mix.async_client))
         assert ids == [sid] * 5
         assert thread_name != threading.current_thread().name
-        assert thread_name == mix._runner._thread.name  # type: ignore[union-attr]
+        assert thread_name == "mix-client-loop"  # the blocking client's own loop thread
         with pytest.raises(InvalidInputError, match="coroutine"):
             mix.run_sync(work)  # type: ignore[arg-type]
 
