@@ -2,8 +2,8 @@
 
 The server (``SSEServer``) runs on its own thread and event loop, so the blocking ``Mix``
 facade can be tested from inside a running loop too, and ``asyncio.all_tasks()`` of the
-test loop only holds client-side tasks. It behaves like the real Mix server (see
-/work/shared/notes/real-server.md): ``id``/``event``/``data`` frames, ``connected`` first,
+test loop only holds client-side tasks. It behaves like the real Mix server (as
+``mix_fake.py`` describes it): ``id``/``event``/``data`` frames, ``connected`` first,
 ids restart per connection, no replay, events published while no stream is registered
 are dropped, ``session_created``/``session_deleted`` go to every stream, an unknown
 session gets one ``error`` event and the connection closes.
