@@ -110,21 +110,23 @@ import math
 import mimetypes
 import re
 import secrets
+import threading
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import quote
 
 from aiohttp import BodyPartReader, web
 
-__all__ = ["MixFake", "RecordedRequest"]
+__all__ = ["FakeThread", "MixFake", "RecordedRequest"]
 
 JSON = dict[str, Any]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+T = TypeVar("T")
 
 # ---------------------------------------------------------------------------
 # Constants
@@ -664,11 +666,12 @@ def _take_event_rule(
 class _Rule:
     kind: str
     key: str
-    remaining: int
+    remaining: float
     status: int = 503
     retry_after: str | None = None
     body: bytes | str | JSON | None = None
     seconds: float = 0.0
+    handler: Handler | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -720,7 +723,7 @@ class MixFake:
 
         self._sessions: dict[str, _Session] = {}
         self._streams: list[_Stream] = []
-        self._stream_waiters: list[asyncio.Future[None]] = []
+        self._waiters: list[asyncio.Future[None]] = []
         self._credentials: dict[str, str] = {"anthropic": "api_key"} if authenticated else {}
         self._oauth_states: set[str] = set()
         self._oauth_expiry: float = 0.0
@@ -806,6 +809,20 @@ class MixFake:
         self._check_operation(operation)
         self._rules.append(_Rule("fail", operation, times, status, retry_after, body))
 
+    def handle_next(self, operation: str, handler: Handler, times: float = 1) -> None:
+        """Answer the next ``times`` matching requests (``math.inf``: all of them) with
+        ``handler(request)``, for a fault no other control expresses (a reply made of parts,
+        a hold, a redirect...). The request is recorded and counted first, as always; the
+        glob ``"/*"`` matches every path, also those outside the API."""
+        self._check_operation(operation)
+        self._rules.append(_Rule("handle", operation, times, handler=handler))
+
+    async def wait_requests(self, count: int, timeout: float = 5.0) -> None:
+        """Wait until at least ``count`` requests have arrived (recorded in ``requests``)."""
+        await self._wait_until(
+            lambda: len(self.requests) >= count, timeout, f"{count} requests did not arrive"
+        )
+
     def drop_next(self, operation: str, times: int = 1) -> None:
         """Close the connection of the next ``times`` matching requests without answering."""
         self._check_operation(operation)
@@ -867,7 +884,7 @@ class MixFake:
         self, session_id: str | None = None, count: int = 1, timeout: float = 5.0
     ) -> None:
         """Wait until at least ``count`` streams (of a session) are open."""
-        await self._wait_streams(
+        await self._wait_until(
             lambda: self.stream_count(session_id) >= count, timeout, "streams did not open"
         )
 
@@ -875,15 +892,15 @@ class MixFake:
         self, session_id: str | None = None, timeout: float = 5.0
     ) -> None:
         """Wait until no stream (of a session) is open: the server has seen every close."""
-        await self._wait_streams(
+        await self._wait_until(
             lambda: self.stream_count(session_id) == 0, timeout, "streams stayed open"
         )
 
-    async def _wait_streams(self, done: Callable[[], bool], timeout: float, what: str) -> None:
+    async def _wait_until(self, done: Callable[[], bool], timeout: float, what: str) -> None:
         async def wait() -> None:
             while not done():
                 waiter = asyncio.get_running_loop().create_future()
-                self._stream_waiters.append(waiter)
+                self._waiters.append(waiter)
                 await waiter
 
         try:
@@ -891,8 +908,9 @@ class MixFake:
         except asyncio.TimeoutError:
             raise TimeoutError(f"{what} within {timeout} s") from None
 
-    def _streams_changed(self) -> None:
-        waiters, self._stream_waiters = self._stream_waiters, []
+    def _changed(self) -> None:
+        """Wake the ``_wait_until`` waiters: a stream opened or closed, a request arrived."""
+        waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
@@ -1020,9 +1038,13 @@ class MixFake:
             )
             if op is not None:
                 fake.hits[op] += 1
+            fake._changed()
             for rule in fake._take_rules(request, op):
                 if rule.kind == "delay":
                     await asyncio.sleep(rule.seconds)
+                elif rule.kind == "handle":
+                    assert rule.handler is not None
+                    return await rule.handler(request)
                 elif rule.kind == "drop":
                     if request.transport is not None:
                         request.transport.close()
@@ -2113,7 +2135,7 @@ class MixFake:
             return response
         cut = self._cuts.popleft() if self._cuts else None
         self._streams.append(stream)
-        self._streams_changed()
+        self._changed()
         loop = asyncio.get_running_loop()
         try:
             item: tuple[str, JSON] | None = ("connected", {"sessionId": sid})
@@ -2145,8 +2167,64 @@ class MixFake:
         finally:
             with contextlib.suppress(ValueError):
                 self._streams.remove(stream)
-            self._streams_changed()
+            self._changed()
         return response
+
+
+class FakeThread:
+    """A ``MixFake`` served from its own event loop in a background thread: for blocking
+    ``Mix`` calls, and for tests that block or close their own loop::
+
+        with FakeThread() as server:
+            mix = Mix(server.url)
+            server.call(server.fake.wait_streams_closed())  # a coroutine, run on its loop
+            server.sync(server.fake.add_session)  # a plain call, run on its loop
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="mix-fake", daemon=True)
+        self.thread.start()
+        self.fake = MixFake(**kwargs)
+        self.url = self.call(self.fake.start())
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
+        """Run ``coro`` on the server's loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def sync(self, fn: Callable[[], T]) -> T:
+        """Call ``fn`` on the server's loop (the fake's state belongs to that thread)."""
+
+        async def run() -> T:
+            return fn()
+
+        return self.call(run())
+
+    def stop(self) -> None:
+        """Stop the server, end what still runs on its loop, join the thread."""
+        if self.loop.is_closed():
+            return
+
+        async def shutdown() -> None:
+            await self.fake.stop()
+            current = asyncio.current_task()
+            rest = [t for t in asyncio.all_tasks() if t is not current]
+            for task in rest:
+                task.cancel()
+            if rest:
+                await asyncio.wait(rest, timeout=5)
+
+        with contextlib.suppress(Exception):
+            self.call(shutdown(), 10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+    def __enter__(self) -> FakeThread:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
 
 # ---------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from mix_client import (
     NotFoundError,
     RetryConfig,
 )
-from mix_fake import MixFake
+from mix_fake import FakeThread, MixFake
 
 HERE = Path(__file__).resolve().parent
 FAST = RetryConfig("backoff", BackoffStrategy(10, 10, 1.0, 0), True)
@@ -53,72 +53,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # ---------------------------------------------------------------------------
 
 
-class ThreadServer:
-    """An aiohttp.web server on 127.0.0.1:<free port>; ``handler`` answers every request."""
-
-    def __init__(self, handler: Handler) -> None:
-        self.handler = handler
-        self.requests: list[tuple[str, str, dict[str, str]]] = []
-        self.seen = threading.Condition()
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.call(self._start())
-
-    def call(self, coro: Any, timeout: float = 30) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    async def _start(self) -> None:
-        self.release = asyncio.Event()
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self.runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self.runner.addresses[0][1]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        with self.seen:
-            self.requests.append((request.method, request.path_qs, dict(request.headers)))
-            self.seen.notify_all()
-        return await self.handler(request)
-
-    def wait_requests(self, count: int, timeout: float = 15) -> None:
-        with self.seen:
-            assert self.seen.wait_for(lambda: len(self.requests) >= count, timeout), (
-                f"saw {len(self.requests)} requests, waited for {count}"
-            )
-
-    def stop(self) -> None:
-        async def stop() -> None:
-            self.release.set()
-            await self.runner.cleanup()
-            current = asyncio.current_task()
-            rest = [t for t in asyncio.all_tasks() if t is not current]
-            for task in rest:
-                task.cancel()
-            if rest:
-                await asyncio.wait(rest, timeout=5)
-
-        with contextlib.suppress(Exception):
-            self.call(stop(), 10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-
 @contextlib.contextmanager
-def serve(handler: Handler) -> Iterator[ThreadServer]:
-    srv = ThreadServer(handler)
-    try:
+def serve(handler: Handler) -> Iterator[FakeThread]:
+    """A MixFake on its own thread whose every request ``handler`` answers."""
+    with FakeThread() as srv:
+        srv.fake.handle_next("/*", handler, times=math.inf)
         yield srv
-    finally:
-        srv.stop()
 
 
 def replies(*answers: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Handler:
@@ -150,33 +90,6 @@ async def drop(request: web.Request) -> web.StreamResponse:
 
 
 SESSION = {"id": "s1", "title": "t", "createdAt": "2024-01-01T00:00:00Z"}
-
-
-class FakeThread:
-    """``mix_fake.MixFake`` on its own loop in a thread."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.fake = MixFake(**kwargs)
-        self.url: str = self.call(self.fake.start())
-
-    def call(self, coro: Any, timeout: float = 30) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def sync(self, fn: Callable[[], Any]) -> Any:
-        async def run() -> Any:
-            return fn()
-
-        return self.call(run())
-
-    def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            self.call(self.fake.stop(), 10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
 
 
 @pytest.fixture
@@ -237,8 +150,7 @@ def loop_threads() -> set[threading.Thread]:
 
 def test_close_ends_every_call_in_flight_from_other_threads() -> None:
     async def hold(request: web.Request) -> web.StreamResponse:
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(srv.release.wait(), 60)
+        await asyncio.sleep(60)  # held until the server stops
         return web.json_response(SESSION)
 
     with serve(hold) as srv:
@@ -254,7 +166,7 @@ def test_close_ends_every_call_in_flight_from_other_threads() -> None:
         threads = [threading.Thread(target=call, args=(i,), daemon=True) for i in range(6)]
         for t in threads:
             t.start()
-        srv.wait_requests(6)  # every call is inside the server
+        srv.call(srv.fake.wait_requests(6, timeout=15))  # every call is inside the server
         closer = threading.Thread(target=mix.close, daemon=True)
         closer.start()
         closer.join(20)
@@ -330,7 +242,7 @@ def test_close_lets_a_finished_call_keep_its_result() -> None:
 
     with serve(ok) as srv, Mix(srv.url) as mix:
         assert mix.get_session("s1").id == "s1"
-    assert srv.requests
+    assert srv.fake.requests
 
 
 # ---------------------------------------------------------------------------
@@ -421,7 +333,7 @@ def test_session_factory_session_is_closed_by_close() -> None:
             assert len(made) == 1
             assert not made[0].closed
         assert made[0].closed
-        assert srv.requests[0][2]["X-Made"] == "yes"
+        assert srv.fake.requests[0].headers["X-Made"] == "yes"
 
 
 def test_session_argument_points_at_session_factory() -> None:
@@ -688,7 +600,7 @@ async def test_retry_after_that_cannot_fit_fails_fast_with_the_status_error() ->
             with pytest.raises(InternalServerError) as info:
                 await asyncio.wait_for(mix.get_session("s1"), 10)
     assert info.value.status_code == 503
-    assert len(srv.requests) == 1  # no 20 s wait, no second attempt
+    assert len(srv.fake.requests) == 1  # no 20 s wait, no second attempt
 
 
 async def test_retry_after_that_fits_is_honoured() -> None:
@@ -697,7 +609,7 @@ async def test_retry_after_that_fits_is_honoured() -> None:
         async with AsyncMix(srv.url, timeout=10) as mix:
             session = await asyncio.wait_for(mix.get_session("s1"), 20)
     assert session.id == "s1"
-    assert len(srv.requests) == 2
+    assert len(srv.fake.requests) == 2
 
 
 async def test_total_timeout_covers_every_attempt_and_wait() -> None:
@@ -714,7 +626,7 @@ async def test_total_timeout_covers_every_attempt_and_wait() -> None:
             elapsed = time.monotonic() - started
     # generous bound: the 1.5 s total, not 20 attempts of 0.4 s
     assert elapsed < 6
-    assert 2 <= len(srv.requests) < 20
+    assert 2 <= len(srv.fake.requests) < 20
 
 
 async def test_per_call_timeout_overrides_per_kind(tmp_path: Path) -> None:
@@ -811,7 +723,7 @@ async def test_nan_retry_after_does_not_hang(headers: dict[str, str]) -> None:
         async with AsyncMix(srv.url, retry_config=FAST) as mix:
             session = await asyncio.wait_for(mix.get_session("s1"), 10)
     assert session.id == "s1"
-    assert len(srv.requests) == 2
+    assert len(srv.fake.requests) == 2
 
 
 # ---------------------------------------------------------------------------
@@ -824,7 +736,7 @@ async def test_retried_delete_answered_404_is_done() -> None:
     with serve(handler) as srv:
         async with AsyncMix(srv.url, retry_config=FAST) as mix:
             assert await asyncio.wait_for(mix.delete_session("s1"), 10) is None
-    assert [r[0] for r in srv.requests] == ["DELETE", "DELETE"]
+    assert [r[0] for r in srv.fake.requests] == ["DELETE", "DELETE"]
 
 
 async def test_delete_retried_after_503_then_404_is_done() -> None:
@@ -832,7 +744,7 @@ async def test_delete_retried_after_503_then_404_is_done() -> None:
     with serve(handler) as srv:
         async with AsyncMix(srv.url, retry_config=FAST) as mix:
             assert await asyncio.wait_for(mix.delete_session_file("s1", "a.txt"), 10) is None
-    assert len(srv.requests) == 2
+    assert len(srv.fake.requests) == 2
 
 
 async def test_retried_delete_credentials_answered_404_is_done() -> None:
@@ -840,24 +752,24 @@ async def test_retried_delete_credentials_answered_404_is_done() -> None:
         async with AsyncMix(srv.url, retry_config=FAST) as mix:
             result = await asyncio.wait_for(mix.delete_credentials("openai"), 10)
     assert result == mix_client.DeleteCredentialsResponse()
-    assert len(srv.requests) == 2
+    assert len(srv.fake.requests) == 2
 
 
 async def test_dropped_connection_resent_once_at_once_outside_max_retries() -> None:
     with serve(replies(drop, status(200, body=SESSION))) as srv:
         async with AsyncMix(srv.url, max_retries=0) as mix:
             assert (await asyncio.wait_for(mix.get_session("s1"), 10)).id == "s1"
-    assert len(srv.requests) == 2
+    assert len(srv.fake.requests) == 2
     with serve(replies(drop, drop, status(200, body=SESSION))) as srv:
         async with AsyncMix(srv.url, max_retries=0) as mix:
             with pytest.raises(mix_client.APIConnectionError):
                 await asyncio.wait_for(mix.get_session("s1"), 10)
-    assert len(srv.requests) == 2  # one resend, then max_retries=0 holds
+    assert len(srv.fake.requests) == 2  # one resend, then max_retries=0 holds
     with serve(replies(drop, status(201, body=SESSION))) as srv:
         async with AsyncMix(srv.url) as mix:
             with pytest.raises(mix_client.APIConnectionError):
                 await mix.create_session(title="t", browser_mode="local-browser-service")
-    assert len(srv.requests) == 1  # a POST that may have arrived is never resent
+    assert len(srv.fake.requests) == 1  # a POST that may have arrived is never resent
 
 
 async def test_first_attempt_delete_404_still_raises() -> None:
@@ -867,7 +779,7 @@ async def test_first_attempt_delete_404_still_raises() -> None:
                 await mix.delete_session("s1")
             with pytest.raises(NotFoundError):
                 await mix.get_session("s1")
-    assert len(srv.requests) == 2
+    assert len(srv.fake.requests) == 2
 
 
 async def test_404_on_a_retried_get_still_raises() -> None:
@@ -896,8 +808,8 @@ async def test_302_on_post_raises_and_goes_nowhere() -> None:
     assert err.status_code == 302
     assert err.location == f"{elsewhere.url}/api/sessions"
     assert f"{elsewhere.url}/api/sessions" in str(err)
-    assert [r[0] for r in srv.requests] == ["POST", "POST"]
-    assert elsewhere.requests == []
+    assert [r[0] for r in srv.fake.requests] == ["POST", "POST"]
+    assert elsewhere.fake.requests == []
 
 
 async def test_307_to_another_origin_forwards_nothing() -> None:
@@ -909,9 +821,9 @@ async def test_307_to_another_origin_forwards_nothing() -> None:
                     await mix.get_session("s1")
     assert info.value.status_code == 307
     assert elsewhere.url in str(info.value)
-    assert len(srv.requests) == 1  # a 3xx is not retried either
-    assert srv.requests[0][2]["X-Api-Key"] == "secret-key"
-    assert elsewhere.requests == []
+    assert len(srv.fake.requests) == 1  # a 3xx is not retried either
+    assert srv.fake.requests[0].headers["X-Api-Key"] == "secret-key"
+    assert elsewhere.fake.requests == []
 
 
 def test_redirect_error_is_exported() -> None:
@@ -924,7 +836,7 @@ def test_blocking_redirect_is_not_followed() -> None:
         moved = status(301, {"Location": f"{elsewhere.url}/health"}, body={})
         with serve(moved) as srv, Mix(srv.url) as mix, pytest.raises(mix_client.RedirectError):
             mix.health_check()
-    assert elsewhere.requests == []
+    assert elsewhere.fake.requests == []
 
 
 # ---------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import io
 import json
+import math
 import os
 import signal
 import socket
@@ -23,8 +24,9 @@ import aiohttp
 import jsonschema
 import pytest
 import yaml
+from aiohttp import web
 
-from mix_fake import MixFake
+from mix_fake import FakeThread, MixFake
 
 HERE = Path(__file__).resolve().parent
 SPEC_CURRENT = yaml.safe_load((HERE / "spec" / "mix-openapi.yaml").read_text())
@@ -1061,6 +1063,50 @@ async def test_drop_and_delay(api: Api, fake: MixFake) -> None:
     held.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await held
+
+
+async def test_handle_next_answers_with_a_handler(api: Api, fake: MixFake) -> None:
+    async def teapot(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=418, text=request.path)
+
+    fake.handle_next("/*", teapot, times=2)
+    for path in ("/health", "/not/in/the/api"):
+        async with api.http.get(api.url + path) as resp:
+            assert (resp.status, await resp.text()) == (418, path)
+    await api.call("healthCheck", 200)  # two times only
+    assert [r.path for r in fake.requests] == ["/health", "/not/in/the/api", "/health"]
+    fake.handle_next("getSession", teapot, times=math.inf)
+    with pytest.raises(ValueError):
+        fake.handle_next("noSuchOperation", teapot)
+
+
+async def test_wait_requests_streams_and_connections(api: Api, fake: MixFake) -> None:
+    with pytest.raises(TimeoutError):
+        await fake.wait_requests(1, timeout=0.1)
+    call = asyncio.ensure_future(api.call("healthCheck", 200))
+    await fake.wait_requests(1)
+    await call
+    assert fake.open_connections == 1  # the client's pool keeps its connection
+    sid = await api.session()
+    async with open_stream(api, sid):
+        await fake.wait_for_streams(sid)
+        with pytest.raises(TimeoutError):
+            await fake.wait_streams_closed(sid, timeout=0.1)
+    await fake.wait_streams_closed(sid)
+    await api.http.close()
+    await fake.wait_connections(0)
+
+
+def test_fake_thread_serves_from_its_own_loop() -> None:
+    import urllib.request
+
+    with FakeThread() as server:
+        sid = server.sync(server.fake.add_session)
+        with urllib.request.urlopen(f"{server.url}/api/sessions/{sid}", timeout=10) as resp:
+            assert json.loads(resp.read())["id"] == sid
+        server.call(server.fake.wait_requests(1))
+    assert not server.thread.is_alive() and server.loop.is_closed()
+    server.stop()  # again: harmless
 
 
 async def test_cut_stream_after(api: Api, fake: MixFake) -> None:

@@ -32,7 +32,7 @@ from mix_client import (
     Mix,
     RetryConfig,
 )
-from mix_fake import MixFake
+from mix_fake import FakeThread, MixFake
 
 ROOT = Path(__file__).resolve().parent
 T = TypeVar("T")
@@ -53,33 +53,10 @@ async def fake() -> AsyncIterator[MixFake]:
         await server.stop()
 
 
-class ThreadFake:
-    """A MixFake on its own loop in a background thread (for blocking ``Mix`` calls)."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.fake = MixFake()
-        self.url = self.call(self.fake.start())
-
-    def call(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
-
-    def close(self) -> None:
-        self.call(self.fake.stop())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-
 @pytest.fixture
-def thread_fake() -> Iterator[ThreadFake]:
-    server = ThreadFake()
-    try:
+def thread_fake() -> Iterator[FakeThread]:
+    with FakeThread() as server:
         yield server
-    finally:
-        server.close()
 
 
 def paths(server: MixFake) -> list[str]:
@@ -116,7 +93,7 @@ async def test_path_parameters_accept_the_official_keyword_form(fake: MixFake) -
     assert "DELETE /api/sessions/" + sid in paths(fake)
 
 
-def test_blocking_path_parameters_by_keyword(thread_fake: ThreadFake, tmp_path: Path) -> None:
+def test_blocking_path_parameters_by_keyword(thread_fake: FakeThread, tmp_path: Path) -> None:
     with Mix(thread_fake.url) as mix:
         sid = mix.create_session(title="t", browser_mode="local-browser-service").id
         assert mix.get_session(id=sid).id == sid
@@ -130,7 +107,7 @@ def test_blocking_path_parameters_by_keyword(thread_fake: ThreadFake, tmp_path: 
         assert mix.get_command(name="help").name == "help"
 
 
-def test_missing_path_argument_names_mix_not_asyncmix(thread_fake: ThreadFake) -> None:
+def test_missing_path_argument_names_mix_not_asyncmix(thread_fake: FakeThread) -> None:
     with Mix(thread_fake.url) as mix:
         with pytest.raises(TypeError) as info:
             mix.get_session()  # type: ignore[call-arg]
@@ -224,7 +201,7 @@ async def test_unknown_keyword_raises_type_error_with_closest_name(fake: MixFake
     assert fake.requests == []
 
 
-def test_blocking_unknown_keyword_raises_type_error(thread_fake: ThreadFake) -> None:
+def test_blocking_unknown_keyword_raises_type_error(thread_fake: FakeThread) -> None:
     with (
         Mix(thread_fake.url) as mix,
         pytest.raises(TypeError, match=r"'http_header'.*'http_headers'"),
@@ -249,7 +226,7 @@ async def test_official_retries_keyword_is_honoured(fake: MixFake) -> None:
     assert paths(fake).count(f"GET /api/sessions/{sid}") == 5
 
 
-def test_official_retry_config_on_the_blocking_client(thread_fake: ThreadFake) -> None:
+def test_official_retry_config_on_the_blocking_client(thread_fake: FakeThread) -> None:
     # Three failures: more than the default two retries; the backoff config retries
     # until its max_elapsed_time (5 s) instead.
     thread_fake.fake.fail_next("healthCheck", times=3, status=503)
@@ -335,7 +312,7 @@ async def test_callbacks_as_dicts_with_python_or_wire_names(fake: MixFake) -> No
         assert [c.type for c in updated.callbacks] == ["send_message", "bash_script"]
 
 
-def test_blocking_callbacks_as_dicts(thread_fake: ThreadFake) -> None:
+def test_blocking_callbacks_as_dicts(thread_fake: FakeThread) -> None:
     with Mix(thread_fake.url) as mix:
         session = mix.create_session(
             title="t",
@@ -382,7 +359,7 @@ async def test_bad_callback_dicts_are_refused_naming_the_key(fake: MixFake) -> N
 # ---------------------------------------------------------------------------
 
 
-def test_run_sync_runs_a_coroutine_on_the_mix_loop(thread_fake: ThreadFake) -> None:
+def test_run_sync_runs_a_coroutine_on_the_mix_loop(thread_fake: FakeThread) -> None:
     with Mix(thread_fake.url) as mix:
         sid = mix.create_session(title="t", browser_mode="local-browser-service").id
 
@@ -398,7 +375,7 @@ def test_run_sync_runs_a_coroutine_on_the_mix_loop(thread_fake: ThreadFake) -> N
             mix.run_sync(work)  # type: ignore[arg-type]
 
 
-def test_blocking_methods_are_built_on_run_sync(thread_fake: ThreadFake) -> None:
+def test_blocking_methods_are_built_on_run_sync(thread_fake: FakeThread) -> None:
     with Mix(thread_fake.url) as mix:
         seen: list[str] = []
         original = mix.run_sync
@@ -451,7 +428,7 @@ async def test_extra_body_is_refused_where_there_is_no_json_body(fake: MixFake) 
     assert fake.requests == []
 
 
-def test_blocking_extra_options(thread_fake: ThreadFake) -> None:
+def test_blocking_extra_options(thread_fake: FakeThread) -> None:
     with Mix(thread_fake.url) as mix:
         mix.health_check(extra_query={"v": "2"}, extra_headers={"X-A": "b"})
     req = thread_fake.fake.requests[-1]
@@ -517,7 +494,7 @@ async def test_bad_input_is_refused_before_any_request(fake: MixFake) -> None:
     assert fake.requests == []
 
 
-def test_bad_client_settings_are_refused(thread_fake: ThreadFake) -> None:
+def test_bad_client_settings_are_refused(thread_fake: FakeThread) -> None:
     url = thread_fake.url
     for kwargs, pattern in (
         ({"max_retries": "3"}, "max_retries must be an integer"),
@@ -548,7 +525,7 @@ def test_bad_client_settings_are_refused(thread_fake: ThreadFake) -> None:
     assert thread_fake.fake.requests == []
 
 
-def test_blocking_bad_input_is_refused(thread_fake: ThreadFake) -> None:
+def test_blocking_bad_input_is_refused(thread_fake: FakeThread) -> None:
     with Mix(thread_fake.url) as mix:
         with pytest.raises(InvalidInputError):
             mix.get_session("\ud800")
@@ -616,7 +593,7 @@ def test_readme_has_every_official_sample() -> None:
 
 
 @pytest.mark.parametrize("name", ["sync", "async", "retries-per-call", "retries-global"])
-def test_readme_store_api_key_samples(name: str, thread_fake: ThreadFake, tmp_path: Path) -> None:
+def test_readme_store_api_key_samples(name: str, thread_fake: FakeThread, tmp_path: Path) -> None:
     # One 503 first: the samples with a RetryConfig retry it, the others by default.
     thread_fake.fake.fail_next("storeApiKey", times=1, status=503)
     proc = run_sample(name, thread_fake.url, tmp_path)
@@ -629,7 +606,7 @@ def test_readme_store_api_key_samples(name: str, thread_fake: ThreadFake, tmp_pa
     assert paths(thread_fake.fake) == ["POST /api/auth/api-key"] * 2
 
 
-def test_readme_upload_sample(thread_fake: ThreadFake, tmp_path: Path) -> None:
+def test_readme_upload_sample(thread_fake: FakeThread, tmp_path: Path) -> None:
     (tmp_path / "example.file").write_bytes(b"example bytes")
     proc = run_sample("upload", thread_fake.url, tmp_path)
     assert proc.stderr == ""
@@ -641,7 +618,7 @@ def test_readme_upload_sample(thread_fake: ThreadFake, tmp_path: Path) -> None:
         assert mix.get_session_file(id=sid, filename="example.file") == b"example bytes"
 
 
-def test_readme_server_url_sample(thread_fake: ThreadFake, tmp_path: Path) -> None:
+def test_readme_server_url_sample(thread_fake: FakeThread, tmp_path: Path) -> None:
     proc = run_sample("server-url", thread_fake.url, tmp_path)
     assert proc.stderr == ""
     assert proc.stdout.splitlines()[1] == "ok"
@@ -649,7 +626,7 @@ def test_readme_server_url_sample(thread_fake: ThreadFake, tmp_path: Path) -> No
 
 
 def test_readme_custom_session_and_middleware_samples(
-    thread_fake: ThreadFake, tmp_path: Path
+    thread_fake: FakeThread, tmp_path: Path
 ) -> None:
     proc = run_sample("custom-session", thread_fake.url, tmp_path)
     assert proc.stderr == "" and proc.stdout.startswith("HealthResponse(status='ok'")
@@ -660,14 +637,14 @@ def test_readme_custom_session_and_middleware_samples(
     assert thread_fake.fake.requests[-1].headers["Client-Level-Header"] == "added by client"
 
 
-def test_readme_resources_and_run_sync_samples(thread_fake: ThreadFake, tmp_path: Path) -> None:
+def test_readme_resources_and_run_sync_samples(thread_fake: FakeThread, tmp_path: Path) -> None:
     proc = run_sample("resources", thread_fake.url, tmp_path)
     assert proc.stderr == "" and proc.stdout == "ok\nok\n"
     proc = run_sample("run-sync", thread_fake.url, tmp_path)
     assert proc.stderr == "" and proc.stdout == "['s0', 's1', 's2']\n"
 
 
-def test_readme_debugging_sample_and_mix_debug(thread_fake: ThreadFake, tmp_path: Path) -> None:
+def test_readme_debugging_sample_and_mix_debug(thread_fake: FakeThread, tmp_path: Path) -> None:
     proc = run_sample("debugging", thread_fake.url, tmp_path)
     assert re.search(r"-> GET http://127\.0\.0\.1:\d+/health", proc.stderr), proc.stderr
     assert re.search(r"<- GET http://127\.0\.0\.1:\d+/health 200", proc.stderr)
