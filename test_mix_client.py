@@ -14,6 +14,7 @@ import inspect
 import io
 import json
 import logging
+import math
 import os
 import re
 import socket
@@ -28,7 +29,6 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
-import yaml
 from aiohttp import web
 from aioresponses import aioresponses
 from multidict import CIMultiDict
@@ -62,19 +62,10 @@ from mix_client import (
     SessionData,
     UnprocessableEntityError,
 )
+from mix_fake import FakeThread
 
 HERE = Path(__file__).resolve().parent
 USER_AGENT = f"mix-client/{mix_client.__version__}"
-
-# Every (METHOD, path template) of both specs: the loopback server routes by these, so a
-# request that reaches the wrong URL shows up as the wrong route / match_info.
-SPEC_ROUTES: set[tuple[str, str]] = set()
-for _spec_file in ("mix-openapi.yaml", "mix-openapi-0.2.yaml"):
-    _spec = yaml.safe_load((HERE / "spec" / _spec_file).read_text())
-    for _path, _item in _spec["paths"].items():
-        for _method in _item:
-            if _method in ("get", "post", "put", "patch", "delete"):
-                SPEC_ROUTES.add((_method.upper(), _path))
 
 
 # ---------------------------------------------------------------------------
@@ -130,12 +121,12 @@ HANG = "HANG"  # never answer (until the server stops, or hang_for seconds)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class LoopbackServer:
-    """An aiohttp.web server on 127.0.0.1:<free port> in its own thread and event loop.
-
-    ``reply(...)`` queues answers (``Reply``, ``DROP``, ``HANG`` or an async callable
-    taking the request); when the queue is empty, ``default`` answers. With ``handler``
-    set, it gets the request with the body unread (for streaming tests).
+class ScriptedFake:
+    """``mix_fake.FakeThread`` (a MixFake on its own thread and loop) whose every request a
+    script answers: ``reply(...)`` queues answers (``Reply``, ``DROP``, ``HANG`` or an async
+    callable taking the request); when the queue is empty, ``default`` answers. With
+    ``handler`` set, it gets the request with the body unread (for streaming tests).
+    ``requests`` records each request as the server saw it.
     """
 
     def __init__(self) -> None:
@@ -144,46 +135,21 @@ class LoopbackServer:
         self.handler: Handler | None = None
         self.hang_for = 10.0
         self._replies: deque[Any] = deque()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="loopback-server", daemon=True
-        )
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-
-    async def _start(self) -> None:
-        self._stopping = asyncio.Event()
-        app = web.Application()
-        for method, path in sorted(SPEC_ROUTES):
-            app.router.add_route(method, path, self._handle)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        self.thread = FakeThread()
+        self.url = self.thread.url
+        self.thread.fake.handle_next("/*", self._handle, times=math.inf)
 
     def reply(self, *replies: Any) -> None:
         self._replies.extend(replies)
 
+    def call(self, coro: Any) -> Any:
+        """Run a coroutine on the server's loop."""
+        return self.thread.call(coro)
+
     def wait_connections_closed(self, timeout: float = 10.0) -> None:
         """Wait (bounded) until the server holds no open connection: the clients closed their
         pools. Blocks: from a coroutine, call it through ``asyncio.to_thread``."""
-
-        async def wait() -> None:
-            server = self._runner.server
-            while server is not None and server.connections:  # noqa: ASYNC110 (no close hook)
-                await asyncio.sleep(0.01)
-
-        self.call(asyncio.wait_for(wait(), timeout))
-
-    def call(self, coro: Any) -> Any:
-        """Run a coroutine on the server's loop."""
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(30)
+        self.call(self.thread.fake.wait_connections(0, timeout))
 
     def _record(self, request: web.Request, body: bytes | None) -> Rec:
         resource = request.match_info.route.resource
@@ -212,35 +178,26 @@ class LoopbackServer:
             request.transport.close()
             return web.Response()
         if reply == HANG:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.hang_for)
+            await asyncio.sleep(self.hang_for)  # cancelled when the server stops
             return web.json_response({"id": "late"})
         if isinstance(reply, Reply):
             return reply.response()
         response: web.StreamResponse = await reply(request)
         return response
 
-    async def _stop(self) -> None:
-        self._stopping.set()
-        await self._runner.cleanup()
-
     def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
+        self.thread.stop()
 
 
 @pytest.fixture
 def server() -> Any:
-    srv = LoopbackServer()
+    srv = ScriptedFake()
     yield srv
     srv.stop()
 
 
 @pytest.fixture
-async def client(server: LoopbackServer) -> AsyncIterator[AsyncMix]:
+async def client(server: ScriptedFake) -> AsyncIterator[AsyncMix]:
     async with AsyncMix(server.url) as c:
         yield c
 
@@ -939,7 +896,7 @@ async def test_request_building(op_id: str, i: int, upload_dir: Path) -> None:
 
 @pytest.mark.parametrize("op_id", sorted(CALLS))
 async def test_operation_on_the_wire(
-    op_id: str, server: LoopbackServer, client: AsyncMix, upload_dir: Path
+    op_id: str, server: ScriptedFake, client: AsyncMix, upload_dir: Path
 ) -> None:
     """Each operation over real HTTP: the route it reaches, and what it decodes."""
     call, answer, op = CALLS[op_id](0), REPLIES[op_id], SPEC_OPERATIONS[op_id]
@@ -1001,7 +958,7 @@ def test_user_agent_names_the_version() -> None:
     ],
 )
 async def test_only_passed_fields_are_sent(
-    server: LoopbackServer, client: AsyncMix, call: Any, body: Any
+    server: ScriptedFake, client: AsyncMix, call: Any, body: Any
 ) -> None:
     server.default = Reply(200, SESSION_JSON)
     with contextlib.suppress(ResponseValidationError):
@@ -1028,7 +985,7 @@ async def test_only_passed_fields_are_sent(
     ],
 )
 async def test_query_strings(
-    server: LoopbackServer, client: AsyncMix, call: Any, raw_path: str
+    server: ScriptedFake, client: AsyncMix, call: Any, raw_path: str
 ) -> None:
     server.default = Reply(200, [])
     await call(client)
@@ -1055,7 +1012,7 @@ async def test_query_strings(
     ],
 )
 async def test_invalid_arguments_send_nothing(
-    server: LoopbackServer, client: AsyncMix, call: Any
+    server: ScriptedFake, client: AsyncMix, call: Any
 ) -> None:
     with pytest.raises(InvalidInputError):
         await call(client)
@@ -1085,7 +1042,7 @@ WEIRD = [
 
 @pytest.mark.parametrize(("value", "encoded"), WEIRD)
 async def test_path_parameter_is_one_intact_segment(
-    server: LoopbackServer, client: AsyncMix, value: str, encoded: str
+    server: ScriptedFake, client: AsyncMix, value: str, encoded: str
 ) -> None:
     server.default = Reply(200, {**SESSION_JSON, "id": value})
     session = await client.get_session(value)
@@ -1098,7 +1055,7 @@ async def test_path_parameter_is_one_intact_segment(
 
 @pytest.mark.parametrize(("value", "encoded"), WEIRD)
 async def test_file_name_and_id_are_intact_segments(
-    server: LoopbackServer, client: AsyncMix, value: str, encoded: str
+    server: ScriptedFake, client: AsyncMix, value: str, encoded: str
 ) -> None:
     server.default = Reply(204)
     await client.delete_session_file(value, value + "x")
@@ -1108,7 +1065,7 @@ async def test_file_name_and_id_are_intact_segments(
     assert rec.match == {"id": value, "filename": value + "x"}
 
 
-async def test_stream_session_id_query_is_encoded(server: LoopbackServer, client: AsyncMix) -> None:
+async def test_stream_session_id_query_is_encoded(server: ScriptedFake, client: AsyncMix) -> None:
     server.default = sse_reply(sse(("connected", {"sessionId": "a&b=c #é"})))
     async with client.stream_events("a&b=c #é", reconnect=False) as events:
         got = [e async for e in events]
@@ -1122,7 +1079,7 @@ async def test_stream_session_id_query_is_encoded(server: LoopbackServer, client
 # ---------------------------------------------------------------------------
 
 
-async def test_error_type_outside_the_enum(server: LoopbackServer, client: AsyncMix) -> None:
+async def test_error_type_outside_the_enum(server: ScriptedFake, client: AsyncMix) -> None:
     server.reply(
         Reply(
             400,
@@ -1134,14 +1091,14 @@ async def test_error_type_outside_the_enum(server: LoopbackServer, client: Async
     assert info.value.error == RESTError(code=400, message="bad provider", type="INVALID_PROVIDER")
 
 
-async def test_session_type_forked(server: LoopbackServer, client: AsyncMix) -> None:
+async def test_session_type_forked(server: ScriptedFake, client: AsyncMix) -> None:
     server.reply(Reply(200, {**SESSION_JSON, "sessionType": "forked", "browserMode": "new-mode"}))
     session = await client.get_session("s1")
     assert session.session_type == "forked"
     assert session.browser_mode == "new-mode"
 
 
-async def test_cancel_reply_of_the_real_server(server: LoopbackServer, client: AsyncMix) -> None:
+async def test_cancel_reply_of_the_real_server(server: ScriptedFake, client: AsyncMix) -> None:
     server.reply(Reply(200, {"status": "cancelled", "sessionId": "s1"}))
     result = await client.cancel_session_processing("s1")
     assert (result.status, result.session_id, result.cancelled) == ("cancelled", "s1", None)
@@ -1149,7 +1106,7 @@ async def test_cancel_reply_of_the_real_server(server: LoopbackServer, client: A
 
 @pytest.mark.parametrize("verb", ["grant", "deny"])
 async def test_permission_reply_of_the_real_server(
-    server: LoopbackServer, client: AsyncMix, verb: str
+    server: ScriptedFake, client: AsyncMix, verb: str
 ) -> None:
     server.reply(Reply(200, {"status": verb + "ed", "id": "p1", "message": "done"}))
     method = client.grant_permission if verb == "grant" else client.deny_permission
@@ -1159,7 +1116,7 @@ async def test_permission_reply_of_the_real_server(
 
 
 async def test_slash_command_answers_200_with_a_message(
-    server: LoopbackServer, client: AsyncMix
+    server: ScriptedFake, client: AsyncMix
 ) -> None:
     server.reply(Reply(200, {**MESSAGE_JSON, "userInput": "/help", "assistantResponse": "Help!"}))
     result = await client.send_message("s1", text="/help")
@@ -1171,13 +1128,13 @@ async def test_slash_command_answers_200_with_a_message(
 
 
 async def test_messages_of_unknown_session_is_empty_list(
-    server: LoopbackServer, client: AsyncMix
+    server: ScriptedFake, client: AsyncMix
 ) -> None:
     server.reply(Reply(200, []))
     assert await client.get_session_messages("nope") == []
 
 
-async def test_unknown_extra_fields_are_ignored(server: LoopbackServer, client: AsyncMix) -> None:
+async def test_unknown_extra_fields_are_ignored(server: ScriptedFake, client: AsyncMix) -> None:
     server.reply(
         Reply(200, {**SESSION_JSON, "brandNew": {"x": [1, 2]}, "workingDirectory": "/w"}),
         Reply(200, [{**MESSAGE_JSON, "extra": 1, "toolCalls": [{"id": "t", "newField": True}]}]),
@@ -1188,7 +1145,7 @@ async def test_unknown_extra_fields_are_ignored(server: LoopbackServer, client: 
     assert messages[0].tool_calls[0].id == "t"
 
 
-async def test_missing_optional_fields_default(server: LoopbackServer, client: AsyncMix) -> None:
+async def test_missing_optional_fields_default(server: ScriptedFake, client: AsyncMix) -> None:
     server.reply(Reply(200, {"id": "s1"}), Reply(200, {}))
     session = await client.get_session("s1")
     assert (session.id, session.title, session.session_type, session.cost) == ("s1", "", "", 0.0)
@@ -1197,21 +1154,21 @@ async def test_missing_optional_fields_default(server: LoopbackServer, client: A
     assert (health.status, health.version) == (None, None)
 
 
-async def test_204_gives_none(server: LoopbackServer, client: AsyncMix) -> None:
+async def test_204_gives_none(server: ScriptedFake, client: AsyncMix) -> None:
     server.reply(Reply(204), Reply(204), Reply(204))
     assert await client.delete_session("s1") is None
     assert await client.delete_session_file("s1", "f.txt") is None
     assert await client.respond_to_notification("n1", type="text", value="v") is None
 
 
-async def test_json_escapes_are_decoded(server: LoopbackServer, client: AsyncMix) -> None:
+async def test_json_escapes_are_decoded(server: ScriptedFake, client: AsyncMix) -> None:
     server.reply(Reply(200, body=b'{"id":"s1","title":"\\u003cb\\u003e \\u0026"}'))
     session = await client.get_session("s1")
     assert session.title == "<b> &"
 
 
 async def test_reasoning_duration_in_seconds_still_decodes(
-    server: LoopbackServer, client: AsyncMix
+    server: ScriptedFake, client: AsyncMix
 ) -> None:
     server.reply(Reply(200, [{**MESSAGE_JSON, "reasoningDuration": 3}]))
     messages = await client.get_session_messages("s1")
@@ -1242,7 +1199,7 @@ STATUS_CLASSES = [
 
 @pytest.mark.parametrize(("status", "cls"), STATUS_CLASSES)
 async def test_status_maps_to_error_class(
-    server: LoopbackServer, client: AsyncMix, status: int, cls: type[APIStatusError]
+    server: ScriptedFake, client: AsyncMix, status: int, cls: type[APIStatusError]
 ) -> None:
     body = {"error": {"code": status, "message": f"boom {status}", "type": "SOME_TYPE"}}
     server.reply(Reply(status, body, headers={"X-Request-Id": "r-1"}))
@@ -1268,7 +1225,7 @@ async def test_status_maps_to_error_class(
     assert len(server.requests) == 1
 
 
-async def test_post_error_names_post(server: LoopbackServer, client: AsyncMix) -> None:
+async def test_post_error_names_post(server: ScriptedFake, client: AsyncMix) -> None:
     server.reply(
         Reply(422, {"error": {"code": 422, "message": "Validation error for field 'title'"}})
     )
@@ -1281,7 +1238,7 @@ async def test_post_error_names_post(server: LoopbackServer, client: AsyncMix) -
     assert info.value.error.type == ""
 
 
-async def test_non_json_error_body(server: LoopbackServer, client: AsyncMix) -> None:
+async def test_non_json_error_body(server: ScriptedFake, client: AsyncMix) -> None:
     server.reply(Reply(404, body=b"<html>no such page</html>", content_type="text/html"))
     with pytest.raises(NotFoundError) as info:
         await client.get_tools_status()
@@ -1294,7 +1251,7 @@ async def test_non_json_error_body(server: LoopbackServer, client: AsyncMix) -> 
 
 
 async def test_multiline_server_message_stays_one_line(
-    server: LoopbackServer, client: AsyncMix
+    server: ScriptedFake, client: AsyncMix
 ) -> None:
     server.reply(
         Reply(400, {"error": {"code": 400, "message": "bad\nthing\r\n here", "type": "x"}})
@@ -1306,7 +1263,7 @@ async def test_multiline_server_message_stays_one_line(
     assert info.value.error.message == "bad\nthing\r\n here"
 
 
-async def test_error_with_unknown_json_shape(server: LoopbackServer, client: AsyncMix) -> None:
+async def test_error_with_unknown_json_shape(server: ScriptedFake, client: AsyncMix) -> None:
     server.reply(Reply(400, {"message": "plain"}))
     with pytest.raises(BadRequestError) as info:
         await client.get_command("x")
@@ -1348,7 +1305,7 @@ def test_error_hierarchy() -> None:
     ],
 )
 async def test_2xx_body_not_matching_the_schema(
-    server: LoopbackServer, client: AsyncMix, body: bytes, cause: type[Exception]
+    server: ScriptedFake, client: AsyncMix, body: bytes, cause: type[Exception]
 ) -> None:
     server.reply(Reply(200, body=body))
     with pytest.raises(ResponseValidationError) as info:
@@ -1378,7 +1335,7 @@ async def test_connection_refused(clock: Clock) -> None:
     assert len(clock.delays) == 2  # the default two retries
 
 
-async def test_no_answer_within_timeout(server: LoopbackServer, client: AsyncMix) -> None:
+async def test_no_answer_within_timeout(server: ScriptedFake, client: AsyncMix) -> None:
     server.reply(HANG)
     with pytest.raises(APITimeoutError) as info:
         await client.get_session("s1", timeout=0.2, max_retries=0)
@@ -1388,7 +1345,7 @@ async def test_no_answer_within_timeout(server: LoopbackServer, client: AsyncMix
 
 
 async def test_timeout_is_retried_for_get(
-    server: LoopbackServer, client: AsyncMix, clock: Clock
+    server: ScriptedFake, client: AsyncMix, clock: Clock
 ) -> None:
     server.reply(HANG, Reply(200, SESSION_JSON))
     # No total limit (a total covers the whole call): only this attempt's read times out.
@@ -1397,7 +1354,7 @@ async def test_timeout_is_retried_for_get(
     assert len(clock.delays) == 1
 
 
-async def test_invalid_timeout_value(client: AsyncMix, server: LoopbackServer) -> None:
+async def test_invalid_timeout_value(client: AsyncMix, server: ScriptedFake) -> None:
     for bad in (0, -1, "5", True):
         with pytest.raises(InvalidInputError):
             await client.health_check(timeout=bad)  # type: ignore[arg-type]
@@ -1410,7 +1367,7 @@ async def test_invalid_timeout_value(client: AsyncMix, server: LoopbackServer) -
 
 
 async def test_get_503_retried_twice_by_default(
-    server: LoopbackServer, client: AsyncMix, clock: Clock
+    server: ScriptedFake, client: AsyncMix, clock: Clock
 ) -> None:
     server.default = Reply(503, {"error": {"code": 503, "message": "busy"}})
     with pytest.raises(InternalServerError) as info:
@@ -1421,7 +1378,7 @@ async def test_get_503_retried_twice_by_default(
 
 
 async def test_get_recovers_after_failures(
-    server: LoopbackServer, client: AsyncMix, clock: Clock
+    server: ScriptedFake, client: AsyncMix, clock: Clock
 ) -> None:
     server.reply(Reply(503), Reply(503), Reply(200, SESSION_JSON))
     check_session(await client.get_session("s1"))
@@ -1430,7 +1387,7 @@ async def test_get_recovers_after_failures(
 
 
 async def test_max_retries_zero_per_call(
-    server: LoopbackServer, client: AsyncMix, clock: Clock
+    server: ScriptedFake, client: AsyncMix, clock: Clock
 ) -> None:
     server.default = Reply(503)
     with pytest.raises(InternalServerError):
@@ -1439,7 +1396,7 @@ async def test_max_retries_zero_per_call(
     assert clock.delays == []
 
 
-async def test_max_retries_per_client(server: LoopbackServer, clock: Clock) -> None:
+async def test_max_retries_per_client(server: ScriptedFake, clock: Clock) -> None:
     server.default = Reply(503)
     async with AsyncMix(server.url, max_retries=0) as c:
         with pytest.raises(InternalServerError):
@@ -1455,7 +1412,7 @@ async def test_max_retries_per_client(server: LoopbackServer, clock: Clock) -> N
     assert len(server.requests) == 3 + 5
 
 
-async def test_negative_max_retries_rejected(server: LoopbackServer) -> None:
+async def test_negative_max_retries_rejected(server: ScriptedFake) -> None:
     with pytest.raises(InvalidInputError):
         AsyncMix(server.url, max_retries=-1)
     async with AsyncMix(server.url) as c:
@@ -1466,7 +1423,7 @@ async def test_negative_max_retries_rejected(server: LoopbackServer) -> None:
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504, 408, 429])
 async def test_get_retried_on_status(
-    server: LoopbackServer, client: AsyncMix, clock: Clock, status: int
+    server: ScriptedFake, client: AsyncMix, clock: Clock, status: int
 ) -> None:
     server.reply(Reply(status), Reply(200, [SESSION_JSON]))
     sessions = await client.list_sessions()
@@ -1477,7 +1434,7 @@ async def test_get_retried_on_status(
 
 @pytest.mark.parametrize("status", [400, 401, 404, 413, 422, 418])
 async def test_get_not_retried_on_client_errors(
-    server: LoopbackServer, client: AsyncMix, clock: Clock, status: int
+    server: ScriptedFake, client: AsyncMix, clock: Clock, status: int
 ) -> None:
     server.default = Reply(status)
     with pytest.raises(APIStatusError):
@@ -1487,7 +1444,7 @@ async def test_get_not_retried_on_client_errors(
 
 
 async def test_get_retried_on_dropped_connection(
-    server: LoopbackServer, client: AsyncMix, clock: Clock
+    server: ScriptedFake, client: AsyncMix, clock: Clock
 ) -> None:
     # aiohttp itself resends an idempotent request once on a dropped connection; the
     # second drop reaches the client, which retries after a backoff delay.
@@ -1497,9 +1454,7 @@ async def test_get_retried_on_dropped_connection(
     assert len(clock.delays) == 1
 
 
-async def test_delete_is_retried_too(
-    server: LoopbackServer, client: AsyncMix, clock: Clock
-) -> None:
+async def test_delete_is_retried_too(server: ScriptedFake, client: AsyncMix, clock: Clock) -> None:
     server.reply(Reply(502), Reply(204))
     assert await client.delete_session("s1") is None
     assert [r.method for r in server.requests] == ["DELETE", "DELETE"]
@@ -1507,7 +1462,7 @@ async def test_delete_is_retried_too(
 
 @pytest.mark.parametrize("status", [429, 503])
 async def test_post_retried_on_429_and_503(
-    server: LoopbackServer, client: AsyncMix, clock: Clock, status: int
+    server: ScriptedFake, client: AsyncMix, clock: Clock, status: int
 ) -> None:
     server.reply(Reply(status), Reply(202, {"status": "processing", "sessionId": "s1"}))
     result = await client.send_message("s1", text="hi")
@@ -1518,7 +1473,7 @@ async def test_post_retried_on_429_and_503(
 
 @pytest.mark.parametrize("status", [500, 502, 504, 408])
 async def test_post_not_retried_on_other_5xx(
-    server: LoopbackServer, client: AsyncMix, clock: Clock, status: int
+    server: ScriptedFake, client: AsyncMix, clock: Clock, status: int
 ) -> None:
     server.default = Reply(status)
     with pytest.raises(APIStatusError) as info:
@@ -1529,7 +1484,7 @@ async def test_post_not_retried_on_other_5xx(
 
 
 async def test_post_not_retried_after_dropped_connection(
-    server: LoopbackServer, client: AsyncMix, clock: Clock
+    server: ScriptedFake, client: AsyncMix, clock: Clock
 ) -> None:
     server.reply(DROP, Reply(202, {"status": "processing", "sessionId": "s1"}))
     with pytest.raises(APIConnectionError) as info:
@@ -1554,15 +1509,13 @@ async def test_connection_errors_not_retried_when_disabled(clock: Clock) -> None
     assert clock.delays == []
 
 
-async def test_retry_after_seconds(server: LoopbackServer, client: AsyncMix, clock: Clock) -> None:
+async def test_retry_after_seconds(server: ScriptedFake, client: AsyncMix, clock: Clock) -> None:
     server.reply(Reply(429, headers={"Retry-After": "7"}), Reply(200, {"status": "ok"}))
     assert (await client.health_check()).status == "ok"
     assert clock.delays == [7.0]
 
 
-async def test_retry_after_http_date(
-    server: LoopbackServer, client: AsyncMix, clock: Clock
-) -> None:
+async def test_retry_after_http_date(server: ScriptedFake, client: AsyncMix, clock: Clock) -> None:
     date = email.utils.formatdate(NOW + 9, usegmt=True)
     server.reply(Reply(503, headers={"Retry-After": date}), Reply(200, {"status": "ok"}))
     assert (await client.health_check()).status == "ok"
@@ -1570,7 +1523,7 @@ async def test_retry_after_http_date(
 
 
 async def test_retry_after_in_the_past_is_zero(
-    server: LoopbackServer, client: AsyncMix, clock: Clock
+    server: ScriptedFake, client: AsyncMix, clock: Clock
 ) -> None:
     date = email.utils.formatdate(NOW - 100, usegmt=True)
     server.reply(Reply(503, headers={"Retry-After": date}), Reply(200, {"status": "ok"}))
@@ -1580,21 +1533,21 @@ async def test_retry_after_in_the_past_is_zero(
 
 @pytest.mark.parametrize("value", ["3600", "120.5"])
 async def test_retry_after_is_capped_at_60s(
-    server: LoopbackServer, client: AsyncMix, clock: Clock, value: str
+    server: ScriptedFake, client: AsyncMix, clock: Clock, value: str
 ) -> None:
     server.reply(Reply(429, headers={"Retry-After": value}), Reply(200, {"status": "ok"}))
     await client.health_check(timeout=None)  # no total limit: a 60 s wait fits
     assert clock.delays == [60.0]
 
 
-async def test_retry_after_on_post(server: LoopbackServer, client: AsyncMix, clock: Clock) -> None:
+async def test_retry_after_on_post(server: ScriptedFake, client: AsyncMix, clock: Clock) -> None:
     server.reply(Reply(429, headers={"Retry-After": "2"}), Reply(202, {"status": "processing"}))
     await client.send_message("s1", text="hi")
     assert clock.delays == [2.0]
 
 
 async def test_unparsable_retry_after_falls_back_to_backoff(
-    server: LoopbackServer, client: AsyncMix, clock: Clock
+    server: ScriptedFake, client: AsyncMix, clock: Clock
 ) -> None:
     server.reply(Reply(503, headers={"Retry-After": "soon"}), Reply(200, {"status": "ok"}))
     await client.health_check()
@@ -1603,7 +1556,7 @@ async def test_unparsable_retry_after_falls_back_to_backoff(
 
 
 async def test_exponential_backoff_with_jitter(
-    server: LoopbackServer, client: AsyncMix, clock: Clock
+    server: ScriptedFake, client: AsyncMix, clock: Clock
 ) -> None:
     server.default = Reply(503)
     with pytest.raises(InternalServerError):
@@ -1616,7 +1569,7 @@ async def test_exponential_backoff_with_jitter(
     assert any(d < b for d, b in zip(clock.delays, bases, strict=True))  # jittered
 
 
-async def test_backoff_strategy_values_are_used(server: LoopbackServer, clock: Clock) -> None:
+async def test_backoff_strategy_values_are_used(server: ScriptedFake, clock: Clock) -> None:
     clock.random = 0.0
     config = RetryConfig("backoff", BackoffStrategy(100, 1000, 3.0, 0), True)
     server.default = Reply(503)
@@ -1627,7 +1580,7 @@ async def test_backoff_strategy_values_are_used(server: LoopbackServer, clock: C
 
 
 async def test_per_call_max_retries_keeps_the_client_backoff(
-    server: LoopbackServer, clock: Clock
+    server: ScriptedFake, clock: Clock
 ) -> None:
     clock.random = 0.0
     config = RetryConfig("backoff", BackoffStrategy(100, 100, 1.0, 0), True)
@@ -1646,7 +1599,7 @@ async def test_per_call_max_retries_keeps_the_client_backoff(
     assert len(server.requests) == 4 + 2 + 2
 
 
-async def test_retry_config_none_disables(server: LoopbackServer, clock: Clock) -> None:
+async def test_retry_config_none_disables(server: ScriptedFake, clock: Clock) -> None:
     server.default = Reply(503)
     async with AsyncMix(server.url) as c:
         with pytest.raises(InternalServerError):
@@ -1659,7 +1612,7 @@ async def test_retry_config_none_disables(server: LoopbackServer, clock: Clock) 
     assert clock.delays == []
 
 
-async def test_max_elapsed_time_stops_retrying(server: LoopbackServer, clock: Clock) -> None:
+async def test_max_elapsed_time_stops_retrying(server: ScriptedFake, clock: Clock) -> None:
     clock.random = 0.0  # no jitter: every delay is exactly 1 s
     config = RetryConfig("backoff", BackoffStrategy(1000, 1000, 1.0, 2500), True)
     server.default = Reply(503)
@@ -1671,7 +1624,7 @@ async def test_max_elapsed_time_stops_retrying(server: LoopbackServer, clock: Cl
     assert len(server.requests) == 3
 
 
-async def test_tiny_real_backoff(server: LoopbackServer) -> None:
+async def test_tiny_real_backoff(server: ScriptedFake) -> None:
     config = RetryConfig("backoff", BackoffStrategy(1, 5, 2.0, 10_000), True)
     server.reply(Reply(503), Reply(503), Reply(503), Reply(200, {"status": "ok"}))
     async with AsyncMix(server.url, retry_config=config) as c:
@@ -1680,7 +1633,7 @@ async def test_tiny_real_backoff(server: LoopbackServer) -> None:
 
 
 async def test_async_iterator_upload_never_retried(
-    server: LoopbackServer, client: AsyncMix, clock: Clock
+    server: ScriptedFake, client: AsyncMix, clock: Clock
 ) -> None:
     async def chunks() -> AsyncIterator[bytes]:
         yield b"abc"
@@ -1696,7 +1649,7 @@ async def test_async_iterator_upload_never_retried(
 
 
 async def test_path_upload_replayed_whole_on_retry(
-    server: LoopbackServer, client: AsyncMix, clock: Clock, tmp_path: Path
+    server: ScriptedFake, client: AsyncMix, clock: Clock, tmp_path: Path
 ) -> None:
     path = tmp_path / "data.bin"
     content = os.urandom(600_000)
@@ -1712,7 +1665,7 @@ async def test_path_upload_replayed_whole_on_retry(
 
 
 async def test_seekable_file_upload_replayed_from_its_position(
-    server: LoopbackServer, client: AsyncMix, clock: Clock
+    server: ScriptedFake, client: AsyncMix, clock: Clock
 ) -> None:
     f = io.BytesIO(b"SKIPpayload")
     f.seek(4)
@@ -1745,7 +1698,7 @@ def spy_timeouts(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 
 
 async def test_default_timeouts(
-    server: LoopbackServer, client: AsyncMix, spy_timeouts: list[Any]
+    server: ScriptedFake, client: AsyncMix, spy_timeouts: list[Any]
 ) -> None:
     server.default = Reply(200, {})
     await client.health_check()
@@ -1761,7 +1714,7 @@ async def test_default_timeouts(
     assert spy_timeouts[-1] == aiohttp.ClientTimeout(total=None, connect=5, sock_read=60)
 
 
-async def test_client_timeout_setting(server: LoopbackServer, spy_timeouts: list[Any]) -> None:
+async def test_client_timeout_setting(server: ScriptedFake, spy_timeouts: list[Any]) -> None:
     async with AsyncMix(server.url, timeout=7) as c:
         await c.health_check()
         assert spy_timeouts[-1].total == 7
@@ -1772,7 +1725,7 @@ async def test_client_timeout_setting(server: LoopbackServer, spy_timeouts: list
         assert spy_timeouts[-1].total is None
 
 
-async def test_per_call_timeout_overrides(server: LoopbackServer) -> None:
+async def test_per_call_timeout_overrides(server: ScriptedFake) -> None:
     server.reply(HANG)
     async with AsyncMix(server.url, timeout=30) as c:
         with pytest.raises(APITimeoutError):
@@ -1780,7 +1733,7 @@ async def test_per_call_timeout_overrides(server: LoopbackServer) -> None:
 
 
 async def test_user_session_keeps_its_settings_and_stays_open(
-    server: LoopbackServer,
+    server: ScriptedFake,
 ) -> None:
     session = aiohttp.ClientSession(
         headers={"X-Mine": "yes"}, timeout=aiohttp.ClientTimeout(total=0.3)
@@ -1804,7 +1757,7 @@ async def test_user_session_keeps_its_settings_and_stays_open(
         await session.close()
 
 
-async def test_user_session_json_headers(server: LoopbackServer) -> None:
+async def test_user_session_json_headers(server: ScriptedFake) -> None:
     async with (
         aiohttp.ClientSession() as session,
         AsyncMix(server.url, session=session, headers={"X-Client": "1"}) as c,
@@ -1820,7 +1773,7 @@ async def test_user_session_json_headers(server: LoopbackServer) -> None:
     assert "Content-Type" not in get.headers
 
 
-async def test_own_session_is_closed(server: LoopbackServer) -> None:
+async def test_own_session_is_closed(server: ScriptedFake) -> None:
     c = AsyncMix(server.url)
     await c.health_check()
     with pytest.raises(asyncio.TimeoutError):  # the pool keeps its connection open
@@ -1832,7 +1785,7 @@ async def test_own_session_is_closed(server: LoopbackServer) -> None:
     await asyncio.to_thread(server.wait_connections_closed)
 
 
-async def test_closed_client_refuses_calls(server: LoopbackServer) -> None:
+async def test_closed_client_refuses_calls(server: ScriptedFake) -> None:
     async with AsyncMix(server.url) as c:
         await c.health_check()
     with pytest.raises(MixError):
@@ -1854,7 +1807,7 @@ class Part:
 
 
 @pytest.fixture
-def upload_server(server: LoopbackServer) -> tuple[LoopbackServer, list[Part]]:
+def upload_server(server: ScriptedFake) -> tuple[ScriptedFake, list[Part]]:
     parts: list[Part] = []
 
     async def handler(request: web.Request) -> web.StreamResponse:
@@ -1880,7 +1833,7 @@ def upload_server(server: LoopbackServer) -> tuple[LoopbackServer, list[Part]]:
 
 
 async def test_upload_from_path(
-    upload_server: tuple[LoopbackServer, list[Part]], client: AsyncMix, tmp_path: Path
+    upload_server: tuple[ScriptedFake, list[Part]], client: AsyncMix, tmp_path: Path
 ) -> None:
     server, parts = upload_server
     content = bytes(range(256)) * 10
@@ -1899,7 +1852,7 @@ async def test_upload_from_path(
 
 
 async def test_upload_open_binary_file(
-    upload_server: tuple[LoopbackServer, list[Part]], client: AsyncMix, tmp_path: Path
+    upload_server: tuple[ScriptedFake, list[Part]], client: AsyncMix, tmp_path: Path
 ) -> None:
     _server, parts = upload_server
     path = tmp_path / "photo.png"
@@ -1910,7 +1863,7 @@ async def test_upload_open_binary_file(
 
 
 async def test_upload_bytes_needs_filename(
-    upload_server: tuple[LoopbackServer, list[Part]], client: AsyncMix
+    upload_server: tuple[ScriptedFake, list[Part]], client: AsyncMix
 ) -> None:
     _server, parts = upload_server
     data = bytes(range(255, -1, -1))  # not UTF-8
@@ -1925,7 +1878,7 @@ async def test_upload_bytes_needs_filename(
 
 
 async def test_upload_async_iterator(
-    upload_server: tuple[LoopbackServer, list[Part]], client: AsyncMix
+    upload_server: tuple[ScriptedFake, list[Part]], client: AsyncMix
 ) -> None:
     _server, parts = upload_server
 
@@ -1944,7 +1897,7 @@ async def test_upload_async_iterator(
 
 
 async def test_upload_original_sdk_dict_form(
-    upload_server: tuple[LoopbackServer, list[Part]], client: AsyncMix
+    upload_server: tuple[ScriptedFake, list[Part]], client: AsyncMix
 ) -> None:
     _server, parts = upload_server
     await client.upload_session_file("s1", {"file_name": "pic.png", "content": b"\x00\x01"})
@@ -1958,7 +1911,7 @@ async def test_upload_original_sdk_dict_form(
 
 
 async def test_upload_content_type_and_filename_override(
-    upload_server: tuple[LoopbackServer, list[Part]], client: AsyncMix, tmp_path: Path
+    upload_server: tuple[ScriptedFake, list[Part]], client: AsyncMix, tmp_path: Path
 ) -> None:
     _server, parts = upload_server
     path = tmp_path / "a.txt"
@@ -1972,7 +1925,7 @@ async def test_upload_content_type_and_filename_override(
 
 
 async def test_upload_filename_with_quote(
-    upload_server: tuple[LoopbackServer, list[Part]], client: AsyncMix
+    upload_server: tuple[ScriptedFake, list[Part]], client: AsyncMix
 ) -> None:
     _server, parts = upload_server
     await client.upload_session_file("s1", b"q", filename='say "hi".txt')
@@ -1998,7 +1951,7 @@ async def test_upload_filename_with_quote(
     ],
 )
 async def test_bad_upload_input_sends_nothing(
-    server: LoopbackServer, client: AsyncMix, tmp_path: Path, make: Any
+    server: ScriptedFake, client: AsyncMix, tmp_path: Path, make: Any
 ) -> None:
     file, kwargs = make(tmp_path)
     with pytest.raises(InvalidInputError):
@@ -2007,7 +1960,7 @@ async def test_bad_upload_input_sends_nothing(
 
 
 async def test_upload_text_mode_file_fails(
-    server: LoopbackServer, client: AsyncMix, tmp_path: Path
+    server: ScriptedFake, client: AsyncMix, tmp_path: Path
 ) -> None:
     path = tmp_path / "t.txt"
     path.write_text("text")
@@ -2033,7 +1986,7 @@ BIG = 256 << 20
 
 
 async def test_large_upload_from_path_has_constant_memory(
-    server: LoopbackServer, client: AsyncMix, tmp_path: Path
+    server: ScriptedFake, client: AsyncMix, tmp_path: Path
 ) -> None:
     seen: dict[str, Any] = {}
 
@@ -2070,7 +2023,7 @@ async def test_large_upload_from_path_has_constant_memory(
     assert growth_mib < 16, f"peak RSS grew by {growth_mib:.1f} MiB"
 
 
-async def test_get_session_file_exact_bytes(server: LoopbackServer, client: AsyncMix) -> None:
+async def test_get_session_file_exact_bytes(server: ScriptedFake, client: AsyncMix) -> None:
     data = bytes(range(256)) * 4099
     server.reply(Reply(200, body=data, content_type="application/octet-stream"))
     assert await client.get_session_file("s1", "f.bin") == data
@@ -2089,7 +2042,7 @@ async def test_get_session_file_exact_bytes(server: LoopbackServer, client: Asyn
     assert await client.get_session_file("s1", "empty.png") == b""
 
 
-async def test_get_session_file_errors(server: LoopbackServer, client: AsyncMix) -> None:
+async def test_get_session_file_errors(server: ScriptedFake, client: AsyncMix) -> None:
     server.reply(Reply(404, {"error": {"code": 404, "message": "file not found"}}))
     with pytest.raises(NotFoundError) as info:
         await client.get_session_file("s1", "nope.txt")
@@ -2127,7 +2080,7 @@ def _stream_handler(
 
 
 async def test_download_large_file_to_path_with_constant_memory(
-    server: LoopbackServer, client: AsyncMix, tmp_path: Path
+    server: ScriptedFake, client: AsyncMix, tmp_path: Path
 ) -> None:
     server.handler = _stream_handler(4 << 20)
     dest = tmp_path / "warm.bin"
@@ -2152,14 +2105,14 @@ async def test_download_large_file_to_path_with_constant_memory(
 
 
 async def test_download_into_directory(
-    server: LoopbackServer, client: AsyncMix, tmp_path: Path
+    server: ScriptedFake, client: AsyncMix, tmp_path: Path
 ) -> None:
     server.default = Reply(200, body=b"content")
     assert await client.download_session_file("s1", "x y.txt", tmp_path) == 7
     assert (tmp_path / "x y.txt").read_bytes() == b"content"
 
 
-async def test_iter_session_file_yields_chunks(server: LoopbackServer, client: AsyncMix) -> None:
+async def test_iter_session_file_yields_chunks(server: ScriptedFake, client: AsyncMix) -> None:
     size = 3 * 65536 + 123
     server.handler = _stream_handler(size, chunk=65536)
     got: list[bytes] = []
@@ -2176,7 +2129,7 @@ async def test_iter_session_file_yields_chunks(server: LoopbackServer, client: A
 
 
 async def test_iter_session_file_closes_on_early_break(
-    server: LoopbackServer, client: AsyncMix
+    server: ScriptedFake, client: AsyncMix
 ) -> None:
     aborted = threading.Event()
     server.handler = _stream_handler(1 << 30, chunk=65536, aborted=aborted)
@@ -2188,7 +2141,7 @@ async def test_iter_session_file_closes_on_early_break(
     assert await asyncio.to_thread(aborted.wait, 10)
 
 
-async def test_iter_session_file_error_status(server: LoopbackServer, client: AsyncMix) -> None:
+async def test_iter_session_file_error_status(server: ScriptedFake, client: AsyncMix) -> None:
     server.reply(Reply(404, {"error": {"code": 404, "message": "gone"}}))
     with pytest.raises(NotFoundError):
         async with client.iter_session_file("s1", "f.bin") as chunks:
@@ -2204,7 +2157,7 @@ SECRET = "sk-ant-SECRET-0123456789"
 
 
 async def test_debug_logging_redacts_credentials(
-    server: LoopbackServer, client: AsyncMix, caplog: pytest.LogCaptureFixture
+    server: ScriptedFake, client: AsyncMix, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="mix_client")
     server.default = Reply(
@@ -2236,14 +2189,14 @@ async def test_debug_logging_redacts_credentials(
 
 
 async def test_no_logging_above_debug(
-    server: LoopbackServer, client: AsyncMix, caplog: pytest.LogCaptureFixture
+    server: ScriptedFake, client: AsyncMix, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="mix_client")
     await client.health_check()
     assert [r for r in caplog.records if r.name == "mix_client"] == []
 
 
-async def test_custom_logger(server: LoopbackServer, caplog: pytest.LogCaptureFixture) -> None:
+async def test_custom_logger(server: ScriptedFake, caplog: pytest.LogCaptureFixture) -> None:
     logger = logging.getLogger("my.app.mix")
     caplog.set_level(logging.DEBUG, logger="my.app.mix")
     async with AsyncMix(server.url, logger=logger) as c:
@@ -2300,14 +2253,14 @@ def test_invalid_server_url(url: str) -> None:
         AsyncMix(url)
 
 
-async def test_server_url_with_prefix(server: LoopbackServer) -> None:
+async def test_server_url_with_prefix(server: ScriptedFake) -> None:
     server.default = Reply(200, {"status": "ok"})
     async with AsyncMix(server.url + "/prefix/") as c:
         await c.health_check()
     assert server.requests[0].raw_path == "/prefix/health"
 
 
-async def test_client_headers_sent_with_every_request(server: LoopbackServer) -> None:
+async def test_client_headers_sent_with_every_request(server: ScriptedFake) -> None:
     async with AsyncMix(server.url, headers={"X-Team": "blue"}) as c:
         await c.health_check()
         await c.store_api_key(api_key="k", provider="openai", headers={"X-Call": "1"})
@@ -2319,7 +2272,7 @@ async def test_client_headers_sent_with_every_request(server: LoopbackServer) ->
     assert "X-Call" not in first.headers
 
 
-async def test_with_options_shares_the_session(server: LoopbackServer, clock: Clock) -> None:
+async def test_with_options_shares_the_session(server: ScriptedFake, clock: Clock) -> None:
     async with AsyncMix(server.url) as c:
         fast = c.with_options(max_retries=0, headers={"X-Opt": "1"})
         server.default = Reply(503)
@@ -2334,7 +2287,7 @@ async def test_with_options_shares_the_session(server: LoopbackServer, clock: Cl
     await asyncio.to_thread(server.wait_connections_closed)  # closing c closed what fast used
 
 
-async def test_with_options_after_first_call_shares_the_session(server: LoopbackServer) -> None:
+async def test_with_options_after_first_call_shares_the_session(server: ScriptedFake) -> None:
     async with AsyncMix(server.url) as c:
         await c.health_check()
         other = c.with_options(timeout=5)
@@ -2380,7 +2333,7 @@ def test_sync_facade_has_every_method_with_the_same_signature() -> None:
             assert sync_fn.__doc__ == async_fn.__doc__, name
 
 
-def test_sync_calls_from_a_plain_thread(server: LoopbackServer) -> None:
+def test_sync_calls_from_a_plain_thread(server: ScriptedFake) -> None:
     server.reply(Reply(200, SESSION_JSON), Reply(404, {"error": {"code": 404, "message": "no"}}))
     with Mix(server.url) as mix:
         check_session(mix.get_session(ODD))
@@ -2396,7 +2349,7 @@ def _echo_session(request: web.Request) -> Awaitable[web.StreamResponse]:
     return reply()
 
 
-def test_sync_calls_from_many_threads(server: LoopbackServer) -> None:
+def test_sync_calls_from_many_threads(server: ScriptedFake) -> None:
     server.default = _echo_session
     results: dict[tuple[int, int], str] = {}
     errors: list[BaseException] = []
@@ -2419,7 +2372,7 @@ def test_sync_calls_from_many_threads(server: LoopbackServer) -> None:
     assert len(server.requests) == 80
 
 
-async def test_sync_call_inside_a_running_event_loop(server: LoopbackServer) -> None:
+async def test_sync_call_inside_a_running_event_loop(server: ScriptedFake) -> None:
     # The server runs on its own thread and loop; this loop is blocked by the call.
     asyncio.get_running_loop()
     server.default = Reply(200, {"status": "ok", "version": "9"})
@@ -2433,7 +2386,7 @@ def loop_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t.name == "mix-client-loop" and t.is_alive()}
 
 
-def test_with_mix_closes(server: LoopbackServer) -> None:
+def test_with_mix_closes(server: ScriptedFake) -> None:
     before = loop_threads()
     with Mix(server.url) as mix:
         mix.health_check()
@@ -2450,7 +2403,7 @@ def test_with_mix_closes(server: LoopbackServer) -> None:
     assert len(server.requests) == 1
 
 
-def test_sync_stream_iterator(server: LoopbackServer) -> None:
+def test_sync_stream_iterator(server: ScriptedFake) -> None:
     server.default = sse_reply(
         sse(
             ("connected", {"sessionId": "s1"}),
@@ -2533,7 +2486,7 @@ STREAM = sse(
 )
 
 
-async def test_stream_events_typed(server: LoopbackServer, client: AsyncMix) -> None:
+async def test_stream_events_typed(server: ScriptedFake, client: AsyncMix) -> None:
     server.default = sse_reply(STREAM)
     async with client.stream_events("s1", reconnect=False) as events:
         got = [e async for e in events]
@@ -2561,7 +2514,7 @@ async def test_stream_events_typed(server: LoopbackServer, client: AsyncMix) -> 
 
 
 async def test_stream_events_other_sessions_included_on_request(
-    server: LoopbackServer, client: AsyncMix
+    server: ScriptedFake, client: AsyncMix
 ) -> None:
     server.default = sse_reply(STREAM)
     async with client.stream_events("s1", reconnect=False, include_other_sessions=True) as ev:
@@ -2573,7 +2526,7 @@ async def test_stream_events_other_sessions_included_on_request(
     assert len(got) == 8
 
 
-async def test_stream_events_error_status(server: LoopbackServer, client: AsyncMix) -> None:
+async def test_stream_events_error_status(server: ScriptedFake, client: AsyncMix) -> None:
     server.default = Reply(404, {"error": {"code": 404, "message": "no stream"}})
     with pytest.raises(NotFoundError):
         async with client.stream_events("s1") as events:
