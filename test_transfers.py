@@ -1,8 +1,7 @@
 """File transfers: memory, safe downloads, text uploads, types, metadata, progress, names.
 
-Transport behaviour is checked on loopback: the ``LoopbackServer`` of test_mix_client
-(aiohttp.web in its own thread, recording raw paths and routing by the spec's templates)
-and, where a server must misbehave at the byte level (a lying ``Content-Length``, a body
+Transport behaviour is checked on loopback: the ``ScriptedFake`` of test_mix_client
+(MixFake in its own thread with scripted replies, recording raw paths and routes) and, where a server must misbehave at the byte level (a lying ``Content-Length``, a body
 cut off, a request that must never arrive), a bare asyncio HTTP server in this file.
 """
 
@@ -40,21 +39,21 @@ from mix_client import (
     SyncFileDownload,
 )
 from mix_fake import MixFake
-from test_mix_client import LoopbackServer, Reply, _reset_peak_rss, _status_kib
+from test_mix_client import ScriptedFake, Reply, _reset_peak_rss, _status_kib
 
 HERE = Path(__file__).resolve().parent
 WAIT = 30.0  # generous bound for anything that should happen at once
 
 
 @pytest.fixture
-def server() -> Iterator[LoopbackServer]:
-    srv = LoopbackServer()
+def server() -> Iterator[ScriptedFake]:
+    srv = ScriptedFake()
     yield srv
     srv.stop()
 
 
 @pytest.fixture
-async def client(server: LoopbackServer) -> AsyncIterator[AsyncMix]:
+async def client(server: ScriptedFake) -> AsyncIterator[AsyncMix]:
     async with AsyncMix(server.url) as c:
         yield c
 
@@ -180,7 +179,7 @@ async def test_iter_session_file_short_body_is_a_clear_error() -> None:
     assert "ended after 10 of the 1000 bytes" in str(info.value)
 
 
-async def test_get_session_file_exact_content_and_growth(server: LoopbackServer) -> None:
+async def test_get_session_file_exact_content_and_growth(server: ScriptedFake) -> None:
     """An honest 64 MiB body: exact bytes, held about once (no second copy at the end)."""
     size = 64 << 20
     data = bytes(range(256)) * (size // 256)
@@ -256,7 +255,7 @@ async def test_download_cancelled_midway_leaves_existing_file_untouched(tmp_path
 
 
 async def test_download_error_status_creates_nothing(
-    server: LoopbackServer, client: AsyncMix, tmp_path: Path
+    server: ScriptedFake, client: AsyncMix, tmp_path: Path
 ) -> None:
     dest = tmp_path / "kept.txt"
     dest.write_bytes(b"keep me")
@@ -268,7 +267,7 @@ async def test_download_error_status_creates_nothing(
 
 
 async def test_download_replaces_existing_file_keeping_its_mode(
-    server: LoopbackServer, client: AsyncMix, tmp_path: Path
+    server: ScriptedFake, client: AsyncMix, tmp_path: Path
 ) -> None:
     dest = tmp_path / "data.bin"
     dest.write_bytes(b"old content that is longer than the new one")
@@ -282,7 +281,7 @@ async def test_download_replaces_existing_file_keeping_its_mode(
 
 
 async def test_new_download_gets_default_permissions(
-    server: LoopbackServer, client: AsyncMix, tmp_path: Path
+    server: ScriptedFake, client: AsyncMix, tmp_path: Path
 ) -> None:
     """Not the 0600 of a temporary file: what ``open(path, "wb")`` would have given."""
     server.default = Reply(200, body=b"abc")
@@ -294,7 +293,7 @@ async def test_new_download_gets_default_permissions(
 
 
 async def test_download_through_a_symlink_writes_its_target(
-    server: LoopbackServer, client: AsyncMix, tmp_path: Path
+    server: ScriptedFake, client: AsyncMix, tmp_path: Path
 ) -> None:
     real = tmp_path / "real.txt"
     real.write_bytes(b"old")
@@ -307,7 +306,7 @@ async def test_download_through_a_symlink_writes_its_target(
 
 
 async def test_download_into_directory_uses_last_part_of_name(
-    server: LoopbackServer, client: AsyncMix, tmp_path: Path
+    server: ScriptedFake, client: AsyncMix, tmp_path: Path
 ) -> None:
     server.default = Reply(200, body=b"deep")
     result = await client.download_session_file("s1", "sub/dir.txt", tmp_path)
@@ -398,7 +397,7 @@ async def test_text_chunk_later_in_a_stream_is_invalid_input_not_connection_erro
 
 
 async def test_upload_from_sync_iterator_and_unseekable_reader(
-    server: LoopbackServer, client: AsyncMix
+    server: ScriptedFake, client: AsyncMix
 ) -> None:
     """The first chunk, read ahead to check its type, is sent once and in order."""
     bodies: list[bytes] = []
@@ -436,7 +435,7 @@ async def test_upload_from_sync_iterator_and_unseekable_reader(
     assert bodies == [expected, expected, b"xy", b"3456789"]
 
 
-def test_blocking_upload_of_a_generator(server: LoopbackServer, tmp_path: Path) -> None:
+def test_blocking_upload_of_a_generator(server: ScriptedFake, tmp_path: Path) -> None:
     parts: list[bytes] = []
 
     async def handler(request: web.Request) -> web.StreamResponse:
@@ -553,7 +552,7 @@ def _file_reply(body: bytes, **headers: str) -> Reply:
     return Reply(200, body=body, content_type="image/png", headers=headers)
 
 
-async def test_iter_session_file_carries_metadata(server: LoopbackServer, client: AsyncMix) -> None:
+async def test_iter_session_file_carries_metadata(server: ScriptedFake, client: AsyncMix) -> None:
     server.default = _file_reply(b"\x89PNG" * 100, ETag='"v1"', **{"X-Checksum": "abc"})
     async with client.iter_session_file("s1", "a.png", chunk_size=64) as chunks:
         assert chunks.content_type == "image/png"
@@ -566,7 +565,7 @@ async def test_iter_session_file_carries_metadata(server: LoopbackServer, client
 
 
 async def test_content_length_is_none_when_unknown(
-    server: LoopbackServer, client: AsyncMix
+    server: ScriptedFake, client: AsyncMix
 ) -> None:
     async def chunked(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
@@ -584,7 +583,7 @@ async def test_content_length_is_none_when_unknown(
 
 
 async def test_compressed_body_has_no_content_length(
-    server: LoopbackServer, client: AsyncMix
+    server: ScriptedFake, client: AsyncMix
 ) -> None:
     """``Content-Length`` of a gzip body counts compressed bytes, not what we read."""
     import gzip
@@ -602,7 +601,7 @@ async def test_compressed_body_has_no_content_length(
 
 
 async def test_download_session_file_returns_path_and_metadata(
-    server: LoopbackServer, client: AsyncMix, tmp_path: Path
+    server: ScriptedFake, client: AsyncMix, tmp_path: Path
 ) -> None:
     server.default = _file_reply(b"12345", ETag='"e"')
     result = await client.download_session_file("s1", "a.png", tmp_path / "out.png")
@@ -641,7 +640,7 @@ async def test_async_reader_gets_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_blocking_iter_session_file_carries_metadata(
-    server: LoopbackServer, tmp_path: Path
+    server: ScriptedFake, tmp_path: Path
 ) -> None:
     server.default = _file_reply(b"x" * 1000, **{"X-Checksum": "abc"})
     with Mix(server.url) as mix:
@@ -685,7 +684,7 @@ class Recorder:
 
 
 @pytest.fixture
-def echo_upload(server: LoopbackServer) -> LoopbackServer:
+def echo_upload(server: ScriptedFake) -> ScriptedFake:
     async def handler(request: web.Request) -> web.StreamResponse:
         reader = await request.multipart()
         part = await reader.next()
@@ -698,7 +697,7 @@ def echo_upload(server: LoopbackServer) -> LoopbackServer:
 
 
 async def test_upload_progress_from_path(
-    echo_upload: LoopbackServer, client: AsyncMix, tmp_path: Path
+    echo_upload: ScriptedFake, client: AsyncMix, tmp_path: Path
 ) -> None:
     size = 3 * (256 << 10) + 17
     path = tmp_path / "big.bin"
@@ -710,7 +709,7 @@ async def test_upload_progress_from_path(
     assert rec.threads == {threading.current_thread().name}  # the event loop's thread
 
 
-async def test_upload_progress_unknown_total(echo_upload: LoopbackServer, client: AsyncMix) -> None:
+async def test_upload_progress_unknown_total(echo_upload: ScriptedFake, client: AsyncMix) -> None:
     async def chunks() -> AsyncIterator[bytes]:
         for _ in range(3):
             yield b"q" * 1000
@@ -720,7 +719,7 @@ async def test_upload_progress_unknown_total(echo_upload: LoopbackServer, client
     rec.check(None, 3000)
 
 
-async def test_download_progress(server: LoopbackServer, client: AsyncMix, tmp_path: Path) -> None:
+async def test_download_progress(server: ScriptedFake, client: AsyncMix, tmp_path: Path) -> None:
     body = b"d" * 300_000
     server.default = Reply(200, body=body, content_type="application/octet-stream")
 
@@ -742,7 +741,7 @@ async def test_download_progress(server: LoopbackServer, client: AsyncMix, tmp_p
 
 
 def test_blocking_progress_runs_on_the_loop_thread(
-    echo_upload: LoopbackServer, tmp_path: Path
+    echo_upload: ScriptedFake, tmp_path: Path
 ) -> None:
     path = tmp_path / "u.bin"
     path.write_bytes(b"u" * 600_000)
@@ -753,7 +752,7 @@ def test_blocking_progress_runs_on_the_loop_thread(
     assert up.threads == {"mix-client-loop"}
 
 
-def test_blocking_download_progress(server: LoopbackServer, tmp_path: Path) -> None:
+def test_blocking_download_progress(server: ScriptedFake, tmp_path: Path) -> None:
     server.default = Reply(200, body=b"d" * 500_000)
     down = Recorder()
     with Mix(server.url) as mix:
@@ -791,7 +790,7 @@ def _readme_block(containing: str) -> str:
 
 
 async def test_readme_tqdm_snippet_runs(
-    server: LoopbackServer,
+    server: ScriptedFake,
     client: AsyncMix,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -817,7 +816,7 @@ class Stop(Exception):
 
 
 async def test_progress_callback_error_aborts_upload_unretried(
-    echo_upload: LoopbackServer, client: AsyncMix
+    echo_upload: ScriptedFake, client: AsyncMix
 ) -> None:
     def progress(done: int, total: int | None) -> None:
         if done > 0:
@@ -831,7 +830,7 @@ async def test_progress_callback_error_aborts_upload_unretried(
 
 
 async def test_progress_callback_error_aborts_download(
-    server: LoopbackServer, client: AsyncMix, tmp_path: Path
+    server: ScriptedFake, client: AsyncMix, tmp_path: Path
 ) -> None:
     server.default = Reply(200, body=b"b" * 1000)
     dest = tmp_path / "keep.bin"
@@ -850,7 +849,7 @@ async def test_progress_callback_error_aborts_download(
 
 
 async def test_option_errors_name_the_method_called(
-    server: LoopbackServer, client: AsyncMix, tmp_path: Path
+    server: ScriptedFake, client: AsyncMix, tmp_path: Path
 ) -> None:
     with pytest.raises(TypeError, match=r"^download_session_file\(\).*max_retry"):
         await client.download_session_file("s1", "f", tmp_path / "f", max_retry=0)  # type: ignore[call-arg]
@@ -858,7 +857,7 @@ async def test_option_errors_name_the_method_called(
     assert _listing(tmp_path) == []
 
 
-async def test_progress_must_be_callable(server: LoopbackServer, client: AsyncMix) -> None:
+async def test_progress_must_be_callable(server: ScriptedFake, client: AsyncMix) -> None:
     with pytest.raises(InvalidInputError):
         await client.upload_session_file("s1", b"x", filename="x", progress=5)  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError):
@@ -894,7 +893,7 @@ NAMES = [
 
 @pytest.mark.parametrize(("name", "encoded"), NAMES)
 async def test_file_names_reach_the_file_route_as_one_segment(
-    server: LoopbackServer, client: AsyncMix, name: str, encoded: str
+    server: ScriptedFake, client: AsyncMix, name: str, encoded: str
 ) -> None:
     server.default = Reply(204)
     await client.delete_session_file("s1", name)
@@ -913,7 +912,7 @@ async def test_file_names_reach_the_file_route_as_one_segment(
 
 @pytest.mark.parametrize("name", ["sub/dir.txt", "v1..2.txt", "back\\slash.txt", "../x.txt"])
 async def test_upload_names_are_sent_as_given(
-    server: LoopbackServer, client: AsyncMix, name: str
+    server: ScriptedFake, client: AsyncMix, name: str
 ) -> None:
     seen: list[str | None] = []
 
@@ -966,7 +965,7 @@ DOT_CALLS = [
 
 @pytest.mark.parametrize("call", DOT_CALLS)
 async def test_dot_segments_are_refused_before_sending(
-    server: LoopbackServer, client: AsyncMix, tmp_path: Path, call: Any
+    server: ScriptedFake, client: AsyncMix, tmp_path: Path, call: Any
 ) -> None:
     """A raw ``..`` would be normalised away: ``DELETE .../files/..`` hits the session."""
     with pytest.raises(InvalidInputError):
@@ -975,7 +974,7 @@ async def test_dot_segments_are_refused_before_sending(
 
 
 async def test_dot_segments_in_iter_session_file_are_refused(
-    server: LoopbackServer, client: AsyncMix
+    server: ScriptedFake, client: AsyncMix
 ) -> None:
     for name in (".", ".."):
         with pytest.raises(InvalidInputError):
@@ -984,7 +983,7 @@ async def test_dot_segments_in_iter_session_file_are_refused(
 
 
 async def test_empty_and_wrong_type_names_are_refused(
-    server: LoopbackServer, client: AsyncMix
+    server: ScriptedFake, client: AsyncMix
 ) -> None:
     for bad in ("", 5, None, b"a.txt"):
         with pytest.raises(InvalidInputError):
@@ -997,7 +996,7 @@ async def test_empty_and_wrong_type_names_are_refused(
     assert server.requests == []
 
 
-def test_unencoded_dot_segments_would_reach_another_route(server: LoopbackServer) -> None:
+def test_unencoded_dot_segments_would_reach_another_route(server: ScriptedFake) -> None:
     """Why ``..`` is refused: sent as is, it is normalised to the session's own URL."""
 
     async def raw_delete() -> int:
