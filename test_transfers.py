@@ -564,9 +564,7 @@ async def test_iter_session_file_carries_metadata(server: ScriptedFake, client: 
     assert chunks.received == 400
 
 
-async def test_content_length_is_none_when_unknown(
-    server: ScriptedFake, client: AsyncMix
-) -> None:
+async def test_content_length_is_none_when_unknown(server: ScriptedFake, client: AsyncMix) -> None:
     async def chunked(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
         await resp.prepare(request)  # no Content-Length: chunked
@@ -639,9 +637,7 @@ async def test_async_reader_gets_a_clear_error(tmp_path: Path) -> None:
     assert srv.connections == 0
 
 
-def test_blocking_iter_session_file_carries_metadata(
-    server: ScriptedFake, tmp_path: Path
-) -> None:
+def test_blocking_iter_session_file_carries_metadata(server: ScriptedFake, tmp_path: Path) -> None:
     server.default = _file_reply(b"x" * 1000, **{"X-Checksum": "abc"})
     with Mix(server.url) as mix:
         with mix.iter_session_file("s1", "a.png", chunk_size=100) as chunks:
