@@ -1,6 +1,7 @@
-"""End-to-end streaming tests for mix_client against a scripted loopback SSE server.
+"""End-to-end streaming tests for mix_client against scripted streams served by MixFake.
 
-The server (``SSEServer``) runs on its own thread and event loop, so the blocking ``Mix``
+``ScriptedStreams`` answers the stream and turn routes of a ``mix_fake.FakeThread`` (MixFake
+on its own thread and event loop) with per-connection scripts, so the blocking ``Mix``
 facade can be tested from inside a running loop too, and ``asyncio.all_tasks()`` of the
 test loop only holds client-side tasks. It behaves like the real Mix server (as
 ``mix_fake.py`` describes it): ``id``/``event``/``data`` frames, ``connected`` first,
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import threading
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -44,6 +46,7 @@ from mix_client import (
     TurnToolCall,
     UnknownEvent,
 )
+from mix_fake import FakeThread
 
 WAIT = 10.0  # upper bound for waiting on a condition (liveness, not a timing assertion)
 
@@ -85,7 +88,7 @@ class Conn:
 class Agent:
     """What a scripted agent run can do; runs on the server loop."""
 
-    def __init__(self, srv: SSEServer, sid: str, text: str) -> None:
+    def __init__(self, srv: ScriptedStreams, sid: str, text: str) -> None:
         self.srv = srv
         self.sid = sid
         self.text = text
@@ -124,7 +127,9 @@ class Agent:
 Script = Callable[[Agent], Awaitable[None]]
 
 
-class SSEServer:
+class ScriptedStreams:
+    """Scripted ``/stream`` connections and agent turns, served by MixFake (``handle_next``)."""
+
     def __init__(self) -> None:
         self.sessions: set[str] = {"s1", "s2"}
         self.not_found: set[str] = set()  # /stream answers 404
@@ -151,60 +156,28 @@ class SSEServer:
         self.agent_tasks: dict[str, asyncio.Task[None]] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self.url = ""
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
+        self.server: FakeThread | None = None
         self._down = False
 
     # lifecycle (called from the test thread) ---------------------------------
 
     def start(self) -> None:
-        ready = threading.Event()
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self.loop = loop
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(self._setup())
-            except BaseException as exc:  # pragma: no cover
-                errors.append(exc)
-                ready.set()
-                return
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self._shutdown())
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name="sse-server", daemon=True)
-        self._thread.start()
-        ready.wait(WAIT)
-        if errors:
-            raise errors[0]
+        """Serve the scripted routes from a MixFake on its own thread (mix_fake.FakeThread)."""
+        self.server = FakeThread()
+        self.loop, self.url = self.server.loop, self.server.url
+        for route, handler in (
+            ("GET /stream", self._stream),
+            ("POST /api/sessions/{id}/messages", self._post_message),
+            ("GET /api/sessions/{id}/messages", self._get_messages),
+            ("POST /api/sessions/{id}/cancel", self._cancel),
+            ("POST /api/permissions/{id}/grant", self._grant),
+            ("POST /api/permissions/{id}/deny", self._deny),
+        ):
+            self.server.fake.handle_next(route, handler, times=math.inf)
 
     def stop(self) -> None:
-        loop, thread = self.loop, self._thread
-        if loop is None or thread is None:
-            return
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(WAIT)
-
-    async def _setup(self) -> None:
-        app = web.Application()
-        app.router.add_get("/stream", self._stream)
-        app.router.add_post("/api/sessions/{id}/messages", self._post_message)
-        app.router.add_get("/api/sessions/{id}/messages", self._get_messages)
-        app.router.add_post("/api/sessions/{id}/cancel", self._cancel)
-        app.router.add_post("/api/permissions/{id}/grant", self._grant)
-        app.router.add_post("/api/permissions/{id}/deny", self._deny)
-        self._runner = web.AppRunner(
-            app, handler_cancellation=True, shutdown_timeout=0.5, access_log=None
-        )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
+        if self.server is not None:
+            self.server.stop()
 
     async def _shutdown(self) -> None:
         if self._down:
@@ -214,8 +187,8 @@ class SSEServer:
             task.cancel()
         for conn in list(self.conns):
             conn.push(CUT, "eof")
-        if self._runner is not None:
-            await self._runner.cleanup()
+        assert self.server is not None
+        await self.server.fake.stop()
 
     # control from the test thread --------------------------------------------
 
@@ -413,8 +386,8 @@ class SSEServer:
 
 
 @pytest.fixture
-def srv() -> Iterator[SSEServer]:
-    server = SSEServer()
+def srv() -> Iterator[ScriptedStreams]:
+    server = ScriptedStreams()
     server.start()
     try:
         yield server
@@ -423,7 +396,7 @@ def srv() -> Iterator[SSEServer]:
 
 
 @pytest.fixture
-async def mix(srv: SSEServer) -> AsyncIterator[AsyncMix]:
+async def mix(srv: ScriptedStreams) -> AsyncIterator[AsyncMix]:
     async with AsyncMix(srv.url, max_retries=0) as client:
         yield client
 
@@ -598,7 +571,9 @@ async def disconnecting_turn(a: Agent) -> None:
 # ---------------------------------------------------------------------------
 
 
-async def test_events_typed_by_event_line_with_frame_ids(srv: SSEServer, mix: AsyncMix) -> None:
+async def test_events_typed_by_event_line_with_frame_ids(
+    srv: ScriptedStreams, mix: AsyncMix
+) -> None:
     async with mix.stream_events("s1") as events:
         first = await _next(events)
         assert isinstance(first, ConnectedEvent)
@@ -630,7 +605,7 @@ async def test_events_typed_by_event_line_with_frame_ids(srv: SSEServer, mix: As
     assert [e.id for e in got] == ["2", "3", "4", "5", "6"]
 
 
-async def test_other_sessions_broadcasts_filtered(srv: SSEServer, mix: AsyncMix) -> None:
+async def test_other_sessions_broadcasts_filtered(srv: ScriptedStreams, mix: AsyncMix) -> None:
     async with mix.stream_events("s1") as events:
         assert isinstance(await _next(events), ConnectedEvent)
         srv.broadcast("session_created", sessionId="s2", title="other", createdAt=1)
@@ -646,7 +621,9 @@ async def test_other_sessions_broadcasts_filtered(srv: SSEServer, mix: AsyncMix)
     assert [e.id for e in got] == ["3", "5", "6"]  # ids 2 and 4 were s2's, filtered
 
 
-async def test_other_sessions_broadcasts_included_on_request(srv: SSEServer, mix: AsyncMix) -> None:
+async def test_other_sessions_broadcasts_included_on_request(
+    srv: ScriptedStreams, mix: AsyncMix
+) -> None:
     async with mix.stream_events("s1", include_other_sessions=True) as events:
         assert isinstance(await _next(events), ConnectedEvent)
         srv.broadcast("session_created", sessionId="s2", title="other")
@@ -660,7 +637,7 @@ async def test_other_sessions_broadcasts_included_on_request(srv: SSEServer, mix
     ]
 
 
-async def test_big_content_event_decodes_intact(srv: SSEServer, mix: AsyncMix) -> None:
+async def test_big_content_event_decodes_intact(srv: ScriptedStreams, mix: AsyncMix) -> None:
     unit = 'héllo <&> "quoted" \\ \n\t ✓ '
     big = (unit * (4 * 1024 * 1024 // len(unit) + 1))[: 4 * 1024 * 1024]
     async with mix.stream_events("s1") as events:
@@ -675,7 +652,7 @@ async def test_big_content_event_decodes_intact(srv: SSEServer, mix: AsyncMix) -
     assert got[0].id == "2"
 
 
-async def test_slow_consumer_gets_every_written_event(srv: SSEServer, mix: AsyncMix) -> None:
+async def test_slow_consumer_gets_every_written_event(srv: ScriptedStreams, mix: AsyncMix) -> None:
     srv.maxbuf = 50  # like the real server: a lagging reader loses events server-side
     count = 3000
     async with mix.stream_events("s1", reconnect=False) as events:
@@ -705,7 +682,7 @@ async def test_slow_consumer_gets_every_written_event(srv: SSEServer, mix: Async
 
 @pytest.mark.parametrize("mode", ["close", "eof"])
 async def test_reconnect_sends_last_event_id_and_marks_gap(
-    srv: SSEServer, mix: AsyncMix, mode: str
+    srv: ScriptedStreams, mix: AsyncMix, mode: str
 ) -> None:
     srv.retry_ms = 20
     srv.cut_after[1] = (3, mode)
@@ -740,7 +717,7 @@ async def test_reconnect_sends_last_event_id_and_marks_gap(
 
 
 async def test_reconnect_honours_retry_field(
-    srv: SSEServer, mix: AsyncMix, monkeypatch: pytest.MonkeyPatch
+    srv: ScriptedStreams, mix: AsyncMix, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # After a drop the first reopen is immediate; a failed attempt waits, `retry:` capping it.
     spy = _SleepSpy()
@@ -758,7 +735,7 @@ async def test_reconnect_honours_retry_field(
 
 
 async def test_reconnect_default_delay_without_retry_field(
-    srv: SSEServer, mix: AsyncMix, monkeypatch: pytest.MonkeyPatch
+    srv: ScriptedStreams, mix: AsyncMix, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Control for the test above: without `retry:` the delay is the default (0.5 s).
     spy = _SleepSpy()
@@ -774,7 +751,7 @@ async def test_reconnect_default_delay_without_retry_field(
     assert 0.5 * 0.5 <= spy.delays[0] <= 0.5
 
 
-async def test_server_down_raises_after_max_reconnects(srv: SSEServer, mix: AsyncMix) -> None:
+async def test_server_down_raises_after_max_reconnects(srv: ScriptedStreams, mix: AsyncMix) -> None:
     srv.retry_ms = 5
     async with mix.stream_events("s1", max_reconnects=3) as events:
         assert isinstance(await _next(events), ConnectedEvent)
@@ -788,7 +765,7 @@ async def test_server_down_raises_after_max_reconnects(srv: SSEServer, mix: Asyn
     assert srv.conn_count == 1
 
 
-async def test_reconnect_retries_5xx_then_succeeds(srv: SSEServer, mix: AsyncMix) -> None:
+async def test_reconnect_retries_5xx_then_succeeds(srv: ScriptedStreams, mix: AsyncMix) -> None:
     srv.retry_ms = 5
     srv.cut_after[1] = (1, "eof")
     srv.fail_status[2] = 503
@@ -802,7 +779,7 @@ async def test_reconnect_retries_5xx_then_succeeds(srv: SSEServer, mix: AsyncMix
     assert srv.last_event_ids == [None, "2", "2", "2"]
 
 
-async def test_reconnect_404_raises_not_found(srv: SSEServer, mix: AsyncMix) -> None:
+async def test_reconnect_404_raises_not_found(srv: ScriptedStreams, mix: AsyncMix) -> None:
     srv.retry_ms = 5
     srv.cut_after[1] = (1, "eof")
     async with mix.stream_events("s1") as events:
@@ -817,7 +794,9 @@ async def test_reconnect_404_raises_not_found(srv: SSEServer, mix: AsyncMix) -> 
     assert srv.conn_count == 2
 
 
-async def test_reconnect_false_clean_end_stops_iteration(srv: SSEServer, mix: AsyncMix) -> None:
+async def test_reconnect_false_clean_end_stops_iteration(
+    srv: ScriptedStreams, mix: AsyncMix
+) -> None:
     srv.cut_after[1] = (1, "eof")
     async with mix.stream_events("s1", reconnect=False) as events:
         assert isinstance(await _next(events), ConnectedEvent)
@@ -827,7 +806,9 @@ async def test_reconnect_false_clean_end_stops_iteration(srv: SSEServer, mix: As
     assert srv.conn_count == 1
 
 
-async def test_reconnect_false_broken_connection_raises(srv: SSEServer, mix: AsyncMix) -> None:
+async def test_reconnect_false_broken_connection_raises(
+    srv: ScriptedStreams, mix: AsyncMix
+) -> None:
     srv.cut_after[1] = (1, "close")
     async with mix.stream_events("s1", reconnect=False) as events:
         assert isinstance(await _next(events), ConnectedEvent)
@@ -838,7 +819,7 @@ async def test_reconnect_false_broken_connection_raises(srv: SSEServer, mix: Asy
     assert srv.conn_count == 1
 
 
-async def test_idle_timeout_reconnects(srv: SSEServer, mix: AsyncMix) -> None:
+async def test_idle_timeout_reconnects(srv: ScriptedStreams, mix: AsyncMix) -> None:
     srv.retry_ms = 10
     srv.stall.add(1)
     async with mix.stream_events("s1", idle_timeout=0.3) as events:
@@ -851,7 +832,7 @@ async def test_idle_timeout_reconnects(srv: SSEServer, mix: AsyncMix) -> None:
     await srv.wait_for(lambda: (1, "cancelled") in srv.exits, "stalled connection closed")
 
 
-async def test_idle_timeout_without_reconnect_raises(srv: SSEServer, mix: AsyncMix) -> None:
+async def test_idle_timeout_without_reconnect_raises(srv: ScriptedStreams, mix: AsyncMix) -> None:
     srv.stall.add(1)
     async with mix.stream_events("s1", idle_timeout=0.3, reconnect=False) as events:
         assert isinstance(await _next(events), ConnectedEvent)
@@ -860,7 +841,7 @@ async def test_idle_timeout_without_reconnect_raises(srv: SSEServer, mix: AsyncM
     assert srv.conn_count == 1
 
 
-async def test_unknown_session_yields_error_and_ends(srv: SSEServer, mix: AsyncMix) -> None:
+async def test_unknown_session_yields_error_and_ends(srv: ScriptedStreams, mix: AsyncMix) -> None:
     async with mix.stream_events("ghost") as events:
         got = await _collect(events)
     assert len(got) == 1
@@ -869,7 +850,7 @@ async def test_unknown_session_yields_error_and_ends(srv: SSEServer, mix: AsyncM
     assert srv.conn_count == 1
 
 
-async def test_404_on_open_raises_not_found(srv: SSEServer, mix: AsyncMix) -> None:
+async def test_404_on_open_raises_not_found(srv: ScriptedStreams, mix: AsyncMix) -> None:
     srv.not_found.add("gone")
     with pytest.raises(NotFoundError):
         async with mix.stream_events("gone"):
@@ -882,7 +863,9 @@ async def test_404_on_open_raises_not_found(srv: SSEServer, mix: AsyncMix) -> No
 # ---------------------------------------------------------------------------
 
 
-async def test_break_closes_connection_and_leaks_no_task(srv: SSEServer, mix: AsyncMix) -> None:
+async def test_break_closes_connection_and_leaks_no_task(
+    srv: ScriptedStreams, mix: AsyncMix
+) -> None:
     await mix.get_session_messages("s1")  # warm up the HTTP session
     before = set(asyncio.all_tasks())
 
@@ -902,7 +885,9 @@ async def test_break_closes_connection_and_leaks_no_task(srv: SSEServer, mix: As
     assert _leaked(before) == []
 
 
-async def test_break_without_async_with_closes_connection(srv: SSEServer, mix: AsyncMix) -> None:
+async def test_break_without_async_with_closes_connection(
+    srv: ScriptedStreams, mix: AsyncMix
+) -> None:
     await mix.get_session_messages("s1")
 
     async def run() -> None:
@@ -918,7 +903,7 @@ async def test_break_without_async_with_closes_connection(srv: SSEServer, mix: A
 
 
 async def test_cancelled_consumer_task_leaves_nothing_pending(
-    srv: SSEServer, mix: AsyncMix
+    srv: ScriptedStreams, mix: AsyncMix
 ) -> None:
     await mix.get_session_messages("s1")
     before = set(asyncio.all_tasks())
@@ -943,7 +928,7 @@ async def test_cancelled_consumer_task_leaves_nothing_pending(
 
 
 async def test_query_break_closes_stream_no_cancel_by_default(
-    srv: SSEServer, mix: AsyncMix
+    srv: ScriptedStreams, mix: AsyncMix
 ) -> None:
     srv.script = endless_turn
     await mix.get_session_messages("s1")
@@ -962,7 +947,7 @@ async def test_query_break_closes_stream_no_cancel_by_default(
     assert srv.cancels == []
 
 
-async def test_query_cancel_on_exit_calls_cancel(srv: SSEServer, mix: AsyncMix) -> None:
+async def test_query_cancel_on_exit_calls_cancel(srv: ScriptedStreams, mix: AsyncMix) -> None:
     srv.script = endless_turn
     await mix.get_session_messages("s1")
     before = set(asyncio.all_tasks())
@@ -981,7 +966,7 @@ async def test_query_cancel_on_exit_calls_cancel(srv: SSEServer, mix: AsyncMix) 
 
 
 async def test_cancelled_query_task_cancels_run_and_leaves_nothing(
-    srv: SSEServer, mix: AsyncMix
+    srv: ScriptedStreams, mix: AsyncMix
 ) -> None:
     srv.script = endless_turn
     await mix.get_session_messages("s1")
@@ -1010,7 +995,9 @@ async def test_cancelled_query_task_cancels_run_and_leaves_nothing(
 # ---------------------------------------------------------------------------
 
 
-async def test_query_waits_for_connected_before_posting(srv: SSEServer, mix: AsyncMix) -> None:
+async def test_query_waits_for_connected_before_posting(
+    srv: ScriptedStreams, mix: AsyncMix
+) -> None:
     # The server registers the stream only a while after answering the GET, and the
     # agent starts emitting the moment the POST arrives: posting early loses events.
     srv.register_delay = 0.3
@@ -1032,7 +1019,7 @@ async def test_query_waits_for_connected_before_posting(srv: SSEServer, mix: Asy
     assert got[-1] is completes[-1]
 
 
-async def test_query_agent_error_raises(srv: SSEServer, mix: AsyncMix) -> None:
+async def test_query_agent_error_raises(srv: ScriptedStreams, mix: AsyncMix) -> None:
     srv.script = failing_turn
     got: list[Any] = []
 
@@ -1050,7 +1037,7 @@ async def test_query_agent_error_raises(srv: SSEServer, mix: AsyncMix) -> None:
     await srv.wait_for(lambda: srv.open_conns == 0, "stream closed")
 
 
-async def test_query_retry_notice_does_not_end_turn(srv: SSEServer, mix: AsyncMix) -> None:
+async def test_query_retry_notice_does_not_end_turn(srv: ScriptedStreams, mix: AsyncMix) -> None:
     srv.script = retry_notice_turn
     async with mix.query("s1", "go") as events:
         got = await _collect(events)
@@ -1065,7 +1052,7 @@ async def test_query_retry_notice_does_not_end_turn(srv: SSEServer, mix: AsyncMi
     assert got[2].event == "rate_limit_error"
 
 
-async def test_query_timeout(srv: SSEServer, mix: AsyncMix) -> None:
+async def test_query_timeout(srv: ScriptedStreams, mix: AsyncMix) -> None:
     srv.script = endless_turn
     got: list[Any] = []
 
@@ -1081,7 +1068,9 @@ async def test_query_timeout(srv: SSEServer, mix: AsyncMix) -> None:
     await srv.wait_for(lambda: srv.open_conns == 0, "stream closed")
 
 
-async def test_query_unknown_session_raises_agent_error(srv: SSEServer, mix: AsyncMix) -> None:
+async def test_query_unknown_session_raises_agent_error(
+    srv: ScriptedStreams, mix: AsyncMix
+) -> None:
     with pytest.raises(AgentError) as info:
         async with mix.query("ghost", "hi") as events:
             await _collect(events)
@@ -1095,7 +1084,7 @@ async def test_query_unknown_session_raises_agent_error(srv: SSEServer, mix: Asy
 # ---------------------------------------------------------------------------
 
 
-def _check_full_turn(turn: Turn, srv: SSEServer) -> None:
+def _check_full_turn(turn: Turn, srv: ScriptedStreams) -> None:
     assert turn.session_id == "s1"
     assert turn.text == FULL_TEXT
     assert turn.thinking == FULL_THINKING
@@ -1120,7 +1109,7 @@ def _check_full_turn(turn: Turn, srv: SSEServer) -> None:
     assert srv.grants == ["perm1"]
 
 
-async def test_send_and_wait_full_turn_with_callbacks(srv: SSEServer, mix: AsyncMix) -> None:
+async def test_send_and_wait_full_turn_with_callbacks(srv: ScriptedStreams, mix: AsyncMix) -> None:
     srv.script = full_turn
     calls: list[tuple[Any, ...]] = []
     events_seen: list[str] = []
@@ -1195,7 +1184,7 @@ async def test_send_and_wait_full_turn_with_callbacks(srv: SSEServer, mix: Async
     assert srv.posts[0]["registered"] is True
 
 
-async def test_send_and_wait_denied_permission(srv: SSEServer, mix: AsyncMix) -> None:
+async def test_send_and_wait_denied_permission(srv: ScriptedStreams, mix: AsyncMix) -> None:
     srv.script = full_turn
 
     async def deny(event: PermissionEvent) -> None:
@@ -1207,7 +1196,7 @@ async def test_send_and_wait_denied_permission(srv: SSEServer, mix: AsyncMix) ->
     assert turn.final is not None
 
 
-async def test_send_and_wait_text_is_main_agent_deltas(srv: SSEServer, mix: AsyncMix) -> None:
+async def test_send_and_wait_text_is_main_agent_deltas(srv: ScriptedStreams, mix: AsyncMix) -> None:
     # No tool calls and no reconnect: the text comes from the stream alone.
     async def script(a: Agent) -> None:
         a.emit("thinking", content="hmm")
@@ -1228,7 +1217,7 @@ async def test_send_and_wait_text_is_main_agent_deltas(srv: SSEServer, mix: Asyn
     assert turn.tool_calls == []
 
 
-async def test_send_and_wait_agent_error_raises(srv: SSEServer, mix: AsyncMix) -> None:
+async def test_send_and_wait_agent_error_raises(srv: ScriptedStreams, mix: AsyncMix) -> None:
     srv.script = failing_turn
     errors: list[str] = []
     with pytest.raises(AgentError) as info:
@@ -1239,7 +1228,9 @@ async def test_send_and_wait_agent_error_raises(srv: SSEServer, mix: AsyncMix) -
     assert errors == ["boom"]
 
 
-async def test_send_and_wait_reconciles_after_reconnect(srv: SSEServer, mix: AsyncMix) -> None:
+async def test_send_and_wait_reconciles_after_reconnect(
+    srv: ScriptedStreams, mix: AsyncMix
+) -> None:
     srv.retry_ms = 10
     srv.register_delay = 0.2  # the reopen is at once: leave a window with no stream registered
     srv.script = disconnecting_turn
@@ -1259,7 +1250,7 @@ async def test_send_and_wait_reconciles_after_reconnect(srv: SSEServer, mix: Asy
 # ---------------------------------------------------------------------------
 
 
-def _sync_stream_roundtrip(srv: SSEServer) -> None:
+def _sync_stream_roundtrip(srv: ScriptedStreams) -> None:
     with Mix(srv.url, max_retries=0) as mix:
         got: list[Any] = []
         with mix.stream_events("s1", idle_timeout=WAIT, reconnect=False) as events:
@@ -1291,7 +1282,7 @@ def _sync_stream_roundtrip(srv: SSEServer) -> None:
         srv.wait_for_sync(lambda: srv.open_conns == 0, "sync query closed")
 
 
-def _sync_send_and_wait(srv: SSEServer) -> None:
+def _sync_send_and_wait(srv: ScriptedStreams) -> None:
     srv.script = full_turn
     with Mix(srv.url, max_retries=0) as mix:
         seen: list[str] = []
@@ -1329,19 +1320,19 @@ def _in_thread(fn: Callable[[], None]) -> None:
         raise errors[0]
 
 
-def test_sync_stream_and_query_plain_thread(srv: SSEServer) -> None:
+def test_sync_stream_and_query_plain_thread(srv: ScriptedStreams) -> None:
     _in_thread(lambda: _sync_stream_roundtrip(srv))
 
 
-async def test_sync_stream_and_query_inside_running_loop(srv: SSEServer) -> None:
+async def test_sync_stream_and_query_inside_running_loop(srv: ScriptedStreams) -> None:
     _sync_stream_roundtrip(srv)
 
 
-def test_sync_send_and_wait_callback_calls_client_plain_thread(srv: SSEServer) -> None:
+def test_sync_send_and_wait_callback_calls_client_plain_thread(srv: ScriptedStreams) -> None:
     _in_thread(lambda: _sync_send_and_wait(srv))
 
 
-async def test_sync_send_and_wait_callback_calls_client_inside_loop(srv: SSEServer) -> None:
+async def test_sync_send_and_wait_callback_calls_client_inside_loop(srv: ScriptedStreams) -> None:
     _sync_send_and_wait(srv)
 
 
@@ -1350,7 +1341,7 @@ async def test_sync_send_and_wait_callback_calls_client_inside_loop(srv: SSEServ
 # ---------------------------------------------------------------------------
 
 
-async def _until_cut(srv: SSEServer) -> None:
+async def _until_cut(srv: ScriptedStreams) -> None:
     """Wait (without reading) until the server has written and broken the connection."""
     await srv.wait_for(lambda: bool(srv.exits), "the server ended the stream")
 
@@ -1368,7 +1359,7 @@ async def _until_read_timed_out(events: Any) -> None:
 
 
 async def test_slow_reader_gets_buffered_events_before_reconnect(
-    srv: SSEServer, mix: AsyncMix
+    srv: ScriptedStreams, mix: AsyncMix
 ) -> None:
     srv.retry_ms = 10
     async with mix.stream_events("s1") as events:
@@ -1384,7 +1375,9 @@ async def test_slow_reader_gets_buffered_events_before_reconnect(
     assert srv.last_event_ids == [None, "6"]
 
 
-async def test_slow_reader_gets_buffered_events_before_error(srv: SSEServer, mix: AsyncMix) -> None:
+async def test_slow_reader_gets_buffered_events_before_error(
+    srv: ScriptedStreams, mix: AsyncMix
+) -> None:
     async with mix.stream_events("s1", reconnect=False) as events:
         assert isinstance(await _next(events), ConnectedEvent)
         for i in range(3):
@@ -1403,7 +1396,7 @@ async def test_slow_reader_gets_buffered_events_before_error(srv: SSEServer, mix
 
 
 async def test_slow_reader_gets_buffered_events_before_idle_timeout(
-    srv: SSEServer, mix: AsyncMix
+    srv: ScriptedStreams, mix: AsyncMix
 ) -> None:
     srv.retry_ms = 10
     async with mix.stream_events("s1", idle_timeout=0.3) as events:
