@@ -39,7 +39,7 @@ from mix_client import (
     SyncFileDownload,
 )
 from mix_fake import MixFake
-from test_mix_client import ScriptedFake, Reply, _reset_peak_rss, _status_kib
+from test_mix_client import Reply, ScriptedFake, _reset_peak_rss, _status_kib
 
 HERE = Path(__file__).resolve().parent
 WAIT = 30.0  # generous bound for anything that should happen at once
