@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -51,8 +52,8 @@ def frame(n: int | None, name: str, data: dict[str, Any], retry: int | None = 30
     return out + b"\n"
 
 
-class Server:
-    """A loopback server; ``script(request, n)`` answers the n-th ``/stream`` (from 1)."""
+class ScriptedServer:
+    """Scripted routes of a MixFake; ``script(request, n)`` answers the n-th ``/stream`` (from 1)."""
 
     def __init__(self) -> None:
         self.script: Script = self.hold
@@ -65,24 +66,20 @@ class Server:
         self.plain_delay = 0.0
         self.plain_arrived = asyncio.Event()
         self.url = ""
-        self._runner: web.AppRunner | None = None
+        self.fake = MixFake()
+        for route, handler in (
+            ("GET /stream", self._stream),
+            ("GET /health", self._health),
+            ("GET /api/sessions/{id}", self._session),
+        ):
+            self.fake.handle_next(route, handler, times=math.inf)
 
     async def start(self) -> str:
-        app = web.Application()
-        app.router.add_get("/stream", self._stream)
-        app.router.add_get("/health", self._health)
-        app.router.add_get("/api/sessions/{id}", self._session)
-        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = await self.fake.start()
         return self.url
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self.fake.stop()
 
     async def _health(self, request: web.Request) -> web.Response:
         self.plain_calls += 1
@@ -100,7 +97,11 @@ class Server:
         self.conns.append(asyncio.get_running_loop().time())
         self.last_event_ids.append(request.headers.get("Last-Event-ID"))
         self.arrived.set()
-        return await self.script(request, len(self.conns))
+        try:
+            return await self.script(request, len(self.conns))
+        except asyncio.CancelledError:  # the client went away: the server cancels the handler
+            self.closed_by_client += 1
+            raise
 
     async def wait_conns(self, count: int) -> None:
         async def run() -> None:
@@ -142,8 +143,8 @@ class Server:
 
 
 @pytest.fixture
-async def srv() -> AsyncIterator[Server]:
-    server = Server()
+async def srv() -> AsyncIterator[ScriptedServer]:
+    server = ScriptedServer()
     await server.start()
     try:
         yield server
@@ -152,7 +153,7 @@ async def srv() -> AsyncIterator[Server]:
 
 
 @pytest.fixture
-async def mix(srv: Server) -> AsyncIterator[AsyncMix]:
+async def mix(srv: ScriptedServer) -> AsyncIterator[AsyncMix]:
     async with AsyncMix(srv.url, max_retries=0) as client:
         yield client
 
@@ -173,7 +174,7 @@ async def _until(predicate: Callable[[], bool], what: str) -> None:
 
 
 async def drop_after_events(
-    srv: Server, request: web.Request, retry: int = 30000
+    srv: ScriptedServer, request: web.Request, retry: int = 30000
 ) -> web.StreamResponse:
     """``connected`` and one ``content`` (``retry: 30000`` like Go), then the connection drops."""
     resp = await srv.sse(request)
@@ -208,7 +209,7 @@ class SleepSpy:
 # ---------------------------------------------------------------------------
 
 
-async def test_200_open_streams_do_not_starve_plain_calls(srv: Server) -> None:
+async def test_200_open_streams_do_not_starve_plain_calls(srv: ScriptedServer) -> None:
     # One default client (no session of ours): 200 open streams, then a plain call.
     async with AsyncMix(srv.url) as mix:
         streams = [mix.stream_events(f"s{i}") for i in range(200)]
@@ -229,7 +230,7 @@ async def test_200_open_streams_do_not_starve_plain_calls(srv: Server) -> None:
     await _until(lambda: srv.open == 0, "server saw every stream closed")
 
 
-async def test_streams_do_not_count_against_max_connections(srv: Server) -> None:
+async def test_streams_do_not_count_against_max_connections(srv: ScriptedServer) -> None:
     srv.plain_delay = 0.2
     async with AsyncMix(srv.url, max_connections=1, max_retries=0) as mix:
         streams = [mix.stream_events(f"s{i}") for i in range(3)]
@@ -245,7 +246,7 @@ async def test_streams_do_not_count_against_max_connections(srv: Server) -> None
             await stream.aclose()
 
 
-async def test_max_stream_connections_bounds_open_streams(srv: Server) -> None:
+async def test_max_stream_connections_bounds_open_streams(srv: ScriptedServer) -> None:
     mix = AsyncMix(srv.url, max_stream_connections=1, max_retries=0)
     async with mix, mix.stream_events("s1") as first:
         assert isinstance(await _next(first), ConnectedEvent)
@@ -257,7 +258,7 @@ async def test_max_stream_connections_bounds_open_streams(srv: Server) -> None:
         assert (await mix.health_check()).status == "ok"  # plain calls unaffected
 
 
-async def test_streams_send_the_cookies_of_plain_calls(srv: Server) -> None:
+async def test_streams_send_the_cookies_of_plain_calls(srv: ScriptedServer) -> None:
     cookies: list[str | None] = []
 
     async def script(request: web.Request, n: int) -> web.StreamResponse:
@@ -286,7 +287,7 @@ async def test_pool_options_validated(name: str) -> None:
             AsyncMix("http://127.0.0.1:1", session=session, **{name: 10})
 
 
-async def test_user_session_streams_share_its_connector_limit(srv: Server) -> None:
+async def test_user_session_streams_share_its_connector_limit(srv: ScriptedServer) -> None:
     # With session=, streams and calls share that session's connector: what the README says.
     connector = aiohttp.TCPConnector(limit=1)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -305,7 +306,7 @@ async def test_user_session_streams_share_its_connector_limit(srv: Server) -> No
 
 
 async def test_reopen_after_drop_is_immediate_despite_retry_30000(
-    srv: Server, mix: AsyncMix
+    srv: ScriptedServer, mix: AsyncMix
 ) -> None:
     async def script(request: web.Request, n: int) -> web.StreamResponse:
         if n == 1:
@@ -326,7 +327,7 @@ async def test_reopen_after_drop_is_immediate_despite_retry_30000(
 
 
 async def test_backoff_applies_to_failed_attempts_capped_by_retry(
-    srv: Server, mix: AsyncMix, monkeypatch: pytest.MonkeyPatch
+    srv: ScriptedServer, mix: AsyncMix, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spy = SleepSpy()
     monkeypatch.setattr(mix_client, "asyncio", spy)
@@ -350,7 +351,7 @@ async def test_backoff_applies_to_failed_attempts_capped_by_retry(
 
 
 async def test_retry_value_caps_the_backoff(
-    srv: Server, mix: AsyncMix, monkeypatch: pytest.MonkeyPatch
+    srv: ScriptedServer, mix: AsyncMix, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spy = SleepSpy()
     monkeypatch.setattr(mix_client, "asyncio", spy)
@@ -380,7 +381,9 @@ async def test_retry_value_caps_the_backoff(
 # ---------------------------------------------------------------------------
 
 
-async def test_200_that_closes_at_once_counts_as_failed_attempt(srv: Server, mix: AsyncMix) -> None:
+async def test_200_that_closes_at_once_counts_as_failed_attempt(
+    srv: ScriptedServer, mix: AsyncMix
+) -> None:
     async def script(request: web.Request, n: int) -> web.StreamResponse:
         if n == 1:
             return await drop_after_events(srv, request, retry=0)
@@ -400,7 +403,7 @@ async def test_200_that_closes_at_once_counts_as_failed_attempt(srv: Server, mix
     assert all(gap >= 0.09 for gap in gaps), gaps
 
 
-async def test_connected_then_close_is_rate_limited(srv: Server, mix: AsyncMix) -> None:
+async def test_connected_then_close_is_rate_limited(srv: ScriptedServer, mix: AsyncMix) -> None:
     # A server that sends `connected` and closes at once, forever: the stream delivers
     # events, so it keeps reopening, but at most one reopen a second is immediate.
     async def script(request: web.Request, n: int) -> web.StreamResponse:
@@ -417,7 +420,9 @@ async def test_connected_then_close_is_rate_limited(srv: Server, mix: AsyncMix) 
     assert sum(gap >= 0.09 for gap in gaps) >= 2, gaps
 
 
-async def test_html_200_on_open_is_an_error_not_a_stream(srv: Server, mix: AsyncMix) -> None:
+async def test_html_200_on_open_is_an_error_not_a_stream(
+    srv: ScriptedServer, mix: AsyncMix
+) -> None:
     async def script(request: web.Request, n: int) -> web.StreamResponse:
         return web.Response(text="<!doctype html><title>app</title>", content_type="text/html")
 
@@ -431,7 +436,9 @@ async def test_html_200_on_open_is_an_error_not_a_stream(srv: Server, mix: Async
     assert len(srv.conns) == 1
 
 
-async def test_html_200_on_reconnect_is_an_error_not_a_retry(srv: Server, mix: AsyncMix) -> None:
+async def test_html_200_on_reconnect_is_an_error_not_a_retry(
+    srv: ScriptedServer, mix: AsyncMix
+) -> None:
     async def script(request: web.Request, n: int) -> web.StreamResponse:
         if n == 1:
             return await drop_after_events(srv, request)
@@ -458,7 +465,7 @@ async def _consume(events: Any, seen: list[Any]) -> None:
         seen.append(event)
 
 
-async def test_client_aclose_ends_a_blocked_consumer(srv: Server) -> None:
+async def test_client_aclose_ends_a_blocked_consumer(srv: ScriptedServer) -> None:
     mix = AsyncMix(srv.url)
     seen: list[Any] = []
     events = mix.stream_events("s1")
@@ -474,7 +481,7 @@ async def test_client_aclose_ends_a_blocked_consumer(srv: Server) -> None:
     await _until(lambda: srv.open == 0, "server saw the stream closed")
 
 
-async def test_client_aclose_ends_a_consumer_in_reconnect_wait(srv: Server) -> None:
+async def test_client_aclose_ends_a_consumer_in_reconnect_wait(srv: ScriptedServer) -> None:
     async def script(request: web.Request, n: int) -> web.StreamResponse:
         if n == 1:
             return await drop_after_events(srv, request)
@@ -512,7 +519,7 @@ async def test_client_aclose_ends_a_turn_in_flight() -> None:
             await asyncio.wait_for(task, 5)
 
 
-async def test_plain_call_in_flight_during_aclose_raises_mix_error(srv: Server) -> None:
+async def test_plain_call_in_flight_during_aclose_raises_mix_error(srv: ScriptedServer) -> None:
     srv.plain_delay = 30
     mix = AsyncMix(srv.url)
     task = asyncio.create_task(mix.get_session("a"))
@@ -523,7 +530,7 @@ async def test_plain_call_in_flight_during_aclose_raises_mix_error(srv: Server) 
 
 
 async def test_call_waiting_for_a_pool_connection_during_aclose_raises_mix_error(
-    srv: Server,
+    srv: ScriptedServer,
 ) -> None:
     srv.plain_delay = 30
     mix = AsyncMix(srv.url, max_connections=1)
@@ -539,7 +546,7 @@ async def test_call_waiting_for_a_pool_connection_during_aclose_raises_mix_error
     assert srv.plain_calls == 1
 
 
-async def test_stream_opening_during_aclose_raises_client_closed(srv: Server) -> None:
+async def test_stream_opening_during_aclose_raises_client_closed(srv: ScriptedServer) -> None:
     never = asyncio.Event()
 
     async def script(request: web.Request, n: int) -> web.StreamResponse:
@@ -555,7 +562,7 @@ async def test_stream_opening_during_aclose_raises_client_closed(srv: Server) ->
         await asyncio.wait_for(opening, 5)
 
 
-async def test_calls_and_streams_after_aclose_raise_client_closed(srv: Server) -> None:
+async def test_calls_and_streams_after_aclose_raise_client_closed(srv: ScriptedServer) -> None:
     mix = AsyncMix(srv.url)
     assert (await mix.health_check()).status == "ok"
     await mix.aclose()
@@ -568,7 +575,7 @@ async def test_calls_and_streams_after_aclose_raise_client_closed(srv: Server) -
     assert len(srv.conns) == 0
 
 
-async def test_aclose_with_user_session_still_closes_streams_and_calls(srv: Server) -> None:
+async def test_aclose_with_user_session_still_closes_streams_and_calls(srv: ScriptedServer) -> None:
     async with aiohttp.ClientSession() as session:
         mix = AsyncMix(srv.url, session=session)
         events = mix.stream_events("s1")
@@ -584,7 +591,9 @@ async def test_aclose_with_user_session_still_closes_streams_and_calls(srv: Serv
         assert not session.closed  # yours: never closed by the client
 
 
-async def test_stream_aclose_from_another_task_stops_consumer(srv: Server, mix: AsyncMix) -> None:
+async def test_stream_aclose_from_another_task_stops_consumer(
+    srv: ScriptedServer, mix: AsyncMix
+) -> None:
     events = mix.stream_events("s1")
     await events.__aenter__()
     seen: list[Any] = []
@@ -597,7 +606,7 @@ async def test_stream_aclose_from_another_task_stops_consumer(srv: Server, mix: 
 
 
 async def test_stream_aclose_during_reconnect_wait_yields_nothing_more(
-    srv: Server, mix: AsyncMix
+    srv: ScriptedServer, mix: AsyncMix
 ) -> None:
     async def script(request: web.Request, n: int) -> web.StreamResponse:
         if n == 1:
@@ -622,7 +631,9 @@ async def test_stream_aclose_during_reconnect_wait_yields_nothing_more(
         await events.__anext__()
 
 
-async def test_stream_aclose_during_reopen_leaks_nothing(srv: Server, mix: AsyncMix) -> None:
+async def test_stream_aclose_during_reopen_leaks_nothing(
+    srv: ScriptedServer, mix: AsyncMix
+) -> None:
     release = asyncio.Event()
 
     async def script(request: web.Request, n: int) -> web.StreamResponse:
@@ -648,7 +659,7 @@ async def test_stream_aclose_during_reopen_leaks_nothing(srv: Server, mix: Async
     assert len(srv.conns) == 2
 
 
-async def test_with_options_copy_streams_end_when_parent_closes(srv: Server) -> None:
+async def test_with_options_copy_streams_end_when_parent_closes(srv: ScriptedServer) -> None:
     mix = AsyncMix(srv.url)
     copy = mix.with_options(max_retries=1)
     events = copy.stream_events("s1")
@@ -663,7 +674,7 @@ async def test_with_options_copy_streams_end_when_parent_closes(srv: Server) -> 
         await copy.health_check()
 
 
-async def test_closing_a_copy_closes_its_streams_not_the_parent(srv: Server) -> None:
+async def test_closing_a_copy_closes_its_streams_not_the_parent(srv: ScriptedServer) -> None:
     async with AsyncMix(srv.url) as mix:
         copy = mix.with_options(max_retries=1)
         theirs = copy.stream_events("s1")
@@ -684,7 +695,7 @@ async def test_closing_a_copy_closes_its_streams_not_the_parent(srv: Server) -> 
 # ---------------------------------------------------------------------------
 
 
-async def test_stream_timeout_is_not_a_lifetime_limit(srv: Server, mix: AsyncMix) -> None:
+async def test_stream_timeout_is_not_a_lifetime_limit(srv: ScriptedServer, mix: AsyncMix) -> None:
     async def script(request: web.Request, n: int) -> web.StreamResponse:
         resp = await srv.sse(request)
         await resp.write(frame(1, "connected", {"sessionId": "s1"}))
@@ -705,7 +716,7 @@ async def test_stream_timeout_is_not_a_lifetime_limit(srv: Server, mix: AsyncMix
     assert len(srv.conns) == 1
 
 
-async def test_stream_timeout_bounds_idleness(srv: Server, mix: AsyncMix) -> None:
+async def test_stream_timeout_bounds_idleness(srv: ScriptedServer, mix: AsyncMix) -> None:
     async def script(request: web.Request, n: int) -> web.StreamResponse:
         resp = await srv.sse(request)
         await resp.write(frame(1, "connected", {"sessionId": "s1"}))
@@ -718,7 +729,7 @@ async def test_stream_timeout_bounds_idleness(srv: Server, mix: AsyncMix) -> Non
             await _next(events)
 
 
-async def test_stream_timeout_bounds_connecting(srv: Server, mix: AsyncMix) -> None:
+async def test_stream_timeout_bounds_connecting(srv: ScriptedServer, mix: AsyncMix) -> None:
     never = asyncio.Event()
 
     async def script(request: web.Request, n: int) -> web.StreamResponse:
@@ -771,7 +782,7 @@ def test_decoder_empty_id_resets() -> None:
     assert d2.last_event_id is None
 
 
-async def test_drop_mid_frame_sends_last_dispatched_id(srv: Server, mix: AsyncMix) -> None:
+async def test_drop_mid_frame_sends_last_dispatched_id(srv: ScriptedServer, mix: AsyncMix) -> None:
     async def script(request: web.Request, n: int) -> web.StreamResponse:
         if n == 1:
             resp = await srv.sse(request)
@@ -791,7 +802,9 @@ async def test_drop_mid_frame_sends_last_dispatched_id(srv: Server, mix: AsyncMi
     assert got[2].data.last_event_id == "2"
 
 
-async def test_empty_id_resets_last_event_id_of_the_stream(srv: Server, mix: AsyncMix) -> None:
+async def test_empty_id_resets_last_event_id_of_the_stream(
+    srv: ScriptedServer, mix: AsyncMix
+) -> None:
     async def script(request: web.Request, n: int) -> web.StreamResponse:
         if n == 1:
             resp = await srv.sse(request)
@@ -854,7 +867,7 @@ def test_max_event_size_validated() -> None:
         AsyncMix("http://127.0.0.1:1").stream_events("s1", max_event_size=-1)  # type: ignore[arg-type]
 
 
-async def test_oversized_line_on_a_stream_raises_and_closes(srv: Server) -> None:
+async def test_oversized_line_on_a_stream_raises_and_closes(srv: ScriptedServer) -> None:
     async def script(request: web.Request, n: int) -> web.StreamResponse:
         resp = await srv.sse(request)
         await resp.write(frame(1, "connected", {"sessionId": "s1"}))
@@ -887,7 +900,7 @@ async def test_oversized_line_on_a_stream_raises_and_closes(srv: Server) -> None
     assert len(srv.conns) == 2  # an oversized event is not a reason to reconnect
 
 
-async def test_4mib_event_on_a_stream(srv: Server, mix: AsyncMix) -> None:
+async def test_4mib_event_on_a_stream(srv: ScriptedServer, mix: AsyncMix) -> None:
     text = "abcdefgh" * (1 << 19)  # 4 MiB
 
     async def script(request: web.Request, n: int) -> web.StreamResponse:
