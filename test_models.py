@@ -8,16 +8,15 @@ sample is extracted and run as written against a loopback server.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import inspect
 import io
 import json
+import math
 import re
 import socket
-import threading
 import typing
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,7 @@ from mix_client import (
     ResponseValidationError,
     RESTError,
 )
+from mix_fake import FakeThread, MixFake
 
 ROOT = Path(__file__).resolve().parent
 SPEC_PATH = ROOT / "contract" / "mix-openapi-merged.yaml"
@@ -213,60 +213,32 @@ class Canned:
         self.status, self.body, self.content_type = status, body, content_type
 
 
-@contextlib.asynccontextmanager
-async def loopback(answer: Canned) -> AsyncIterator[str]:
-    async def handler(request: web.Request) -> web.Response:
-        await request.read()
+def _answering(answer: Canned) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handler(request: web.Request) -> web.StreamResponse:
         return web.Response(
             status=answer.status,
             body=answer.body,
             headers={"Content-Type": answer.content_type, "X-Probe": "1"},
         )
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()
+    return handler
+
+
+@contextlib.asynccontextmanager
+async def loopback(answer: Canned) -> AsyncIterator[str]:
+    """A MixFake on this loop whose every request gets ``answer``."""
+    fake = MixFake()
+    fake.handle_next("/*", _answering(answer), times=math.inf)
+    async with fake as url:
+        yield url
 
 
 @contextlib.contextmanager
 def threaded_loopback(answer: Canned) -> Iterator[str]:
-    """A loopback server on its own thread and loop (for blocking code under test)."""
-    loop = asyncio.new_event_loop()
-    ready: asyncio.Future[str] = loop.create_future()
-    stop = asyncio.Event()
-
-    async def main() -> None:
-        try:
-            async with loopback(answer) as url:
-                ready.set_result(url)
-                await stop.wait()
-        except BaseException as exc:  # pragma: no cover - reported to the test
-            if not ready.done():
-                ready.set_exception(exc)
-            raise
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
-    thread.start()
-    try:
-        url = asyncio.run_coroutine_threadsafe(asyncio.wait_for(_wait(ready), 10), loop).result(15)
-        yield url
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(10)
-        assert not thread.is_alive()
-        loop.close()
-
-
-async def _wait(fut: asyncio.Future[str]) -> str:
-    return await fut
+    """The same, on its own thread and loop (for blocking code under test)."""
+    with FakeThread() as server:
+        server.fake.handle_next("/*", _answering(answer), times=math.inf)
+        yield server.url
 
 
 # ------------------------------------------------- 1. responses keep every field

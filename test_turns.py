@@ -10,6 +10,7 @@ refused busy session surfaces as the typed error, slash commands end at once, an
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -408,24 +409,15 @@ async def test_slash_command_query_yields_the_answer(fake: MixFake, mix: AsyncMi
 @pytest.fixture
 async def silent_url() -> AsyncIterator[str]:
     """A server whose /stream never answers (no status line) and whose other routes hang."""
-    never = asyncio.Event()
 
     async def hang(request: web.Request) -> web.StreamResponse:
-        await never.wait()
+        await asyncio.Event().wait()  # until the server stops (it cancels the handler)
         return web.Response()
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", hang)
-    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.2)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        never.set()
-        await runner.cleanup()
+    fake = MixFake()
+    fake.handle_next("/*", hang, times=math.inf)
+    async with fake as url:
+        yield url
 
 
 async def test_timeout_covers_opening_the_stream(silent_url: str) -> None:
