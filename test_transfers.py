@@ -1,8 +1,9 @@
 """File transfers: memory, safe downloads, text uploads, types, metadata, progress, names.
 
 Transport behaviour is checked on loopback: the ``ScriptedFake`` of test_mix_client
-(MixFake in its own thread with scripted replies, recording raw paths and routes) and, where a server must misbehave at the byte level (a lying ``Content-Length``, a body
-cut off, a request that must never arrive), a bare asyncio HTTP server in this file.
+(MixFake in its own thread with scripted replies, recording raw paths and routes) and,
+where a server must misbehave (a lying ``Content-Length``, a body cut off, a request that
+must never arrive), a MixFake on the test's loop whose every request one handler answers.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import math
 import os
 import re
 import stat
@@ -19,7 +21,7 @@ import tempfile
 import textwrap
 import threading
 import types
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +41,7 @@ from mix_client import (
     SyncFileDownload,
 )
 from mix_fake import MixFake
-from test_mix_client import Reply, ScriptedFake, _reset_peak_rss, _status_kib
+from test_mix_client import Handler, Reply, ScriptedFake, _reset_peak_rss, _status_kib
 
 HERE = Path(__file__).resolve().parent
 WAIT = 30.0  # generous bound for anything that should happen at once
@@ -59,66 +61,33 @@ async def client(server: ScriptedFake) -> AsyncIterator[AsyncMix]:
 
 
 # ---------------------------------------------------------------------------
-# A bare HTTP server for byte-level misbehaviour
+# Byte-level misbehaviour: a MixFake whose every request one handler answers
 # ---------------------------------------------------------------------------
 
-Respond = Callable[[asyncio.StreamWriter], Awaitable[None]]
+
+@contextlib.asynccontextmanager
+async def answering(handler: Handler) -> AsyncIterator[MixFake]:
+    """A MixFake on this loop whose every request ``handler`` answers (``requests`` records
+    what arrived)."""
+    fake = MixFake()
+    fake.handle_next("/*", handler, times=math.inf)
+    async with fake:
+        yield fake
 
 
-class RawServer:
-    """HTTP/1.1 on 127.0.0.1:<free port>, on the test's loop; ``respond`` writes raw bytes.
-
-    Records every connection and each request's head, and closes the connection after
-    ``respond`` returns (so a short body ends at a closed socket).
-    """
-
-    def __init__(self, respond: Respond) -> None:
-        self.respond = respond
-        self.connections = 0
-        self.heads: list[bytes] = []
-        self.release = asyncio.Event()
-        self._server: asyncio.Server | None = None
-
-    async def __aenter__(self) -> RawServer:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.release.set()
-        assert self._server is not None
-        self._server.close()
-        await asyncio.wait_for(self._server.wait_closed(), WAIT)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            self.heads.append(head)
-            await self.respond(writer)
-            await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-
-
-def announce(length: int, body: bytes, *, hang: asyncio.Event | None = None) -> Respond:
+def announce(length: int, body: bytes, *, hang: asyncio.Event | None = None) -> Handler:
     """Answer 200 with ``Content-Length: length`` but send only ``body``, then close."""
 
-    async def respond(writer: asyncio.StreamWriter) -> None:
-        writer.write(
-            b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
-            + f"Content-Length: {length}\r\n\r\n".encode()
-            + body
-        )
-        await writer.drain()
+    async def respond(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        resp.content_length = length
+        await resp.prepare(request)
+        await resp.write(body)
         if hang is not None:
             await hang.wait()
+        assert request.transport is not None
+        request.transport.close()  # the body ends short, at a closed connection
+        return resp
 
     return respond
 
@@ -131,7 +100,7 @@ def announce(length: int, body: bytes, *, hang: asyncio.Event | None = None) -> 
 async def test_get_session_file_does_not_allocate_a_lying_content_length() -> None:
     """5 bytes announced as 2 GiB: no 2 GiB of memory, and a clear error at the short end."""
     claimed = 2 << 30
-    async with RawServer(announce(claimed, b"hello")) as srv, AsyncMix(srv.url) as mix:
+    async with answering(announce(claimed, b"hello")) as srv, AsyncMix(srv.url) as mix:
         rss_before = _status_kib("VmRSS")
         _reset_peak_rss()
         with pytest.raises(APIConnectionError) as info:
@@ -144,7 +113,7 @@ async def test_get_session_file_does_not_allocate_a_lying_content_length() -> No
 
 async def test_get_session_file_petabyte_content_length_is_no_memory_error() -> None:
     claimed = 1 << 50
-    async with RawServer(announce(claimed, b"hello")) as srv, AsyncMix(srv.url) as mix:
+    async with answering(announce(claimed, b"hello")) as srv, AsyncMix(srv.url) as mix:
         with pytest.raises(APIConnectionError) as info:
             await asyncio.wait_for(mix.get_session_file("s1", "f.bin", max_retries=0), WAIT)
     assert f"ended after 5 of the {claimed} bytes" in str(info.value)
@@ -154,7 +123,7 @@ async def test_stalled_short_body_ends_at_the_read_timeout() -> None:
     """A server that announces more and then goes quiet: the no-progress timeout, no hang."""
     hang = asyncio.Event()
     async with (
-        RawServer(announce(1 << 30, b"hello", hang=hang)) as srv,
+        answering(announce(1 << 30, b"hello", hang=hang)) as srv,
         AsyncMix(srv.url) as mix,
     ):
         with pytest.raises(MixError):
@@ -168,7 +137,7 @@ async def test_stalled_short_body_ends_at_the_read_timeout() -> None:
 
 
 async def test_iter_session_file_short_body_is_a_clear_error() -> None:
-    async with RawServer(announce(1000, b"x" * 10)) as srv, AsyncMix(srv.url) as mix:
+    async with answering(announce(1000, b"x" * 10)) as srv, AsyncMix(srv.url) as mix:
         got = b""
         with pytest.raises(APIConnectionError) as info:
             async with mix.iter_session_file("s1", "f.bin", max_retries=0) as chunks:
@@ -218,7 +187,7 @@ def _listing(folder: Path) -> list[str]:
 async def test_download_failure_leaves_existing_file_untouched(tmp_path: Path) -> None:
     dest = tmp_path / "report.pdf"
     dest.write_bytes(b"the old, good version")
-    async with RawServer(announce(100_000, b"n" * 5000)) as srv, AsyncMix(srv.url) as mix:
+    async with answering(announce(100_000, b"n" * 5000)) as srv, AsyncMix(srv.url) as mix:
         with pytest.raises(APIConnectionError):
             await asyncio.wait_for(
                 mix.download_session_file("s1", "report.pdf", dest, max_retries=0), WAIT
@@ -238,7 +207,7 @@ async def test_download_cancelled_midway_leaves_existing_file_untouched(tmp_path
             started.set()
 
     async with (
-        RawServer(announce(1 << 20, b"n" * 4096, hang=hang)) as srv,
+        answering(announce(1 << 20, b"n" * 4096, hang=hang)) as srv,
         AsyncMix(srv.url) as mix,
     ):
         task = asyncio.create_task(
@@ -324,7 +293,7 @@ async def test_download_into_directory_uses_last_part_of_name(
 # ---------------------------------------------------------------------------
 
 
-def _never(writer: asyncio.StreamWriter) -> Awaitable[None]:
+async def _never(request: web.Request) -> web.StreamResponse:
     raise AssertionError("no request should arrive")
 
 
@@ -365,35 +334,36 @@ async def test_text_upload_is_refused_before_sending(tmp_path: Path, make: Any) 
     path = tmp_path / "t.txt"
     path.write_text("some text")
     file, kwargs = make(path)
-    async with RawServer(_never) as srv, AsyncMix(srv.url) as mix:
+    async with answering(_never) as srv, AsyncMix(srv.url) as mix:
         try:
             with pytest.raises(InvalidInputError, match=r"binary mode|must yield bytes"):
                 await asyncio.wait_for(mix.upload_session_file("s1", file, **kwargs), WAIT)
         finally:
             if hasattr(file, "close"):
                 file.close()
-    assert srv.connections == 0
+    assert srv.requests == []  # nothing was sent
 
 
 async def test_text_chunk_later_in_a_stream_is_invalid_input_not_connection_error() -> None:
     """The first chunk was bytes, so the request started; the bad one still says why."""
     received = asyncio.Event()
 
-    async def respond(writer: asyncio.StreamWriter) -> None:
+    async def respond(request: web.Request) -> web.StreamResponse:
         received.set()
-        await srv.release.wait()
+        await asyncio.Event().wait()  # holds the request until the server stops
+        return web.Response()
 
     async def chunks() -> AsyncIterator[Any]:
         yield b"bytes first"
         await asyncio.wait_for(received.wait(), WAIT)
         yield "then text"
 
-    async with RawServer(respond) as srv, AsyncMix(srv.url) as mix:
+    async with answering(respond) as srv, AsyncMix(srv.url) as mix:
         with pytest.raises(InvalidInputError, match="must yield bytes, not str"):
             await asyncio.wait_for(
                 mix.upload_session_file("s1", chunks(), filename="a.bin", max_retries=3), WAIT
             )
-        assert srv.connections == 1
+        assert len(srv.requests) == 1  # one request, not resent
 
 
 async def test_upload_from_sync_iterator_and_unseekable_reader(
@@ -615,7 +585,7 @@ async def test_download_session_file_returns_path_and_metadata(
 
 async def test_unreadable_files_are_invalid_input(tmp_path: Path) -> None:
     path = tmp_path / "w.bin"
-    async with RawServer(_never) as srv, AsyncMix(srv.url) as mix:
+    async with answering(_never) as srv, AsyncMix(srv.url) as mix:
         with (  # opened for writing only
             path.open("wb") as f,
             pytest.raises(InvalidInputError, match="cannot read"),
@@ -623,7 +593,7 @@ async def test_unreadable_files_are_invalid_input(tmp_path: Path) -> None:
             await mix.upload_session_file("s1", f)
         with pytest.raises(InvalidInputError, match="cannot read"):
             await mix.upload_session_file("s1", f)  # closed
-    assert srv.connections == 0
+    assert srv.requests == []  # nothing was sent
 
 
 async def test_async_reader_gets_a_clear_error(tmp_path: Path) -> None:
@@ -631,10 +601,10 @@ async def test_async_reader_gets_a_clear_error(tmp_path: Path) -> None:
         async def read(self, size: int = -1) -> bytes:
             return b"x"
 
-    async with RawServer(_never) as srv, AsyncMix(srv.url) as mix:
+    async with answering(_never) as srv, AsyncMix(srv.url) as mix:
         with pytest.raises(InvalidInputError, match="read\\(\\) is async"):
             await mix.upload_session_file("s1", AsyncReader(), filename="a.bin")
-    assert srv.connections == 0
+    assert srv.requests == []  # nothing was sent
 
 
 def test_blocking_iter_session_file_carries_metadata(server: ScriptedFake, tmp_path: Path) -> None:
