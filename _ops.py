@@ -20,7 +20,6 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import msgspec
-import pytest
 import yaml
 
 import mix_client
@@ -590,15 +589,7 @@ class _AsyncChunks:
         return self._chunks.pop(0)
 
 
-UPLOAD_DIR: list[Path] = []  # set by the upload_dir fixture
-
-
-@pytest.fixture
-def upload_dir(tmp_path: Path) -> Any:
-    """Where the table's upload and download calls put their files."""
-    UPLOAD_DIR[:] = [tmp_path]
-    yield tmp_path
-    UPLOAD_DIR.clear()
+UPLOAD_DIR: list[Path] = []  # set by the upload_dir fixture (conftest.py)
 
 
 def c_upload_session_file(i: int) -> Call:

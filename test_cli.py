@@ -4,24 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
 
 from mix_fake import MixFake
 
 CLIENT = Path(__file__).with_name("mix_client.py")
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[MixFake]:
-    server = MixFake()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 async def cli(fake: MixFake, *args: str) -> tuple[int, str, str]:

@@ -63,7 +63,6 @@ from _ops import (
     deref,
     match_operation,
     parse_multipart,
-    upload_dir,  # noqa: F401 (a fixture)
 )
 
 ROOT = Path(__file__).resolve().parent

@@ -36,7 +36,6 @@ from multidict import CIMultiDict
 import mix_client
 from _ops import CALLS, Exchange, check_request, match_operation
 from _ops import OPERATIONS as SPEC_OPERATIONS
-from _ops import upload_dir as upload_dir  # a fixture of the table's files
 from mix_client import (
     APIConnectionError,
     APIStatusError,

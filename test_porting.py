@@ -15,7 +15,7 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -41,16 +41,6 @@ T = TypeVar("T")
 # ---------------------------------------------------------------------------
 # Servers
 # ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[MixFake]:
-    server = MixFake()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 @pytest.fixture

@@ -39,16 +39,6 @@ WAIT = 20.0  # upper bound for liveness (a slow CI machine), never a speed asser
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[MixFake]:
-    server = MixFake()  # the Go server's retry values: 30000 ms, 45000 heartbeat, 750 error
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-@pytest.fixture
 async def mix(fake: MixFake) -> AsyncIterator[AsyncMix]:
     async with AsyncMix(fake.url, max_retries=0) as client:
         yield client
