@@ -19,7 +19,6 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-import mix_client
 from mix_client import (
     DEFAULT_MAX_EVENT_SIZE,
     APIConnectionError,
@@ -189,21 +188,6 @@ async def status_503(request: web.Request) -> web.Response:
     return web.json_response({"error": {"message": "busy", "type": "internal"}}, status=503)
 
 
-class SleepSpy:
-    """Stands in for the ``asyncio`` module inside mix_client; records sleeps."""
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(asyncio, name)
-
-    async def sleep(self, delay: float, result: Any = None) -> Any:
-        self.delays.append(delay)
-        await asyncio.sleep(0)
-        return result
-
-
 # ---------------------------------------------------------------------------
 # 1. Pool: open streams never starve plain calls
 # ---------------------------------------------------------------------------
@@ -327,10 +311,8 @@ async def test_reopen_after_drop_is_immediate_despite_retry_30000(
 
 
 async def test_backoff_applies_to_failed_attempts_capped_by_retry(
-    srv: ScriptedServer, mix: AsyncMix, monkeypatch: pytest.MonkeyPatch
+    srv: ScriptedServer, mix: AsyncMix, sleeps: list[float]
 ) -> None:
-    spy = SleepSpy()
-    monkeypatch.setattr(mix_client, "asyncio", spy)
 
     async def script(request: web.Request, n: int) -> web.StreamResponse:
         if n == 1:
@@ -345,16 +327,14 @@ async def test_backoff_applies_to_failed_attempts_capped_by_retry(
     assert isinstance(got[2], Reconnected)
     assert got[2].data.attempts == 5
     # No wait before the first reopen; then 0.5 s doubling, with jitter (x0.5-1).
-    assert len(spy.delays) == 4
-    for delay, base in zip(spy.delays, [0.5, 1.0, 2.0, 4.0], strict=True):
+    assert len(sleeps) == 4
+    for delay, base in zip(sleeps, [0.5, 1.0, 2.0, 4.0], strict=True):
         assert base * 0.5 <= delay <= base
 
 
 async def test_retry_value_caps_the_backoff(
-    srv: ScriptedServer, mix: AsyncMix, monkeypatch: pytest.MonkeyPatch
+    srv: ScriptedServer, mix: AsyncMix, sleeps: list[float]
 ) -> None:
-    spy = SleepSpy()
-    monkeypatch.setattr(mix_client, "asyncio", spy)
 
     async def script(request: web.Request, n: int) -> web.StreamResponse:
         if n == 1:
@@ -372,8 +352,8 @@ async def test_retry_value_caps_the_backoff(
     async with mix.stream_events("s1", max_reconnects=10) as events:
         got = [await _next(events) for _ in range(4)]
     assert isinstance(got[2], Reconnected)
-    assert len(spy.delays) == 3
-    assert all(0.1 <= delay <= 0.75 for delay in spy.delays), spy.delays
+    assert len(sleeps) == 3
+    assert all(0.1 <= delay <= 0.75 for delay in sleeps), sleeps
 
 
 # ---------------------------------------------------------------------------

@@ -24,7 +24,6 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-import mix_client
 from mix_client import (
     AgentError,
     APIConnectionError,
@@ -428,21 +427,6 @@ def _leaked(before: set[asyncio.Task[Any]]) -> list[asyncio.Task[Any]]:
     return [t for t in asyncio.all_tasks() if t not in before and t is not current and not t.done()]
 
 
-class _SleepSpy:
-    """Stands in for the ``asyncio`` module inside mix_client; records sleeps."""
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(asyncio, name)
-
-    async def sleep(self, delay: float, result: Any = None) -> Any:
-        self.delays.append(delay)
-        await asyncio.sleep(0)
-        return result
-
-
 # ---------------------------------------------------------------------------
 # Agent scripts
 # ---------------------------------------------------------------------------
@@ -717,11 +701,9 @@ async def test_reconnect_sends_last_event_id_and_marks_gap(
 
 
 async def test_reconnect_honours_retry_field(
-    srv: ScriptedStreams, mix: AsyncMix, monkeypatch: pytest.MonkeyPatch
+    srv: ScriptedStreams, mix: AsyncMix, sleeps: list[float]
 ) -> None:
     # After a drop the first reopen is immediate; a failed attempt waits, `retry:` capping it.
-    spy = _SleepSpy()
-    monkeypatch.setattr(mix_client, "asyncio", spy)
     srv.retry_ms = 300
     srv.cut_after[1] = (1, "eof")
     srv.fail_status[2] = 503
@@ -730,16 +712,14 @@ async def test_reconnect_honours_retry_field(
         srv.publish("s1", "content", content="x")
         got = await _collect(events, lambda e: isinstance(e, ConnectedEvent))
     assert [type(e) for e in got] == [ContentEvent, Reconnected, ConnectedEvent]
-    assert len(spy.delays) == 1
-    assert 0.3 * 0.5 <= spy.delays[0] <= 0.3
+    assert len(sleeps) == 1
+    assert 0.3 * 0.5 <= sleeps[0] <= 0.3
 
 
 async def test_reconnect_default_delay_without_retry_field(
-    srv: ScriptedStreams, mix: AsyncMix, monkeypatch: pytest.MonkeyPatch
+    srv: ScriptedStreams, mix: AsyncMix, sleeps: list[float]
 ) -> None:
     # Control for the test above: without `retry:` the delay is the default (0.5 s).
-    spy = _SleepSpy()
-    monkeypatch.setattr(mix_client, "asyncio", spy)
     srv.cut_after[1] = (1, "eof")
     srv.fail_status[2] = 503
     async with mix.stream_events("s1") as events:
@@ -747,8 +727,8 @@ async def test_reconnect_default_delay_without_retry_field(
         srv.publish("s1", "content", content="x")
         got = await _collect(events, lambda e: isinstance(e, ConnectedEvent))
     assert isinstance(got[1], Reconnected)
-    assert len(spy.delays) == 1
-    assert 0.5 * 0.5 <= spy.delays[0] <= 0.5
+    assert len(sleeps) == 1
+    assert 0.5 * 0.5 <= sleeps[0] <= 0.5
 
 
 async def test_server_down_raises_after_max_reconnects(srv: ScriptedStreams, mix: AsyncMix) -> None:
