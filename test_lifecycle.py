@@ -253,23 +253,14 @@ def test_close_lets_a_finished_call_keep_its_result() -> None:
 @pytest.mark.parametrize("kind", ["stream_events", "query", "iter_session_file"])
 def test_iterator_dropped_after_break_closes_on_the_loop_thread(kind: str) -> None:
     code = """
-    import asyncio, gc, sys, threading, time
+    import gc, sys
     import mix_client
-    from mix_fake import MixFake
+    from mix_fake import FakeThread
 
-    loop = asyncio.new_event_loop()
-    threading.Thread(target=loop.run_forever, daemon=True).start()
-    def on_server(coro):
-        return asyncio.run_coroutine_threadsafe(coro, loop).result(30)
-    fake = MixFake(slow_delay=0.5)
-    url = on_server(fake.start())
-    async def setup():
-        sid = fake.add_session()
-        fake.add_file(sid, "big.bin", b"x" * (8 << 20))
-        return sid
-    sid = on_server(setup())
-    async def open_streams():
-        return fake.stream_count()
+    server = FakeThread(slow_delay=0.5)
+    url, fake = server.url, server.fake
+    sid = server.sync(fake.add_session)
+    server.sync(lambda: fake.add_file(sid, "big.bin", b"x" * (8 << 20)))
 
     import aiohttp
     # One connection in the pool: later calls work only once the dropped one is closed.
@@ -288,13 +279,10 @@ def test_iterator_dropped_after_break_closes_on_the_loop_thread(kind: str) -> No
             break
     del item
     gc.collect()  # the iterator is garbage now, collected on this (the main) thread
-    deadline = time.monotonic() + 20
-    while on_server(open_streams()):
-        assert time.monotonic() < deadline, "the stream stayed open on the server"
-        time.sleep(0.02)
+    server.call(fake.wait_streams_closed(timeout=20))  # the stream was closed on the server
     assert mix.health_check(timeout=20).status  # the pool's one connection is free again
     mix.close()
-    on_server(fake.stop())
+    server.stop()
     print("DONE")
     """
     assert_quiet(run_script(code, kind))
@@ -355,9 +343,8 @@ def test_session_factory_must_make_a_session() -> None:
         Mix("http://127.0.0.1:1", session_factory=lambda: "nope")  # type: ignore[arg-type, return-value]
     with pytest.raises(TypeError, match="callable"):
         Mix("http://127.0.0.1:1", session_factory="nope")  # type: ignore[arg-type]
-    deadline = time.monotonic() + 10
-    while loop_threads() - before and time.monotonic() < deadline:
-        time.sleep(0.02)
+    for thread in loop_threads() - before:  # a loop thread that started ends soon
+        thread.join(10)
     assert loop_threads() <= before
 
 
@@ -367,16 +354,14 @@ def test_session_factory_must_make_a_session() -> None:
 
 SERVER_SNIPPET = """
 import asyncio, gc, threading
-from mix_fake import MixFake
+from mix_fake import FakeThread
 
-loop = asyncio.new_event_loop()
-threading.Thread(target=loop.run_forever, daemon=True).start()
-fake = MixFake()
-url = asyncio.run_coroutine_threadsafe(fake.start(), loop).result(30)
+server = FakeThread()
+url, fake = server.url, server.fake
 
 def closed_on_server():
     # the server's view: every connection of the clients was closed (a bounded wait)
-    return asyncio.run_coroutine_threadsafe(fake.wait_connections(0, timeout=10), loop)
+    return asyncio.run_coroutine_threadsafe(fake.wait_connections(0, timeout=10), server.loop)
 
 def loop_threads():
     return {t for t in threading.enumerate() if t.name == "mix-client-loop" and t.is_alive()}
@@ -985,19 +970,13 @@ def test_close_from_inside_a_callback(fake: FakeThread) -> None:
 
 def test_stream_sessions_are_closed_too_across_asyncio_runs() -> None:
     code = """
-    import asyncio, gc, threading
+    import asyncio, gc
     import mix_client
-    from mix_fake import MixFake
+    from mix_fake import FakeThread
 
-    loop = asyncio.new_event_loop()
-    threading.Thread(target=loop.run_forever, daemon=True).start()
-    def on_server(coro):
-        return asyncio.run_coroutine_threadsafe(coro, loop).result(30)
-    fake = MixFake()
-    url = on_server(fake.start())
-    async def setup():
-        return fake.add_session()
-    sid = on_server(setup())
+    server = FakeThread()
+    url, fake = server.url, server.fake
+    sid = server.sync(fake.add_session)
 
     mix = mix_client.AsyncMix(url)
     async def one():
@@ -1006,15 +985,15 @@ def test_stream_sessions_are_closed_too_across_asyncio_runs() -> None:
             async for event in events:
                 break
     def closed_on_server():  # every connection of the ended loop's sessions was closed
-        on_server(fake.wait_connections(0, timeout=10))
-        on_server(fake.wait_streams_closed(timeout=10))
+        server.call(fake.wait_connections(0, timeout=10))
+        server.call(fake.wait_streams_closed(timeout=10))
     asyncio.run(one())
     closed_on_server()
     asyncio.run(one())
     closed_on_server()
     del mix
     gc.collect()  # an unclosed session would warn here
-    on_server(fake.stop())
+    server.stop()
     print("DONE")
     """
     assert_quiet(run_script(code))
