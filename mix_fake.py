@@ -94,7 +94,7 @@ headers, body)``; upload bodies are not kept) and counted in ``fake.hits[operati
 ``fake.publish(session_id, event, data)`` pushes any event (also unknown names) to the
 streams of a session, ``fake.broadcast(event, data)`` to every stream.  Other helpers:
 ``wait_for_streams``, ``wait_streams_closed``, ``wait_connections``, ``open_connections``,
-``wait_idle``, ``stream_count``, ``pending_permissions``,
+``wait_idle``, ``stream_count``, ``active_runs``, ``pending_permissions``,
 ``pending_notifications``, ``add_session``, ``add_file``, ``dropped_events``.
 """
 
@@ -935,6 +935,11 @@ class MixFake:
         tasks = [t for sid, t in self._runs.items() if session_id in (None, sid)]
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
+
+    @property
+    def active_runs(self) -> list[str]:
+        """The sessions whose scripted turn is running now."""
+        return [sid for sid, task in self._runs.items() if not task.done()]
 
     @property
     def pending_permissions(self) -> list[str]:

@@ -1097,6 +1097,15 @@ async def test_wait_requests_streams_and_connections(api: Api, fake: MixFake) ->
     await fake.wait_connections(0)
 
 
+async def test_active_runs(api: Api, fake: MixFake) -> None:
+    sid = await api.session()
+    assert fake.active_runs == []
+    await api.send(sid, "take a while [slow]")
+    assert fake.active_runs == [sid]
+    await fake.wait_idle(sid)
+    assert fake.active_runs == []
+
+
 def test_fake_thread_serves_from_its_own_loop() -> None:
     import urllib.request
 

@@ -137,7 +137,7 @@ async def test_end_is_recovered_within_about_two_seconds(fake: MixFake, mix: Asy
     finished_at: list[float] = []
 
     async def watch() -> None:
-        await until(lambda: sid in fake._runs)
+        await until(lambda: sid in fake.active_runs)
         await fake.wait_idle(sid, timeout=WAIT)
         finished_at.append(time.monotonic())
 
@@ -271,7 +271,7 @@ async def test_turn_after_an_abandoned_run_gets_its_own_answer(
     sid = fake.add_session()
     with pytest.raises(APITimeoutError):
         await bounded(mix.send_and_wait(sid, "first question [slow]", timeout=0.4))
-    assert sid in fake._runs  # the agent kept running after the client gave up
+    assert sid in fake.active_runs  # the agent kept running after the client gave up
     turn = await bounded(mix.send_and_wait(sid, "second question", timeout=15))
     assert turn.text == "Echo: second question"
     assert turn.final is not None
