@@ -87,6 +87,8 @@ a route template (``"/api/sessions/{id}"``) or a glob over the request path
 * ``fake.drop_events(event, times=1, session_id=None)``: the next such main-agent events
   are published to no stream
 * ``fake.disable(*ops)``: answer 404, like a server version without these routes
+* ``fake.handle_next(op, handler, times=1)``: answer with your own aiohttp handler
+  (``times=math.inf``: every time; the glob ``"/*"`` matches every path)
 * ``fake.clear_faults()``
 
 Every request is recorded in ``fake.requests`` (``RecordedRequest(method, path, query,
@@ -96,6 +98,9 @@ streams of a session, ``fake.broadcast(event, data)`` to every stream.  Other he
 ``wait_for_streams``, ``wait_streams_closed``, ``wait_connections``, ``open_connections``,
 ``wait_idle``, ``stream_count``, ``active_runs``, ``pending_permissions``,
 ``pending_notifications``, ``add_session``, ``add_file``, ``dropped_events``.
+
+``FakeThread(**kwargs)`` serves a ``MixFake`` from its own thread and event loop (for
+blocking ``Mix`` code): ``.url``, ``.fake``, ``.call(coro)``, ``.sync(fn)``, ``.stop()``.
 """
 
 from __future__ import annotations
