@@ -14,6 +14,7 @@ import contextlib
 import gc
 import math
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -26,6 +27,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from aioresponses import aioresponses
 
 import mix_client
 from mix_client import (
@@ -666,36 +668,46 @@ def test_readme_has_one_timeout_table() -> None:
 # ---------------------------------------------------------------------------
 
 
+USABLE_RETRY_AFTER = [
+    ({"Retry-After": "2.5"}, 2.5),
+    ({"Retry-After": "0"}, 0.0),
+    ({"retry-after-ms": "250"}, 0.25),
+    ({"retry-after-ms": "nan", "Retry-After": "3"}, 3.0),  # an unusable ms value falls back
+    ({"Retry-After": "99999"}, 60.0),  # capped
+]
+UNUSABLE_RETRY_AFTER = [
+    {"Retry-After": "nan"},
+    {"Retry-After": "NaN"},
+    {"Retry-After": "inf"},
+    {"Retry-After": "-inf"},
+    {"Retry-After": "-5"},
+    {"Retry-After": "1e400"},
+    {"retry-after-ms": "NaN"},
+    {"retry-after-ms": "inf"},
+    {"retry-after-ms": "-100"},
+]
+
+
 @pytest.mark.parametrize(
-    "headers",
-    [
-        {"Retry-After": "nan"},
-        {"Retry-After": "NaN"},
-        {"Retry-After": "inf"},
-        {"Retry-After": "-inf"},
-        {"Retry-After": "-5"},
-        {"Retry-After": "1e400"},
-        {"retry-after-ms": "NaN"},
-        {"retry-after-ms": "inf"},
-        {"retry-after-ms": "-100"},
-    ],
+    ("headers", "expected"),
+    [*USABLE_RETRY_AFTER, *((h, None) for h in UNUSABLE_RETRY_AFTER)],
 )
-def test_unusable_retry_after_is_ignored(headers: dict[str, str]) -> None:
-    from multidict import CIMultiDict
-
-    assert mix_client._parse_retry_after(CIMultiDict(headers)) is None
-
-
-def test_usable_retry_after_values() -> None:
-    from multidict import CIMultiDict
-
-    parse = mix_client._parse_retry_after
-    assert parse(CIMultiDict({"Retry-After": "2.5"})) == 2.5
-    assert parse(CIMultiDict({"Retry-After": "0"})) == 0.0
-    assert parse(CIMultiDict({"retry-after-ms": "250"})) == 0.25
-    # an unusable ms value falls back to Retry-After
-    assert parse(CIMultiDict({"retry-after-ms": "nan", "Retry-After": "3"})) == 3.0
-    assert parse(CIMultiDict({"Retry-After": "99999"})) == 60.0
+async def test_retry_after_sets_the_wait_before_the_next_attempt(
+    headers: dict[str, str], expected: float | None, sleeps: list[float]
+) -> None:
+    """A 503's Retry-After is how long the client waits (mocked responses); an unusable
+    value is ignored: the client's own first backoff (0.5 s less up to 25 % jitter)."""
+    url = re.compile(r"^http://127\.0\.0\.1:9/health")
+    with aioresponses() as mocked:
+        mocked.get(url, status=503, headers=headers, payload={"error": {"message": "busy"}})
+        mocked.get(url, payload={"status": "ok"})
+        async with AsyncMix("http://127.0.0.1:9", timeout=300) as mix:
+            assert (await mix.health_check()).status == "ok"
+    assert len(sleeps) == 1
+    if expected is None:
+        assert 0.5 * 0.75 <= sleeps[0] <= 0.5
+    else:
+        assert sleeps[0] == expected
 
 
 @pytest.mark.parametrize(

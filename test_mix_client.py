@@ -18,6 +18,8 @@ import math
 import os
 import re
 import socket
+import subprocess
+import sys
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -2203,34 +2205,31 @@ async def test_custom_logger(server: ScriptedFake, caplog: pytest.LogCaptureFixt
     assert any(r.name == "my.app.mix" and "/health" in r.getMessage() for r in caplog.records)
 
 
-def test_mix_debug_env_leaves_root_logger_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    log = logging.getLogger("mix_client")
-    root = logging.getLogger()
-    saved = (log.level, list(log.handlers), mix_client._debug_handler_installed)
-    root_saved = (root.level, list(root.handlers))
-    try:
-        log.setLevel(logging.WARNING)
-        for h in list(log.handlers):
-            log.removeHandler(h)
-        monkeypatch.setattr(mix_client, "_debug_handler_installed", False)
-        monkeypatch.delenv("MIX_DEBUG", raising=False)
-        AsyncMix("http://127.0.0.1:1")
-        assert log.level == logging.WARNING
-        monkeypatch.setenv("MIX_DEBUG", "true")
-        AsyncMix("http://127.0.0.1:1")
-        assert log.level == logging.DEBUG
-        assert log.isEnabledFor(logging.DEBUG)
-        assert len(log.handlers) == 1
-        assert (root.level, root.handlers) == root_saved
-        AsyncMix("http://127.0.0.1:1")  # no second handler
-        assert len(log.handlers) == 1
-    finally:
-        for h in list(log.handlers):
-            log.removeHandler(h)
-        log.setLevel(saved[0])
-        for h in saved[1]:
-            log.addHandler(h)
-        mix_client._debug_handler_installed = saved[2]
+def test_mix_debug_env_leaves_root_logger_alone() -> None:
+    # In a fresh interpreter: what MIX_DEBUG installs happens once per process.
+    code = """
+import logging, os
+import mix_client
+log, root = logging.getLogger("mix_client"), logging.getLogger()
+log.setLevel(logging.WARNING)
+root_saved = (root.level, list(root.handlers))
+os.environ.pop("MIX_DEBUG", None)
+mix_client.AsyncMix("http://127.0.0.1:1")
+assert log.level == logging.WARNING and not log.handlers
+os.environ["MIX_DEBUG"] = "true"
+mix_client.AsyncMix("http://127.0.0.1:1")
+assert log.level == logging.DEBUG and log.isEnabledFor(logging.DEBUG)
+assert len(log.handlers) == 1
+assert (root.level, root.handlers) == root_saved
+mix_client.AsyncMix("http://127.0.0.1:1")  # no second handler
+assert len(log.handlers) == 1
+print("DONE")
+"""
+    env = {k: v for k, v in os.environ.items() if k != "MIX_DEBUG"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env, cwd=HERE
+    )
+    assert proc.returncode == 0 and "DONE" in proc.stdout, proc.stderr
 
 
 # ---------------------------------------------------------------------------
