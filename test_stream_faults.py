@@ -445,12 +445,17 @@ async def _consume(events: Any, seen: list[Any]) -> None:
         seen.append(event)
 
 
+async def _consuming(events: Any, seen: list[Any]) -> asyncio.Task[None]:
+    """Open the stream and read it into ``seen`` in a task."""
+    await events.__aenter__()
+    return asyncio.create_task(_consume(events, seen))
+
+
 async def test_client_aclose_ends_a_blocked_consumer(srv: ScriptedServer) -> None:
     mix = AsyncMix(srv.url)
     seen: list[Any] = []
     events = mix.stream_events("s1")
-    await events.__aenter__()
-    task = asyncio.create_task(_consume(events, seen))
+    task = await _consuming(events, seen)
     await _until(lambda: len(seen) == 1, "connected received")
     await asyncio.wait_for(mix.aclose(), WAIT)
     with pytest.raises(ClientClosedError):
@@ -470,9 +475,8 @@ async def test_client_aclose_ends_a_consumer_in_reconnect_wait(srv: ScriptedServ
     srv.script = script
     mix = AsyncMix(srv.url)
     events = mix.stream_events("s1", max_reconnects=100)
-    await events.__aenter__()
     seen: list[Any] = []
-    task = asyncio.create_task(_consume(events, seen))
+    task = await _consuming(events, seen)
     await srv.wait_conns(2)
     await mix.aclose()
     with pytest.raises(ClientClosedError):
@@ -559,9 +563,8 @@ async def test_aclose_with_user_session_still_closes_streams_and_calls(srv: Scri
     async with aiohttp.ClientSession() as session:
         mix = AsyncMix(srv.url, session=session)
         events = mix.stream_events("s1")
-        await events.__aenter__()
         seen: list[Any] = []
-        task = asyncio.create_task(_consume(events, seen))
+        task = await _consuming(events, seen)
         await _until(lambda: len(seen) == 1, "connected received")
         await mix.aclose()
         with pytest.raises(ClientClosedError):
@@ -575,9 +578,8 @@ async def test_stream_aclose_from_another_task_stops_consumer(
     srv: ScriptedServer, mix: AsyncMix
 ) -> None:
     events = mix.stream_events("s1")
-    await events.__aenter__()
     seen: list[Any] = []
-    task = asyncio.create_task(_consume(events, seen))
+    task = await _consuming(events, seen)
     await _until(lambda: len(seen) == 1, "connected received")
     await events.aclose()
     await asyncio.wait_for(task, 5)  # iteration ends: no error
@@ -597,9 +599,8 @@ async def test_stream_aclose_during_reconnect_wait_yields_nothing_more(
 
     srv.script = script
     events = mix.stream_events("s1", max_reconnects=100)
-    await events.__aenter__()
     seen: list[Any] = []
-    task = asyncio.create_task(_consume(events, seen))
+    task = await _consuming(events, seen)
     # the server answered the second attempt: the stream now waits before the third
     await _until(lambda: len(srv.conns) == 2 and srv.open == 0, "the 503 was answered")
     await events.aclose()
@@ -626,9 +627,8 @@ async def test_stream_aclose_during_reopen_leaks_nothing(
 
     srv.script = script
     events = mix.stream_events("s1")
-    await events.__aenter__()
     seen: list[Any] = []
-    task = asyncio.create_task(_consume(events, seen))
+    task = await _consuming(events, seen)
     await srv.wait_conns(2)
     await events.aclose()
     release.set()
@@ -643,9 +643,8 @@ async def test_with_options_copy_streams_end_when_parent_closes(srv: ScriptedSer
     mix = AsyncMix(srv.url)
     copy = mix.with_options(max_retries=1)
     events = copy.stream_events("s1")
-    await events.__aenter__()
     seen: list[Any] = []
-    task = asyncio.create_task(_consume(events, seen))
+    task = await _consuming(events, seen)
     await _until(lambda: len(seen) == 1, "connected received")
     await mix.aclose()
     with pytest.raises(ClientClosedError):
