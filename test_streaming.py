@@ -417,9 +417,12 @@ async def _collect(events: Any, until: Callable[[Any], bool] | None = None) -> l
     return out
 
 
-async def _settle() -> None:
-    for _ in range(5):
-        await asyncio.sleep(0)
+async def _no_tasks_left(before: set[asyncio.Task[Any]]) -> None:
+    """Every task started since ``before`` ends soon (a bounded wait), none is left running."""
+    leaked = _leaked(before)
+    if leaked:
+        await asyncio.wait(leaked, timeout=2)
+    assert _leaked(before) == []
 
 
 def _leaked(before: set[asyncio.Task[Any]]) -> list[asyncio.Task[Any]]:
@@ -861,8 +864,7 @@ async def test_break_closes_connection_and_leaks_no_task(
     await asyncio.wait_for(run(), WAIT)
     await srv.wait_for(lambda: srv.open_conns == 0, "server saw the disconnect")
     assert srv.exits == [(1, "cancelled")] or srv.exits == [(1, "reset")]
-    await _settle()
-    assert _leaked(before) == []
+    await _no_tasks_left(before)
 
 
 async def test_break_without_async_with_closes_connection(
@@ -903,46 +905,27 @@ async def test_cancelled_consumer_task_leaves_nothing_pending(
     with pytest.raises(asyncio.CancelledError):
         await task
     await srv.wait_for(lambda: srv.open_conns == 0, "server saw the disconnect")
-    await _settle()
-    assert _leaked(before) == []
+    await _no_tasks_left(before)
 
 
-async def test_query_break_closes_stream_no_cancel_by_default(
-    srv: ScriptedStreams, mix: AsyncMix
+@pytest.mark.parametrize("cancel_on_exit", [False, True])
+async def test_query_break_closes_stream_and_cancels_only_when_asked(
+    srv: ScriptedStreams, mix: AsyncMix, cancel_on_exit: bool
 ) -> None:
     srv.script = endless_turn
     await mix.get_session_messages("s1")
     before = set(asyncio.all_tasks())
 
     async def run() -> None:
-        async with mix.query("s1", "go") as events:
+        async with mix.query("s1", "go", cancel_on_exit=cancel_on_exit) as events:
             async for event in events:
                 if isinstance(event, ContentEvent):
                     break
 
     await asyncio.wait_for(run(), WAIT)
     await srv.wait_for(lambda: srv.open_conns == 0, "server saw the disconnect")
-    await _settle()
-    assert _leaked(before) == []
-    assert srv.cancels == []
-
-
-async def test_query_cancel_on_exit_calls_cancel(srv: ScriptedStreams, mix: AsyncMix) -> None:
-    srv.script = endless_turn
-    await mix.get_session_messages("s1")
-    before = set(asyncio.all_tasks())
-
-    async def run() -> None:
-        async with mix.query("s1", "go", cancel_on_exit=True) as events:
-            async for event in events:
-                if isinstance(event, ContentEvent):
-                    break
-
-    await asyncio.wait_for(run(), WAIT)
-    assert srv.cancels == ["s1"]
-    await srv.wait_for(lambda: srv.open_conns == 0, "server saw the disconnect")
-    await _settle()
-    assert _leaked(before) == []
+    await _no_tasks_left(before)
+    assert srv.cancels == (["s1"] if cancel_on_exit else [])
 
 
 async def test_cancelled_query_task_cancels_run_and_leaves_nothing(
@@ -966,8 +949,7 @@ async def test_cancelled_query_task_cancels_run_and_leaves_nothing(
         await task
     assert srv.cancels == ["s1"]
     await srv.wait_for(lambda: srv.open_conns == 0, "server saw the disconnect")
-    await _settle()
-    assert _leaked(before) == []
+    await _no_tasks_left(before)
 
 
 # ---------------------------------------------------------------------------
