@@ -552,16 +552,6 @@ def test_prism_pinned_exactly() -> None:
     assert locked == PRISM_VERSION, f"package-lock.json has Prism {locked}, run npm install"
 
 
-def test_client_has_every_operation() -> None:
-    mc = _client_module()
-    for op_id in OPERATIONS:
-        words = op_id.replace("OAuth", "Oauth")
-        name = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", words).lower()
-        assert callable(getattr(mc.AsyncMix, name, None)), f"AsyncMix.{name} ({op_id}) missing"
-        # Mix's methods are descriptors: present on the class, callable on an instance.
-        assert getattr(mc.Mix, name, None) is not None, f"Mix.{name} ({op_id}) missing"
-
-
 async def test_harness_detects_violations(contract: Contract) -> None:
     """The checks are not vacuous: Prism and the proxy flag bad requests."""
     async with aiohttp.ClientSession() as session:

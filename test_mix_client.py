@@ -837,14 +837,11 @@ REPLIES: dict[str, Answer] = {
 
 
 def test_table_covers_every_operation() -> None:
+    # test_routes.py holds the route table itself to the spec; this, the tests' tables.
     assert (
         sorted(CALLS) == sorted(REPLIES) == sorted(SPEC_OPERATIONS) == sorted(mix_client.OPERATIONS)
     )
     assert len(CALLS) == 42
-    for op_id, spec_op in SPEC_OPERATIONS.items():
-        op = mix_client.OPERATIONS[op_id]
-        assert op.method == spec_op.method, op_id
-        assert op.path == spec_op.template, op_id
 
 
 def _exchange(method: str, raw_path: str, headers: Any, sent: bytes, reply: Reply) -> Exchange:

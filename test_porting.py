@@ -110,32 +110,6 @@ def test_missing_path_argument_names_mix_not_asyncmix(thread_fake: FakeThread) -
     assert thread_fake.fake.requests == []
 
 
-def test_every_path_parameter_has_the_spec_name() -> None:
-    import inspect
-
-    from _ops import OPERATIONS as SPEC_OPERATIONS
-
-    names = {
-        op_id: [p["name"] for p in op.spec.get("parameters", []) if p.get("in") == "path"]
-        for op_id, op in SPEC_OPERATIONS.items()
-    }
-    amix = AsyncMix("http://127.0.0.1:1")
-    mix = Mix("http://127.0.0.1:1")
-    mix.close()
-    checked = 0
-    for op_id, expected in names.items():
-        if not expected:
-            continue
-        method = mix_client._method_name(mix_client.OPERATIONS[op_id])
-        for client in (amix, mix):  # the signatures users see on both clients
-            params = list(inspect.signature(getattr(client, method)).parameters.values())
-            got = params[: len(expected)]
-            assert [p.name for p in got] == expected, (client, method)
-            assert all(p.kind is p.POSITIONAL_OR_KEYWORD for p in got), (client, method)
-        checked += 1
-    assert checked == 19
-
-
 def test_mypy_sees_keyword_path_arguments_on_both_clients(tmp_path: Path) -> None:
     sample = tmp_path / "sample.py"
     sample.write_text(
