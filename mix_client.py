@@ -1923,6 +1923,160 @@ def _connection_error(exc: BaseException, method: str, url: str) -> tuple[APICon
     ), False
 
 
+# The pool ---------------------------------------------------------------
+
+
+async def _session_guard(sessions: list[aiohttp.ClientSession]) -> AsyncGenerator[None, None]:
+    """Closes ``sessions`` (all made on one loop) on their own loop when finalized.
+
+    An async generator started on a loop is finalized by that loop: ``aclose()`` is
+    scheduled there when it is garbage-collected (from any thread), and
+    ``loop.shutdown_asyncgens()`` (the end of ``asyncio.run()``) closes it before the loop
+    closes. So a client dropped without ``aclose()``, or used from two ``asyncio.run()``
+    in a row, closes its session quietly, on the right loop.
+    """
+    try:
+        yield
+    finally:
+        for session in sessions:
+            if not session.closed:
+                with contextlib.suppress(Exception):
+                    await session.close()
+
+
+def _guard(sessions: list[aiohttp.ClientSession]) -> AsyncGenerator[None, None]:
+    guard = _session_guard(sessions)
+    step = guard.__anext__()  # registers the generator with the running loop
+    with contextlib.suppress(StopIteration):
+        step.send(None)  # runs it up to its ``yield``: no await needed
+    return guard
+
+
+def _close_now(session: aiohttp.ClientSession) -> None:
+    """Mark a session whose loop is gone closed (its sockets go with the transports)."""
+    connector = session.connector
+    session.detach()
+    close = getattr(connector, "_close", None)
+    if close is not None:
+        with contextlib.suppress(Exception):
+            close()
+
+
+class _Pool:
+    """The HTTP sessions a client and its :meth:`AsyncMix.with_options` copies share.
+
+    Plain calls, uploads and downloads use one session; event streams get a second one
+    (their own connector and limit, the same cookies), so open streams never make plain
+    calls wait. Sessions are made on first use inside the running loop, and again on a new
+    loop (``asyncio.run`` twice); a guard closes them on their own loop when they are
+    replaced or dropped. A session passed in (``user_session``) is used as is and never
+    closed. ``streams`` registers the open event streams, for :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession | None,
+        max_connections: int | None,
+        max_stream_connections: int | None,
+    ) -> None:
+        for name, value in (
+            ("max_connections", max_connections),
+            ("max_stream_connections", max_stream_connections),
+        ):
+            if value is not None:
+                _check_size(value, name)
+                if session is not None:
+                    raise InvalidInputError(
+                        f"{name} does not apply with session=: the session's connector sets"
+                        " the limit (aiohttp.TCPConnector(limit=...))"
+                    )
+        self.max_connections: int = max_connections or DEFAULT_MAX_CONNECTIONS
+        self.max_stream_connections = max_stream_connections
+        self.user_session = session
+        self.headers: dict[str, str] = {}
+        """The default headers of the sessions made here (the original client's)."""
+        self.streams: weakref.WeakSet[EventStream] = weakref.WeakSet()
+        self.closed = False
+        self._session = session
+        self._stream_session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._guard: AsyncGenerator[None, None] | None = None
+        self._guarded: list[aiohttp.ClientSession] = []
+
+    def http(self, streams_pool: bool = False) -> aiohttp.ClientSession:
+        if self.closed:
+            raise ClientClosedError("this client is closed")
+        session = self._session
+        if session is not None and session is self.user_session:
+            return session
+        loop = asyncio.get_running_loop()
+        if session is None or session.closed or self._loop is not loop:
+            # Created inside the running loop; a new loop (asyncio.run twice) gets a new one.
+            old_loop = self._loop
+            if old_loop is not None and old_loop.is_closed():
+                for old in (session, self._stream_session):
+                    if old is not None:
+                        _close_now(old)  # its loop ended without finalizing the guard
+            session = aiohttp.ClientSession(
+                headers=self.headers,
+                connector=aiohttp.TCPConnector(limit=self.max_connections, ttl_dns_cache=300),
+            )
+            if hasattr(session, "_retry_connection"):
+                # aiohttp would resend an idempotent request after a dropped connection,
+                # out of sight; _send does it itself, so it knows a DELETE was resent.
+                session._retry_connection = False
+            self._session = session
+            self._loop = loop
+            self._stream_session = None
+            # Replacing the old guard finalizes it: its sessions close on their own loop.
+            self._guarded = [session]
+            self._guard = _guard(self._guarded)
+        if streams_pool:
+            # Streams hold their connection for their whole life: a pool of their own, so
+            # that open streams never make plain calls wait for a connection.
+            streams = self._stream_session
+            if streams is None or streams.closed:
+                streams = self._stream_session = aiohttp.ClientSession(
+                    headers=self.headers,
+                    connector=aiohttp.TCPConnector(
+                        limit=self.max_stream_connections or 0, ttl_dns_cache=300
+                    ),
+                    cookie_jar=session.cookie_jar,  # one client: one set of cookies
+                )
+                self._guarded[:] = [*(h for h in self._guarded if not h.closed), streams]
+            return streams
+        return session
+
+    async def close(self, owner: AsyncMix | None = None) -> None:
+        """End the streams ``owner`` opened; with no owner, every stream and the pool."""
+        if owner is None:
+            self.closed = True
+        error = ClientClosedError("the client was closed")
+        for stream in list(self.streams):
+            if owner is None or stream._client is owner:
+                stream._shutdown(error)
+        if owner is not None:
+            return  # a with_options copy: the pool belongs to the original client
+        session, self._session = self._session, None
+        streams, self._stream_session = self._stream_session, None
+        guard, self._guard = self._guard, None
+        for http in (streams, session):
+            if http is not None and http is not self.user_session and not http.closed:
+                await http.close()
+        if guard is not None:
+            await guard.aclose()
+
+    def __del__(self) -> None:
+        # Dropped without close(): the guard closes the sessions on their loop if that still
+        # runs; a loop already closed (without shutdown_asyncgens) cannot, so do it here.
+        loop = self.__dict__.get("_loop")
+        if loop is not None and loop.is_closed():
+            for key in ("_session", "_stream_session"):
+                http = self.__dict__.get(key)
+                if http is not None and http is not self.__dict__.get("user_session"):
+                    _close_now(http)
+
+
 # The request pipeline -----------------------------------------------------
 
 
@@ -1972,7 +2126,7 @@ async def _send(
         if "extra_query" in opts:
             more = _extra_query(opts["extra_query"])
             query = f"{query}&{more}" if query and more else query or more
-    if client._user_session is not None or client._parent is not None:
+    if client._pool.user_session is not None or client._parent is not None:
         # The pool's session does not carry this client's default headers.
         headers = {
             **(client._json_headers if body is not None else client._headers),
@@ -3399,7 +3553,7 @@ class EventStream:
         self._failure: BaseException | None = None  # read error held back behind buffered bytes
         self.reconnects = 0
         """How many times the stream was reopened."""
-        client._streams.add(self)
+        client._pool.streams.add(self)
 
     @property
     def last_event_id(self) -> str | None:
@@ -3439,7 +3593,7 @@ class EventStream:
         resp, self._resp = self._resp, None
         if resp is not None:
             resp.close()  # a reader waiting in readany() wakes with a connection error
-        self._client._streams.discard(self)
+        self._client._pool.streams.discard(self)
 
     def _end(self) -> NoReturn:
         error, self._close_error = self._close_error, None
@@ -3528,7 +3682,7 @@ class EventStream:
         if self._shut and not first:
             return
         self._shut = self._closed = False
-        self._client._streams.add(self)
+        self._client._pool.streams.add(self)
         extra = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
         last_id = self._decoder.last_event_id
         if last_id:
@@ -4230,42 +4384,6 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-async def _session_guard(sessions: list[aiohttp.ClientSession]) -> AsyncGenerator[None, None]:
-    """Closes ``sessions`` (all made on one loop) on their own loop when finalized.
-
-    An async generator started on a loop is finalized by that loop: ``aclose()`` is
-    scheduled there when it is garbage-collected (from any thread), and
-    ``loop.shutdown_asyncgens()`` (the end of ``asyncio.run()``) closes it before the loop
-    closes. So a client dropped without ``aclose()``, or used from two ``asyncio.run()``
-    in a row, closes its session quietly, on the right loop.
-    """
-    try:
-        yield
-    finally:
-        for session in sessions:
-            if not session.closed:
-                with contextlib.suppress(Exception):
-                    await session.close()
-
-
-def _guard(sessions: list[aiohttp.ClientSession]) -> AsyncGenerator[None, None]:
-    guard = _session_guard(sessions)
-    step = guard.__anext__()  # registers the generator with the running loop
-    with contextlib.suppress(StopIteration):
-        step.send(None)  # runs it up to its ``yield``: no await needed
-    return guard
-
-
-def _close_now(session: aiohttp.ClientSession) -> None:
-    """Mark a session whose loop is gone closed (its sockets go with the transports)."""
-    connector = session.connector
-    session.detach()
-    close = getattr(connector, "_close", None)
-    if close is not None:
-        with contextlib.suppress(Exception):
-            close()
-
-
 class AsyncMix:
     """Async client for the Mix REST API. One method per endpoint.
 
@@ -4307,28 +4425,13 @@ class AsyncMix:
         max_stream_connections: int | None = None,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
     ) -> None:
-        for name, value in (
-            ("max_connections", max_connections),
-            ("max_stream_connections", max_stream_connections),
-        ):
-            if value is not None:
-                _check_size(value, name)
-                if session is not None:
-                    raise InvalidInputError(
-                        f"{name} does not apply with session=: the session's connector sets"
-                        " the limit (aiohttp.TCPConnector(limit=...))"
-                    )
-        self._max_connections: int = max_connections or DEFAULT_MAX_CONNECTIONS
-        self._max_stream_connections = max_stream_connections
+        self._pool = _Pool(session, max_connections, max_stream_connections)
         self._max_event_size = _check_size(max_event_size, "max_event_size")
-        self._streams: weakref.WeakSet[EventStream] = weakref.WeakSet()
-        self._stream_session: aiohttp.ClientSession | None = None
         url = server_url or os.environ.get("MIX_SERVER_URL") or DEFAULT_SERVER_URL
         self.server_url: str = _check_server_url(url)
         self._policy = _make_policy(max_retries, retry_config)
         self._max_retries = max_retries
         self._retry_config = retry_config
-        self._user_session = session
         if isinstance(timeout, _NotGiven):
             # A session you pass in keeps its own timeouts.
             self._timeout: aiohttp.ClientTimeout | None = None if session else DEFAULT_TIMEOUT
@@ -4342,14 +4445,11 @@ class AsyncMix:
         if headers is not None:
             self._headers.update(_check_headers(headers))
         self._json_headers = {**self._headers, "Content-Type": "application/json"}
-        self._session: aiohttp.ClientSession | None = session
-        self._session_loop: asyncio.AbstractEventLoop | None = None
+        self._pool.headers = self._headers
         if logger is not None and not isinstance(logger, (logging.Logger, logging.LoggerAdapter)):
             raise _bad_value("logger", "a logging.Logger", logger)
         if session is not None and not isinstance(session, aiohttp.ClientSession):
             raise _bad_value("session", "an aiohttp.ClientSession", session)
-        self._guard: AsyncGenerator[None, None] | None = None
-        self._guarded: list[aiohttp.ClientSession] = []
         self._logger = logger or _log
         if _env_flag("MIX_DEBUG"):
             if logger is None:
@@ -4378,79 +4478,15 @@ class AsyncMix:
         streams it opened are closed; closing the original closes every copy too.
         """
         self._closed = True
-        error = ClientClosedError("the client was closed")
-        for stream in list(self._streams):
-            if self._parent is None or stream._client is self:
-                stream._shutdown(error)
-        if self._parent is not None:
-            return  # a with_options copy: the pool belongs to the original client
-        session, self._session = self._session, None
-        streams, self._stream_session = self._stream_session, None
-        guard, self._guard = self._guard, None
-        for http in (streams, session):
-            if http is not None and http is not self._user_session and not http.closed:
-                await http.close()
-        if guard is not None:
-            await guard.aclose()
-
-    def __del__(self) -> None:
-        # Dropped without aclose(): the guard closes the sessions on their loop if that still
-        # runs; a loop already closed (without shutdown_asyncgens) cannot, so do it here.
-        loop = self.__dict__.get("_session_loop")
-        if self.__dict__.get("_parent") is None and loop is not None and loop.is_closed():
-            for key in ("_session", "_stream_session"):
-                http = self.__dict__.get(key)
-                if http is not None and http is not self.__dict__.get("_user_session"):
-                    _close_now(http)
+        await self._pool.close(None if self._parent is None else self)
 
     def _is_closed(self) -> bool:
-        return self._closed or (self._parent is not None and self._parent._closed)
+        return self._closed or self._pool.closed
 
     def _http(self, streams_pool: bool = False) -> aiohttp.ClientSession:
         if self._closed:
             raise ClientClosedError("this client is closed")
-        if self._parent is not None:
-            return self._parent._http(streams_pool)
-        session = self._session
-        if session is not None and session is self._user_session:
-            return session
-        loop = asyncio.get_running_loop()
-        if session is None or session.closed or self._session_loop is not loop:
-            # Created inside the running loop; a new loop (asyncio.run twice) gets a new one.
-            old_loop = self._session_loop
-            if old_loop is not None and old_loop.is_closed():
-                for old in (session, self._stream_session):
-                    if old is not None:
-                        _close_now(old)  # its loop ended without finalizing the guard
-            session = aiohttp.ClientSession(
-                headers=self._headers,
-                connector=aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300),
-            )
-            if hasattr(session, "_retry_connection"):
-                # aiohttp would resend an idempotent request after a dropped connection,
-                # out of sight; _send does it itself, so it knows a DELETE was resent.
-                session._retry_connection = False
-            self._session = session
-            self._session_loop = loop
-            self._stream_session = None
-            # Replacing the old guard finalizes it: its sessions close on their own loop.
-            self._guarded = [session]
-            self._guard = _guard(self._guarded)
-        if streams_pool:
-            # Streams hold their connection for their whole life: a pool of their own, so
-            # that open streams never make plain calls wait for a connection.
-            streams = self._stream_session
-            if streams is None or streams.closed:
-                streams = self._stream_session = aiohttp.ClientSession(
-                    headers=self._headers,
-                    connector=aiohttp.TCPConnector(
-                        limit=self._max_stream_connections or 0, ttl_dns_cache=300
-                    ),
-                    cookie_jar=session.cookie_jar,  # one client: one set of cookies
-                )
-                self._guarded[:] = [*(h for h in self._guarded if not h.closed), streams]
-            return streams
-        return session
+        return self._pool.http(streams_pool)
 
     def with_options(
         self,
@@ -4464,7 +4500,6 @@ class AsyncMix:
         clone = object.__new__(AsyncMix)
         clone.__dict__.update(self.__dict__)
         clone._parent = self._parent or self
-        clone._session = None
         if max_retries is not None or retry_config is not None:
             # Each option overrides only itself: the other keeps this client's value.
             if max_retries is not None:
