@@ -4375,6 +4375,109 @@ class TurnStream:
             await aclose()
 
 
+async def _collect_turn(
+    mix: AsyncMix,
+    events: TurnStream,
+    session_id: str,
+    text: str,
+    timeout: float | None,
+    *,
+    on_thinking: Callable[[str], Any] | None,
+    on_content: Callable[[str], Any] | None,
+    on_tool: Callable[[TurnToolCall], Any] | None,
+    on_tool_result: Callable[[TurnToolCall], Any] | None,
+    on_permission: Callable[[PermissionEvent], Any] | None,
+    on_notification: Callable[[NotificationEvent], Any] | None,
+    on_error: Callable[[ErrorEvent], Any] | None,
+    on_complete: Callable[[Turn], Any] | None,
+    on_event: Callable[[TurnEvent], Any] | None,
+) -> Turn:
+    """Fold a turn's events (:meth:`AsyncMix.query`) into a :class:`Turn`, calling the
+    callbacks as they come (:meth:`AsyncMix.send_and_wait`)."""
+    turn = Turn(session_id=session_id)
+    text_parts: list[str] = []
+    thinking_parts: list[str] = []
+    calls: dict[str, TurnToolCall] = {}
+    inputs = ToolInputAccumulator()
+    state = events._state or _TurnState(timeout)
+    async with events:
+        try:
+            async for event in events:
+                turn.event_count += 1
+                await _maybe_await(on_event, event)
+                if isinstance(event, ContentEvent):
+                    if not event.data.parent_tool_call_id:
+                        text_parts.append(event.data.content)
+                        await _maybe_await(on_content, event.data.content)
+                elif isinstance(event, ThinkingEvent):
+                    if not event.data.parent_tool_call_id:
+                        thinking_parts.append(event.data.content)
+                        await _maybe_await(on_thinking, event.data.content)
+                elif (
+                    isinstance(event, UserMessageCreatedEvent)
+                    and not event.data.parent_tool_call_id
+                ):
+                    # This turn's run begins: anything gathered before was another run's.
+                    text_parts.clear()
+                    thinking_parts.clear()
+                    calls.clear()
+                    inputs = ToolInputAccumulator()
+                    turn.user_message_id = event.data.message_id or None
+                elif isinstance(event, ToolUseStartEvent):
+                    call = calls.setdefault(event.data.id, TurnToolCall(id=event.data.id))
+                    call.name = event.data.name or call.name
+                    call.parent_tool_call_id = event.data.parent_tool_call_id
+                elif isinstance(event, ToolUseParameterDeltaEvent):
+                    inputs.feed(event)
+                elif isinstance(event, ToolUseParameterStreamingCompleteEvent):
+                    inputs.feed(event)
+                    call = calls.setdefault(event.data.id, TurnToolCall(id=event.data.id))
+                    call.name = event.data.name or call.name
+                    call.parent_tool_call_id = event.data.parent_tool_call_id
+                    call.raw_input = inputs.raw(call.id)
+                    call.input = inputs.parsed(call.id)
+                    await _maybe_await(on_tool, call)
+                elif isinstance(event, ToolExecutionCompleteEvent):
+                    call = calls.setdefault(
+                        event.data.tool_call_id, TurnToolCall(id=event.data.tool_call_id)
+                    )
+                    call.name = call.name or event.data.tool_name
+                    call.finished = True
+                    call.is_error = not event.data.success
+                    call.result = event.data.progress
+                    await _maybe_await(on_tool_result, call)
+                elif isinstance(event, PermissionEvent):
+                    turn.permissions.append(event)
+                    await _maybe_await(on_permission, event)
+                elif isinstance(event, NotificationEvent):
+                    turn.notifications.append(event)
+                    await _maybe_await(on_notification, event)
+                elif isinstance(event, ErrorEvent):
+                    if not _is_fatal(event):
+                        turn.errors.append(event)
+                    await _maybe_await(on_error, event)
+                elif isinstance(event, CompleteEvent):
+                    if not event.data.parent_tool_call_id:
+                        turn.final = event
+                elif isinstance(event, Reconnected):
+                    turn.reconnects += 1
+                elif isinstance(event, TurnRecovered):
+                    turn.recovered = event
+        finally:
+            turn.text = "".join(text_parts)
+            turn.thinking = "".join(thinking_parts)
+            turn.tool_calls = list(calls.values())
+    turn.user_message_id = turn.user_message_id or state.user_message_id
+    final_content = turn.final.data.content if turn.final is not None else None
+    if turn.reconnects or calls or turn.recovered is not None:
+        # The stream carries progress lines, not tool results; the stored message has them.
+        await _reconcile(mix, turn, text, state)
+    elif final_content and final_content != turn.text:
+        turn.text = final_content
+    await _maybe_await(on_complete, turn)
+    return turn
+
+
 # ---------------------------------------------------------------------------
 # 6. Client: AsyncMix (pool and lifecycle, the endpoints)
 # ---------------------------------------------------------------------------
@@ -5149,11 +5252,6 @@ class AsyncMix:
         over everything). After a reconnect, or when tools ran, the text and tool results
         are completed from the stored messages, so nothing is lost.
         """
-        turn = Turn(session_id=session_id)
-        text_parts: list[str] = []
-        thinking_parts: list[str] = []
-        calls: dict[str, TurnToolCall] = {}
-        inputs = ToolInputAccumulator()
         events = self.query(
             session_id,
             text,
@@ -5163,83 +5261,22 @@ class AsyncMix:
             timeout=timeout,
             cancel_on_exit=cancel_on_exit,
         )
-        state = events._state or _TurnState(timeout)
-        async with events:
-            try:
-                async for event in events:
-                    turn.event_count += 1
-                    await _maybe_await(on_event, event)
-                    if isinstance(event, ContentEvent):
-                        if not event.data.parent_tool_call_id:
-                            text_parts.append(event.data.content)
-                            await _maybe_await(on_content, event.data.content)
-                    elif isinstance(event, ThinkingEvent):
-                        if not event.data.parent_tool_call_id:
-                            thinking_parts.append(event.data.content)
-                            await _maybe_await(on_thinking, event.data.content)
-                    elif (
-                        isinstance(event, UserMessageCreatedEvent)
-                        and not event.data.parent_tool_call_id
-                    ):
-                        # This turn's run begins: anything gathered before was another run's.
-                        text_parts.clear()
-                        thinking_parts.clear()
-                        calls.clear()
-                        inputs = ToolInputAccumulator()
-                        turn.user_message_id = event.data.message_id or None
-                    elif isinstance(event, ToolUseStartEvent):
-                        call = calls.setdefault(event.data.id, TurnToolCall(id=event.data.id))
-                        call.name = event.data.name or call.name
-                        call.parent_tool_call_id = event.data.parent_tool_call_id
-                    elif isinstance(event, ToolUseParameterDeltaEvent):
-                        inputs.feed(event)
-                    elif isinstance(event, ToolUseParameterStreamingCompleteEvent):
-                        inputs.feed(event)
-                        call = calls.setdefault(event.data.id, TurnToolCall(id=event.data.id))
-                        call.name = event.data.name or call.name
-                        call.parent_tool_call_id = event.data.parent_tool_call_id
-                        call.raw_input = inputs.raw(call.id)
-                        call.input = inputs.parsed(call.id)
-                        await _maybe_await(on_tool, call)
-                    elif isinstance(event, ToolExecutionCompleteEvent):
-                        call = calls.setdefault(
-                            event.data.tool_call_id, TurnToolCall(id=event.data.tool_call_id)
-                        )
-                        call.name = call.name or event.data.tool_name
-                        call.finished = True
-                        call.is_error = not event.data.success
-                        call.result = event.data.progress
-                        await _maybe_await(on_tool_result, call)
-                    elif isinstance(event, PermissionEvent):
-                        turn.permissions.append(event)
-                        await _maybe_await(on_permission, event)
-                    elif isinstance(event, NotificationEvent):
-                        turn.notifications.append(event)
-                        await _maybe_await(on_notification, event)
-                    elif isinstance(event, ErrorEvent):
-                        if not _is_fatal(event):
-                            turn.errors.append(event)
-                        await _maybe_await(on_error, event)
-                    elif isinstance(event, CompleteEvent):
-                        if not event.data.parent_tool_call_id:
-                            turn.final = event
-                    elif isinstance(event, Reconnected):
-                        turn.reconnects += 1
-                    elif isinstance(event, TurnRecovered):
-                        turn.recovered = event
-            finally:
-                turn.text = "".join(text_parts)
-                turn.thinking = "".join(thinking_parts)
-                turn.tool_calls = list(calls.values())
-        turn.user_message_id = turn.user_message_id or state.user_message_id
-        final_content = turn.final.data.content if turn.final is not None else None
-        if turn.reconnects or calls or turn.recovered is not None:
-            # The stream carries progress lines, not tool results; the stored message has them.
-            await _reconcile(self, turn, text, state)
-        elif final_content and final_content != turn.text:
-            turn.text = final_content
-        await _maybe_await(on_complete, turn)
-        return turn
+        return await _collect_turn(
+            self,
+            events,
+            session_id,
+            text,
+            timeout,
+            on_thinking=on_thinking,
+            on_content=on_content,
+            on_tool=on_tool,
+            on_tool_result=on_tool_result,
+            on_permission=on_permission,
+            on_notification=on_notification,
+            on_error=on_error,
+            on_complete=on_complete,
+            on_event=on_event,
+        )
 
 
 # ---------------------------------------------------------------------------
