@@ -2723,6 +2723,91 @@ class FileDownload:
         return chunk
 
 
+def _file_path(id: str, filename: str, thumb: str | None, time: float | None) -> tuple[str, str]:
+    path = _get_session_file.url(id, filename)
+    if thumb is not None and (not isinstance(thumb, str) or not _THUMB.fullmatch(thumb)):
+        raise InvalidInputError(f"thumb must look like '100', 'w100' or 'h100', not {thumb!r}")
+    if time is not None and (
+        isinstance(time, bool) or not isinstance(time, (int, float)) or not 0 <= time <= 86400
+    ):
+        raise InvalidInputError(f"time must be a number of seconds from 0 to 86400, not {time!r}")
+    return path, _query({"thumb": thumb, "time": time})
+
+
+async def _read_file(
+    client: AsyncMix,
+    path: str,
+    query: str,
+    opts: RequestOptions,
+    progress: ProgressCallback | None,
+) -> bytes:
+    """The file at ``path`` read whole (:meth:`AsyncMix.get_session_file`)."""
+    resp, _ = await _send(
+        client,
+        _get_session_file,
+        path,
+        opts,
+        query=query,
+        stream=True,
+        extra_headers=_ANY_CONTENT,
+    )
+    total = _body_length(resp)
+    received = 0
+    in_callback = False
+    try:
+        # No allocation up front at the announced size: a server may announce 1 PiB.
+        # BytesIO grows in place as chunks arrive and hands its buffer over at the end.
+        buf = io.BytesIO()
+        if progress is not None:
+            in_callback = True
+            progress(0, total)
+            in_callback = False
+        since_yield = 0
+        async for chunk in resp.content.iter_any():
+            buf.write(chunk)
+            received += len(chunk)
+            if progress is not None:
+                in_callback = True
+                progress(received, total)
+                in_callback = False
+            since_yield += len(chunk)
+            if since_yield >= _YIELD_EVERY:
+                # A fast server keeps the buffer full, so reading never waits: let
+                # the loop's other tasks run now and then.
+                since_yield = 0
+                await asyncio.sleep(0)
+        return buf.getvalue()
+    except _TRANSPORT_ERRORS as exc:
+        if in_callback:  # the progress callback's own error
+            raise
+        raise _body_error(exc, resp, received, total) from exc
+    finally:
+        resp.close()
+
+
+async def _save_file(chunks: FileDownload, target: str) -> DownloadedFile:
+    """Write ``chunks`` to a temporary file beside ``target``, renamed over it once complete
+    (:meth:`AsyncMix.download_session_file`)."""
+    loop = asyncio.get_running_loop()
+    tmp, f = await loop.run_in_executor(None, _open_temp, target)
+    written = 0
+    try:
+        async for chunk in chunks:
+            await loop.run_in_executor(None, f.write, chunk)
+            written += len(chunk)
+        await loop.run_in_executor(None, _finish_temp, f, tmp, target)
+    except BaseException:
+        _discard_temp(f, tmp)
+        raise
+    return DownloadedFile(
+        written,
+        path=target,
+        content_type=chunks.content_type,
+        content_length=chunks.content_length,
+        headers=chunks.headers,
+    )
+
+
 # ---------------------------------------------------------------------------
 # 4. Streaming: SSE decoder, typed events, EventStream
 # ---------------------------------------------------------------------------
@@ -4989,20 +5074,6 @@ class AsyncMix:
         """Delete a file (``DELETE /api/sessions/{id}/files/{filename}``)."""
         await self._call(_delete_session_file, opts, id, filename)
 
-    def _file_path(
-        self, id: str, filename: str, thumb: str | None, time: float | None
-    ) -> tuple[str, str]:
-        path = _get_session_file.url(id, filename)
-        if thumb is not None and (not isinstance(thumb, str) or not _THUMB.fullmatch(thumb)):
-            raise InvalidInputError(f"thumb must look like '100', 'w100' or 'h100', not {thumb!r}")
-        if time is not None and (
-            isinstance(time, bool) or not isinstance(time, (int, float)) or not 0 <= time <= 86400
-        ):
-            raise InvalidInputError(
-                f"time must be a number of seconds from 0 to 86400, not {time!r}"
-            )
-        return path, _query({"thumb": thumb, "time": time})
-
     async def get_session_file(
         self,
         id: str,
@@ -5019,49 +5090,9 @@ class AsyncMix:
         large files, or the response's headers, use :meth:`download_session_file` or
         :meth:`iter_session_file`. ``progress(done, total)`` is called as bytes arrive.
         """
-        path, query = self._file_path(id, filename, thumb, time)
+        path, query = _file_path(id, filename, thumb, time)
         _check_progress(progress)
-        resp, _ = await _send(
-            self,
-            _get_session_file,
-            path,
-            opts,
-            query=query,
-            stream=True,
-            extra_headers=_ANY_CONTENT,
-        )
-        total = _body_length(resp)
-        received = 0
-        in_callback = False
-        try:
-            # No allocation up front at the announced size: a server may announce 1 PiB.
-            # BytesIO grows in place as chunks arrive and hands its buffer over at the end.
-            buf = io.BytesIO()
-            if progress is not None:
-                in_callback = True
-                progress(0, total)
-                in_callback = False
-            since_yield = 0
-            async for chunk in resp.content.iter_any():
-                buf.write(chunk)
-                received += len(chunk)
-                if progress is not None:
-                    in_callback = True
-                    progress(received, total)
-                    in_callback = False
-                since_yield += len(chunk)
-                if since_yield >= _YIELD_EVERY:
-                    # A fast server keeps the buffer full, so reading never waits: let
-                    # the loop's other tasks run now and then.
-                    since_yield = 0
-                    await asyncio.sleep(0)
-            return buf.getvalue()
-        except _TRANSPORT_ERRORS as exc:
-            if in_callback:  # the progress callback's own error
-                raise
-            raise _body_error(exc, resp, received, total) from exc
-        finally:
-            resp.close()
+        return await _read_file(self, path, query, opts, progress)
 
     def iter_session_file(
         self,
@@ -5081,7 +5112,7 @@ class AsyncMix:
         Once open (``async with``, or after the first chunk), the download carries
         ``content_type``, ``content_length`` (``None`` when unknown) and ``headers``.
         """
-        path, query = self._file_path(id, filename, thumb, time)
+        path, query = _file_path(id, filename, thumb, time)
         _check_int(chunk_size, "chunk_size", 1)
         _check_progress(progress)
         opts = _options(opts, "iter_session_file")
@@ -5114,24 +5145,7 @@ class AsyncMix:
         async with self.iter_session_file(
             id, filename, thumb=thumb, time=time, progress=progress, **opts
         ) as chunks:
-            loop = asyncio.get_running_loop()
-            tmp, f = await loop.run_in_executor(None, _open_temp, target)
-            written = 0
-            try:
-                async for chunk in chunks:
-                    await loop.run_in_executor(None, f.write, chunk)
-                    written += len(chunk)
-                await loop.run_in_executor(None, _finish_temp, f, tmp, target)
-            except BaseException:
-                _discard_temp(f, tmp)
-                raise
-            return DownloadedFile(
-                written,
-                path=target,
-                content_type=chunks.content_type,
-                content_length=chunks.content_length,
-                headers=chunks.headers,
-            )
+            return await _save_file(chunks, target)
 
     # Streaming ---------------------------------------------------------------------
 
