@@ -24,12 +24,15 @@ Sections, in the order data flows (each defined before it is used):
 2. Errors: ``MixError`` and its tree, and the status-to-error mapping.
 3. Transport: input checks, retry policy, timeouts, per-call options, request-body
    encoding; logging, the route table (``_Op`` rows, ``OPERATIONS``), the one retry
-   decision (``_retry_delay``), the one request pipeline (``_send``), uploads and
-   downloads.
+   decision (``_retry_delay``), the pool and its lifecycle (``_Pool``: the aiohttp
+   sessions, the open streams, closing, a new loop, finalizers), the one request
+   pipeline (``_send``), uploads and downloads (``FileDownload``, ``_read_file``,
+   ``_save_file``).
 4. Streaming: ``SSEDecoder``, typed events and ``decode_event``, ``EventStream``.
 5. Turns: ``Turn``, ``TurnStream`` and the turn runner ``query``/``send_and_wait``
-   use (``_turn_events``; ``_read_run``, ``_check_end``, ``_reconcile`` read the export).
-6. Client: ``AsyncMix``: pool and lifecycle, one short method per endpoint.
+   use (``_turn_events``; ``_read_run``, ``_check_end``, ``_reconcile`` read the export;
+   ``_collect_turn`` folds the events into a ``Turn``).
+6. Client: ``AsyncMix``: its options, and one short method per endpoint.
 7. Blocking facade: ``Mix``, the same methods run on a private event-loop thread.
 8. CLI: ``python -m mix_client``.
 """
@@ -75,6 +78,7 @@ from typing import (
     Final,
     Generic,
     Literal,
+    NamedTuple,
     NoReturn,
     ParamSpec,
     Protocol,
@@ -4460,22 +4464,27 @@ class TurnStream:
             await aclose()
 
 
+class _TurnHooks(NamedTuple):
+    """The callbacks of :meth:`AsyncMix.send_and_wait`, in its order."""
+
+    on_thinking: Callable[[str], Any] | None
+    on_content: Callable[[str], Any] | None
+    on_tool: Callable[[TurnToolCall], Any] | None
+    on_tool_result: Callable[[TurnToolCall], Any] | None
+    on_permission: Callable[[PermissionEvent], Any] | None
+    on_notification: Callable[[NotificationEvent], Any] | None
+    on_error: Callable[[ErrorEvent], Any] | None
+    on_complete: Callable[[Turn], Any] | None
+    on_event: Callable[[TurnEvent], Any] | None
+
+
 async def _collect_turn(
     mix: AsyncMix,
     events: TurnStream,
     session_id: str,
     text: str,
     timeout: float | None,
-    *,
-    on_thinking: Callable[[str], Any] | None,
-    on_content: Callable[[str], Any] | None,
-    on_tool: Callable[[TurnToolCall], Any] | None,
-    on_tool_result: Callable[[TurnToolCall], Any] | None,
-    on_permission: Callable[[PermissionEvent], Any] | None,
-    on_notification: Callable[[NotificationEvent], Any] | None,
-    on_error: Callable[[ErrorEvent], Any] | None,
-    on_complete: Callable[[Turn], Any] | None,
-    on_event: Callable[[TurnEvent], Any] | None,
+    hooks: _TurnHooks,
 ) -> Turn:
     """Fold a turn's events (:meth:`AsyncMix.query`) into a :class:`Turn`, calling the
     callbacks as they come (:meth:`AsyncMix.send_and_wait`)."""
@@ -4489,15 +4498,15 @@ async def _collect_turn(
         try:
             async for event in events:
                 turn.event_count += 1
-                await _maybe_await(on_event, event)
+                await _maybe_await(hooks.on_event, event)
                 if isinstance(event, ContentEvent):
                     if not event.data.parent_tool_call_id:
                         text_parts.append(event.data.content)
-                        await _maybe_await(on_content, event.data.content)
+                        await _maybe_await(hooks.on_content, event.data.content)
                 elif isinstance(event, ThinkingEvent):
                     if not event.data.parent_tool_call_id:
                         thinking_parts.append(event.data.content)
-                        await _maybe_await(on_thinking, event.data.content)
+                        await _maybe_await(hooks.on_thinking, event.data.content)
                 elif (
                     isinstance(event, UserMessageCreatedEvent)
                     and not event.data.parent_tool_call_id
@@ -4521,7 +4530,7 @@ async def _collect_turn(
                     call.parent_tool_call_id = event.data.parent_tool_call_id
                     call.raw_input = inputs.raw(call.id)
                     call.input = inputs.parsed(call.id)
-                    await _maybe_await(on_tool, call)
+                    await _maybe_await(hooks.on_tool, call)
                 elif isinstance(event, ToolExecutionCompleteEvent):
                     call = calls.setdefault(
                         event.data.tool_call_id, TurnToolCall(id=event.data.tool_call_id)
@@ -4530,17 +4539,17 @@ async def _collect_turn(
                     call.finished = True
                     call.is_error = not event.data.success
                     call.result = event.data.progress
-                    await _maybe_await(on_tool_result, call)
+                    await _maybe_await(hooks.on_tool_result, call)
                 elif isinstance(event, PermissionEvent):
                     turn.permissions.append(event)
-                    await _maybe_await(on_permission, event)
+                    await _maybe_await(hooks.on_permission, event)
                 elif isinstance(event, NotificationEvent):
                     turn.notifications.append(event)
-                    await _maybe_await(on_notification, event)
+                    await _maybe_await(hooks.on_notification, event)
                 elif isinstance(event, ErrorEvent):
                     if not _is_fatal(event):
                         turn.errors.append(event)
-                    await _maybe_await(on_error, event)
+                    await _maybe_await(hooks.on_error, event)
                 elif isinstance(event, CompleteEvent):
                     if not event.data.parent_tool_call_id:
                         turn.final = event
@@ -4559,12 +4568,12 @@ async def _collect_turn(
         await _reconcile(mix, turn, text, state)
     elif final_content and final_content != turn.text:
         turn.text = final_content
-    await _maybe_await(on_complete, turn)
+    await _maybe_await(hooks.on_complete, turn)
     return turn
 
 
 # ---------------------------------------------------------------------------
-# 6. Client: AsyncMix (pool and lifecycle, the endpoints)
+# 6. Client: AsyncMix (options, the endpoints)
 # ---------------------------------------------------------------------------
 
 
@@ -5275,22 +5284,18 @@ class AsyncMix:
             timeout=timeout,
             cancel_on_exit=cancel_on_exit,
         )
-        return await _collect_turn(
-            self,
-            events,
-            session_id,
-            text,
-            timeout,
-            on_thinking=on_thinking,
-            on_content=on_content,
-            on_tool=on_tool,
-            on_tool_result=on_tool_result,
-            on_permission=on_permission,
-            on_notification=on_notification,
-            on_error=on_error,
-            on_complete=on_complete,
-            on_event=on_event,
+        hooks = _TurnHooks(
+            on_thinking,
+            on_content,
+            on_tool,
+            on_tool_result,
+            on_permission,
+            on_notification,
+            on_error,
+            on_complete,
+            on_event,
         )
+        return await _collect_turn(self, events, session_id, text, timeout, hooks)
 
 
 # ---------------------------------------------------------------------------
