@@ -1607,6 +1607,10 @@ _SECRET_FIELDS: Final = re.compile(
 _debug_handler_installed = False
 
 
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def _enable_debug_logging() -> None:
     """``MIX_DEBUG=true``: log this module's requests to stderr, leaving the root logger alone."""
     global _debug_handler_installed
@@ -1929,6 +1933,9 @@ def _connection_error(exc: BaseException, method: str, url: str) -> tuple[APICon
 
 # The pool ---------------------------------------------------------------
 
+DEFAULT_MAX_CONNECTIONS: Final = 100
+"""Connections of plain calls, uploads and downloads (streams have a pool of their own)."""
+
 
 async def _session_guard(sessions: list[aiohttp.ClientSession]) -> AsyncGenerator[None, None]:
     """Closes ``sessions`` (all made on one loop) on their own loop when finalized.
@@ -1988,7 +1995,7 @@ class _Pool:
             ("max_stream_connections", max_stream_connections),
         ):
             if value is not None:
-                _check_size(value, name)
+                _check_int(value, name, 1)
                 if session is not None:
                     raise InvalidInputError(
                         f"{name} does not apply with session=: the session's connector sets"
@@ -2274,6 +2281,33 @@ async def _send(
             client._logger.debug("retry %d in %.2fs after %s", attempt + 1, delay, reason)
         await asyncio.sleep(delay)
         attempt += 1
+
+
+async def _call(
+    client: AsyncMix,
+    op: _Op[T],
+    opts: RequestOptions,
+    *path_values: str,
+    query: str = "",
+    body: bytes | None = None,
+    upload: _Upload | None = None,
+) -> T:
+    """Call ``op`` with its path parameters (in the template's order) and decode."""
+    path = op.url(*path_values)
+    resp, raw = await _send(client, op, path, opts, query=query, body=body, upload=upload)
+    try:
+        return op.decode(resp.status, raw)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise ResponseValidationError(
+            f"{op.method} {resp.url} -> {resp.status}: unexpected response body: {exc}",
+            cause=exc,
+            body=raw,
+            status_code=resp.status,
+            headers=resp.headers,
+            method=op.method,
+            url=str(resp.url),
+            raw_response=resp,
+        ) from exc
 
 
 # Uploads and downloads -----------------------------------------------------
@@ -2849,10 +2883,6 @@ DEFAULT_MAX_EVENT_SIZE: Final = 64 << 20
 """Largest SSE event (or line) a stream buffers: 64 MiB."""
 
 
-def _check_size(value: object, name: str) -> int:
-    return _check_int(value, name, 1)
-
-
 # Decoded event names; a stream uses a handful, so each is decoded once.
 _SSE_EVENT_NAMES: dict[bytes, str] = {}
 _SSE_EVENT_CACHE_MAX = 256
@@ -2915,7 +2945,7 @@ class SSEDecoder:
     ) -> None:
         self.last_event_id: str | None = last_event_id or None
         self._id = self.last_event_id  # the id buffer: becomes last_event_id at dispatch
-        self._max = _check_size(max_event_size, "max_event_size")
+        self._max = _check_int(max_event_size, "max_event_size", 1)
         self._size = 0  # bytes in _data (its first _counted lines, with their LFs)
         self._counted = 0
         self.retry: int | None = None
@@ -3503,8 +3533,6 @@ StreamEvent = Union[MixEvent, Reconnected]  # noqa: UP007 (a runtime alias on 3.
 """What :class:`EventStream` yields."""
 
 _BROADCAST_NAMES: Final = frozenset({"session_created", "session_deleted"})
-DEFAULT_MAX_CONNECTIONS: Final = 100
-"""Connections of plain calls, uploads and downloads (streams have a pool of their own)."""
 DEFAULT_IDLE_TIMEOUT: Final = 90.0
 """Twice the server's 45 s heartbeat."""
 
@@ -3608,7 +3636,7 @@ class EventStream:
         _check_int(max_reconnects, "max_reconnects")
         if max_event_size is None:
             max_event_size = client._max_event_size
-        self._max_event_size = _check_size(max_event_size, "max_event_size")
+        self._max_event_size = _check_int(max_event_size, "max_event_size", 1)
         self.session_id = session_id
         self._path = _stream_events.path
         self._query = "sessionId=" + quote(_check_id(session_id, "session_id"), safe="")
@@ -4577,10 +4605,6 @@ async def _collect_turn(
 # ---------------------------------------------------------------------------
 
 
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
 class AsyncMix:
     """Async client for the Mix REST API. One method per endpoint.
 
@@ -4623,7 +4647,7 @@ class AsyncMix:
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
     ) -> None:
         self._pool = _Pool(session, max_connections, max_stream_connections)
-        self._max_event_size = _check_size(max_event_size, "max_event_size")
+        self._max_event_size = _check_int(max_event_size, "max_event_size", 1)
         url = server_url or os.environ.get("MIX_SERVER_URL") or DEFAULT_SERVER_URL
         self.server_url: str = _check_server_url(url)
         self._policy = _make_policy(max_retries, retry_config)
@@ -4713,34 +4737,6 @@ class AsyncMix:
             clone._json_headers = {**self._json_headers, **extra}
         return clone
 
-    # Transport ---------------------------------------------------------------
-
-    async def _call(
-        self,
-        op: _Op[T],
-        opts: RequestOptions,
-        *path_values: str,
-        query: str = "",
-        body: bytes | None = None,
-        upload: _Upload | None = None,
-    ) -> T:
-        """Call ``op`` with its path parameters (in the template's order) and decode."""
-        path = op.url(*path_values)
-        resp, raw = await _send(self, op, path, opts, query=query, body=body, upload=upload)
-        try:
-            return op.decode(resp.status, raw)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise ResponseValidationError(
-                f"{op.method} {resp.url} -> {resp.status}: unexpected response body: {exc}",
-                cause=exc,
-                body=raw,
-                status_code=resp.status,
-                headers=resp.headers,
-                method=op.method,
-                url=str(resp.url),
-                raw_response=resp,
-            ) from exc
-
     # Authentication ----------------------------------------------------------
 
     async def store_api_key(
@@ -4748,97 +4744,97 @@ class AsyncMix:
     ) -> StoreApiKeyResponse:
         """Store an API key for a provider (``POST /api/auth/api-key``)."""
         body = _body(_StoreApiKeyBody(provider=provider, api_key=api_key))
-        return await self._call(_store_api_key, opts, body=body)
+        return await _call(self, _store_api_key, opts, body=body)
 
     async def set_api_key(
         self, *, api_key: str, **opts: Unpack[RequestOptions]
     ) -> SetApiKeyResponse:
         """Set the API key on servers of API version 0.2 (``POST /api/auth/apikey``)."""
         body = _body(_SetApiKeyBody(api_key=api_key))
-        return await self._call(_set_api_key, opts, body=body)
+        return await _call(self, _set_api_key, opts, body=body)
 
     async def initiate_oauth_login(self, **opts: Unpack[RequestOptions]) -> OAuthLoginResponse:
         """Start OAuth login on servers of API version 0.2 (``POST /api/auth/login``)."""
-        return await self._call(_initiate_oauth_login, opts)
+        return await _call(self, _initiate_oauth_login, opts)
 
     async def handle_oauth_callback(
         self, *, provider: str, code: str, state: str, **opts: Unpack[RequestOptions]
     ) -> OAuthCallbackResponse:
         """Exchange an OAuth code for a token (``POST /api/auth/oauth-callback``)."""
         body = _body(_OAuthCallbackBody(provider=provider, code=code, state=state))
-        return await self._call(_handle_oauth_callback, opts, body=body)
+        return await _call(self, _handle_oauth_callback, opts, body=body)
 
     async def start_oauth_flow(
         self, provider: str, **opts: Unpack[RequestOptions]
     ) -> OAuthFlowResponse:
         """Start an OAuth flow; open ``auth_url`` in a browser (``POST /api/auth/oauth/{provider}``)."""
-        return await self._call(_start_oauth_flow, opts, provider)
+        return await _call(self, _start_oauth_flow, opts, provider)
 
     async def get_auth_status(self, **opts: Unpack[RequestOptions]) -> AuthStatusResponse:
         """Authentication status of every provider (``GET /api/auth/status``)."""
-        return await self._call(_get_auth_status, opts)
+        return await _call(self, _get_auth_status, opts)
 
     async def validate_preferred_provider(
         self, **opts: Unpack[RequestOptions]
     ) -> ValidateProviderResponse:
         """Whether the preferred provider is authenticated (``GET /api/auth/validate``)."""
-        return await self._call(_validate_preferred_provider, opts)
+        return await _call(self, _validate_preferred_provider, opts)
 
     async def delete_credentials(
         self, provider: str, **opts: Unpack[RequestOptions]
     ) -> DeleteCredentialsResponse:
         """Delete a provider's API key and OAuth tokens (``DELETE /api/auth/{provider}``)."""
-        return await self._call(_delete_credentials, opts, provider)
+        return await _call(self, _delete_credentials, opts, provider)
 
     async def get_oauth_health(self, **opts: Unpack[RequestOptions]) -> OAuthHealthResponse:
         """Health of the stored OAuth tokens (``GET /health/auth``)."""
-        return await self._call(_get_oauth_health, opts)
+        return await _call(self, _get_oauth_health, opts)
 
     async def refresh_oauth_tokens(self, **opts: Unpack[RequestOptions]) -> RefreshTokensResponse:
         """Refresh expired OAuth tokens now (``POST /internal/auth/refresh-tokens``)."""
-        return await self._call(_refresh_oauth_tokens, opts)
+        return await _call(self, _refresh_oauth_tokens, opts)
 
     # System --------------------------------------------------------------------
 
     async def health_check(self, **opts: Unpack[RequestOptions]) -> HealthResponse:
         """Server health (``GET /health``)."""
-        return await self._call(_health_check, opts)
+        return await _call(self, _health_check, opts)
 
     async def get_system_info(self, **opts: Unpack[RequestOptions]) -> SystemInfo:
         """Storage configuration (``GET /api/system/info``)."""
-        return await self._call(_get_system_info, opts)
+        return await _call(self, _get_system_info, opts)
 
     async def list_commands(self, **opts: Unpack[RequestOptions]) -> list[Command]:
         """Slash commands (``GET /api/commands``)."""
-        return await self._call(_list_commands, opts)
+        return await _call(self, _list_commands, opts)
 
     async def get_command(self, name: str, **opts: Unpack[RequestOptions]) -> Command:
         """One slash command (``GET /api/commands/{name}``)."""
-        return await self._call(_get_command, opts, name)
+        return await _call(self, _get_command, opts, name)
 
     async def list_mcp_servers(self, **opts: Unpack[RequestOptions]) -> list[McpServer]:
         """MCP servers and their tools (``GET /api/mcp``)."""
-        return await self._call(_list_mcp_servers, opts)
+        return await _call(self, _list_mcp_servers, opts)
 
     async def list_llm_tools(self, **opts: Unpack[RequestOptions]) -> LLMToolsResponse:
         """Tools the agent can call (``GET /api/tools``)."""
-        return await self._call(_list_llm_tools, opts)
+        return await _call(self, _list_llm_tools, opts)
 
     async def get_tool_credentials_status(
         self, **opts: Unpack[RequestOptions]
     ) -> ToolsStatusResponse:
         """Credential status of external tool integrations (``GET /api/tools/credentials-status``)."""
-        return await self._call(_get_tool_credentials_status, opts)
+        return await _call(self, _get_tool_credentials_status, opts)
 
     async def get_tools_status(self, **opts: Unpack[RequestOptions]) -> ToolsStatusResponse:
         """Tool status by category (``GET /api/tools/status``; older servers)."""
-        return await self._call(_get_tools_status, opts)
+        return await _call(self, _get_tools_status, opts)
 
     # Preferences ---------------------------------------------------------------
 
     async def get_preferences(self, **opts: Unpack[RequestOptions]) -> PreferencesResponse:
         """Preferences and available providers (``GET /api/preferences``)."""
-        return await self._call(_get_preferences, opts)
+        return await _call(self, _get_preferences, opts)
 
     async def update_preferences(
         self,
@@ -4868,17 +4864,17 @@ class AsyncMix:
                 sub_agent_reasoning_effort=sub_agent_reasoning_effort,
             )
         )
-        return await self._call(_update_preferences, opts, body=body)
+        return await _call(self, _update_preferences, opts, body=body)
 
     async def get_available_providers(
         self, **opts: Unpack[RequestOptions]
     ) -> dict[str, ProviderInfo]:
         """Providers and their models (``GET /api/preferences/providers``)."""
-        return await self._call(_get_available_providers, opts)
+        return await _call(self, _get_available_providers, opts)
 
     async def reset_preferences(self, **opts: Unpack[RequestOptions]) -> UserPreferences:
         """Reset preferences to defaults (``POST /api/preferences/reset``)."""
-        return await self._call(_reset_preferences, opts)
+        return await _call(self, _reset_preferences, opts)
 
     # Sessions ------------------------------------------------------------------
 
@@ -4888,7 +4884,7 @@ class AsyncMix:
         """All sessions; sub-agent sessions only when asked (``GET /api/sessions``)."""
         _check_bool(include_subagents, "include_subagents")
         query = "includeSubagents=true" if include_subagents else "includeSubagents=false"
-        return await self._call(_list_sessions, opts, query=query)
+        return await _call(self, _list_sessions, opts, query=query)
 
     async def create_session(
         self,
@@ -4916,15 +4912,15 @@ class AsyncMix:
                 subagent_type=subagent_type,
             )
         )
-        return await self._call(_create_session, opts, body=body)
+        return await _call(self, _create_session, opts, body=body)
 
     async def get_session(self, id: str, **opts: Unpack[RequestOptions]) -> SessionData:
         """One session (``GET /api/sessions/{id}``)."""
-        return await self._call(_get_session, opts, id)
+        return await _call(self, _get_session, opts, id)
 
     async def delete_session(self, id: str, **opts: Unpack[RequestOptions]) -> None:
         """Delete a session and its data (``DELETE /api/sessions/{id}``)."""
-        await self._call(_delete_session, opts, id)
+        await _call(self, _delete_session, opts, id)
 
     async def update_session_callbacks(
         self,
@@ -4935,17 +4931,17 @@ class AsyncMix:
     ) -> SessionData:
         """Replace a session's callbacks; ``[]`` clears them (``PATCH /api/sessions/{id}/callbacks``)."""
         body = _body(_CallbacksBody(callbacks=_callbacks(callbacks)))
-        return await self._call(_update_session_callbacks, opts, id, body=body)
+        return await _call(self, _update_session_callbacks, opts, id, body=body)
 
     async def cancel_session_processing(
         self, id: str, **opts: Unpack[RequestOptions]
     ) -> CancelResult:
         """Cancel the agent's current run (``POST /api/sessions/{id}/cancel``)."""
-        return await self._call(_cancel_session_processing, opts, id)
+        return await _call(self, _cancel_session_processing, opts, id)
 
     async def export_session(self, id: str, **opts: Unpack[RequestOptions]) -> ExportSession:
         """The full transcript (``GET /api/sessions/{id}/export``)."""
-        return await self._call(_export_session, opts, id)
+        return await _call(self, _export_session, opts, id)
 
     async def fork_session(
         self,
@@ -4963,7 +4959,7 @@ class AsyncMix:
         ):
             raise InvalidInputError(f"message_index must be an integer >= 1, not {message_index!r}")
         body = _body(_ForkBody(message_index=message_index, title=title))
-        return await self._call(_fork_session, opts, id, body=body)
+        return await _call(self, _fork_session, opts, id, body=body)
 
     async def rewind_session(
         self,
@@ -4975,7 +4971,7 @@ class AsyncMix:
     ) -> SessionData:
         """Delete the messages after ``message_id`` (``POST /api/sessions/{id}/rewind``)."""
         body = _body(_RewindBody(message_id=message_id, cleanup_media=cleanup_media))
-        return await self._call(_rewind_session, opts, id, body=body)
+        return await _call(self, _rewind_session, opts, id, body=body)
 
     # Messages --------------------------------------------------------------------
 
@@ -4983,7 +4979,7 @@ class AsyncMix:
         self, id: str, **opts: Unpack[RequestOptions]
     ) -> list[BackendMessage]:
         """A session's messages (``GET /api/sessions/{id}/messages``)."""
-        return await self._call(_get_session_messages, opts, id)
+        return await _call(self, _get_session_messages, opts, id)
 
     async def send_message(
         self,
@@ -5010,7 +5006,7 @@ class AsyncMix:
                 text=text, plan_mode=plan_mode, thinking_level=thinking_level, max_steps=max_steps
             )
         )
-        return await self._call(_send_message, opts, id, body=body)
+        return await _call(self, _send_message, opts, id, body=body)
 
     async def get_message_history(
         self, *, limit: int = 50, offset: int = 0, **opts: Unpack[RequestOptions]
@@ -5021,17 +5017,17 @@ class AsyncMix:
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
             raise InvalidInputError(f"offset must be an integer >= 0, not {offset!r}")
         query = f"limit={limit}&offset={offset}"
-        return await self._call(_get_message_history, opts, query=query)
+        return await _call(self, _get_message_history, opts, query=query)
 
     # Permissions and notifications -------------------------------------------------
 
     async def grant_permission(self, id: str, **opts: Unpack[RequestOptions]) -> PermissionResult:
         """Grant a permission the agent asked for (``POST /api/permissions/{id}/grant``)."""
-        return await self._call(_grant_permission, opts, id)
+        return await _call(self, _grant_permission, opts, id)
 
     async def deny_permission(self, id: str, **opts: Unpack[RequestOptions]) -> PermissionResult:
         """Deny a permission the agent asked for (``POST /api/permissions/{id}/deny``)."""
-        return await self._call(_deny_permission, opts, id)
+        return await _call(self, _deny_permission, opts, id)
 
     async def respond_to_notification(
         self,
@@ -5043,13 +5039,13 @@ class AsyncMix:
     ) -> None:
         """Answer a notification (``POST /api/notifications/{id}/respond``)."""
         body = _body(_NotificationReplyBody(type=type, value=value))
-        await self._call(_respond_to_notification, opts, id, body=body)
+        await _call(self, _respond_to_notification, opts, id, body=body)
 
     # Files -------------------------------------------------------------------------
 
     async def list_session_files(self, id: str, **opts: Unpack[RequestOptions]) -> list[FileInfo]:
         """Files in a session's storage (``GET /api/sessions/{id}/files``)."""
-        return await self._call(_list_session_files, opts, id)
+        return await _call(self, _list_session_files, opts, id)
 
     async def upload_session_file(
         self,
@@ -5075,13 +5071,13 @@ class AsyncMix:
         if opts:
             opts = _options(opts, _upload_session_file)  # before a stream is touched
         await upload.prime()
-        return await self._call(_upload_session_file, opts, id, upload=upload)
+        return await _call(self, _upload_session_file, opts, id, upload=upload)
 
     async def delete_session_file(
         self, id: str, filename: str, **opts: Unpack[RequestOptions]
     ) -> None:
         """Delete a file (``DELETE /api/sessions/{id}/files/{filename}``)."""
-        await self._call(_delete_session_file, opts, id, filename)
+        await _call(self, _delete_session_file, opts, id, filename)
 
     async def get_session_file(
         self,
