@@ -1156,10 +1156,6 @@ def _check_str(value: object, name: str, *, empty: bool = False) -> str:
     return value
 
 
-def _check_id(value: object, name: str) -> str:
-    return _check_str(value, name)
-
-
 def _check_bool(value: object, name: str) -> bool:
     if not isinstance(value, bool):
         raise _bad_value(name, "True or False", value)
@@ -1358,14 +1354,8 @@ def _as_timeout(value: Timeout, transfer: bool = False) -> aiohttp.ClientTimeout
         return value
     if value is None:
         return aiohttp.ClientTimeout(total=None)
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise InvalidInputError(f"timeout must be a positive number of seconds, not {value!r}")
-    seconds = float(value)
+    seconds = _check_number(value, "timeout")
+    assert seconds is not None
     if transfer:
         # Transfers keep "no total limit": the number is the longest wait without progress.
         return aiohttp.ClientTimeout(total=None, connect=min(5.0, seconds), sock_read=seconds)
@@ -3639,7 +3629,7 @@ class EventStream:
         self._max_event_size = _check_int(max_event_size, "max_event_size", 1)
         self.session_id = session_id
         self._path = _stream_events.path
-        self._query = "sessionId=" + quote(_check_id(session_id, "session_id"), safe="")
+        self._query = "sessionId=" + quote(_check_str(session_id, "session_id"), safe="")
         self._client = client
         self.reconnect = reconnect
         self.include_other_sessions = include_other_sessions
@@ -4952,12 +4942,7 @@ class AsyncMix:
         **opts: Unpack[RequestOptions],
     ) -> SessionData:
         """Copy a session up to a message, on servers that have the route (``POST /api/sessions/{id}/fork``)."""
-        if (
-            isinstance(message_index, bool)
-            or not isinstance(message_index, int)
-            or message_index < 1
-        ):
-            raise InvalidInputError(f"message_index must be an integer >= 1, not {message_index!r}")
+        _check_int(message_index, "message_index", 1)
         body = _body(_ForkBody(message_index=message_index, title=title))
         return await _call(self, _fork_session, opts, id, body=body)
 
@@ -4997,10 +4982,8 @@ class AsyncMix:
         stream first, or use :meth:`query` / :meth:`send_and_wait`, which do it for you.
         """
         _check_str(text, "text")
-        if not isinstance(max_steps, UnsetType) and (
-            isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1
-        ):
-            raise InvalidInputError(f"max_steps must be an integer >= 1, not {max_steps!r}")
+        if not isinstance(max_steps, UnsetType):
+            _check_int(max_steps, "max_steps", 1)
         body = _body(
             _SendMessageBody(
                 text=text, plan_mode=plan_mode, thinking_level=thinking_level, max_steps=max_steps
@@ -5014,8 +4997,7 @@ class AsyncMix:
         """Messages across all sessions, newest first (``GET /api/messages/history``)."""
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
             raise InvalidInputError(f"limit must be an integer from 1 to 1000, not {limit!r}")
-        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-            raise InvalidInputError(f"offset must be an integer >= 0, not {offset!r}")
+        _check_int(offset, "offset")
         query = f"limit={limit}&offset={offset}"
         return await _call(self, _get_message_history, opts, query=query)
 
@@ -5174,7 +5156,7 @@ class AsyncMix:
         the smaller wins), never the stream's lifetime; an ``aiohttp.ClientTimeout`` with a
         ``total`` is refused. ``max_event_size`` (bytes) overrides the client's limit.
         """
-        _check_id(session_id, "session_id")
+        _check_str(session_id, "session_id")
         if last_event_id is not None:
             _check_str(last_event_id, "last_event_id", empty=True)
         _check_bool(reconnect, "reconnect")
@@ -5223,7 +5205,7 @@ class AsyncMix:
 
         ``async with mix.query(sid, "hi") as events: async for event in events: ...``
         """
-        _check_id(session_id, "session_id")
+        _check_str(session_id, "session_id")
         _check_str(text, "text")
         _check_bool(plan_mode, "plan_mode")
         if thinking_level is not None and not isinstance(thinking_level, UnsetType):
