@@ -1282,15 +1282,12 @@ def _check_retry_config(config: object) -> None:
 def _make_policy(max_retries: int | None, config: RetryConfig | None) -> _Policy:
     if max_retries is not None:
         _check_int(max_retries, "max_retries")
-    if config is not None:
-        _check_retry_config(config)
     if config is None:
         n = _DEFAULT_MAX_RETRIES if max_retries is None else max_retries
         return _Policy(n, 0.5, 8.0, 2.0, None, True)
+    _check_retry_config(config)
     if config.strategy == "none":
         return _Policy(0, 0.5, 8.0, 2.0, None, False)
-    if config.strategy != "backoff":
-        raise InvalidInputError(f"unknown retry strategy {config.strategy!r}")
     b = config.backoff or BackoffStrategy(500, 8000, 2.0, 0)
     elapsed = b.max_elapsed_time / 1000 if b.max_elapsed_time > 0 else None
     if max_retries is not None:
@@ -1459,14 +1456,6 @@ def _options(opts: Mapping[str, Any], method: str | _Op[Any]) -> RequestOptions:
         else:
             raise _unknown_option(key, method)
     return out
-
-
-def _extra_query(params: Mapping[str, str | int | float | bool]) -> str:
-    return "&".join(
-        f"{quote(key, safe='')}="
-        + quote(("true" if value else "false") if isinstance(value, bool) else str(value), safe="")
-        for key, value in params.items()
-    )
 
 
 def _merge_body(
@@ -1658,7 +1647,7 @@ def _query(params: Mapping[str, object]) -> str:
         if value is None:
             continue
         text = ("true" if value else "false") if isinstance(value, bool) else str(value)
-        parts.append(f"{key}={quote(text, safe='')}")
+        parts.append(f"{quote(key, safe='')}={quote(text, safe='')}")
     return "&".join(parts)
 
 
@@ -2088,6 +2077,10 @@ def _cancelling() -> bool:
     return task is None or cancelling is None or cancelling() > 0
 
 
+def _closed(method: str, url: str) -> ClientClosedError:
+    return ClientClosedError(f"{method} {url}: the client was closed", method=method, url=url)
+
+
 async def _send(
     client: AsyncMix,
     op: _Op[Any],
@@ -2125,7 +2118,7 @@ async def _send(
         if "server_url" in opts:
             base = opts["server_url"]
         if "extra_query" in opts:
-            more = _extra_query(opts["extra_query"])
+            more = _query(opts["extra_query"])
             query = f"{query}&{more}" if query and more else query or more
     if client._pool.user_session is not None or client._parent is not None:
         # The pool's session does not carry this client's default headers.
@@ -2189,14 +2182,10 @@ async def _send(
             # Closing the pool cancels the calls waiting for one of its connections.
             if not client._is_closed() or _cancelling():
                 raise
-            raise ClientClosedError(
-                f"{method} {url_text}: the client was closed", method=method, url=url_text
-            ) from None
+            raise _closed(method, url_text) from None
         except (*_TRANSPORT_ERRORS, RuntimeError) as exc:
             if client._is_closed():  # aiohttp: "Session is closed", or its connections cut
-                raise ClientClosedError(
-                    f"{method} {url_text}: the client was closed", method=method, url=url_text
-                ) from exc
+                raise _closed(method, url_text) from exc
             if upload is not None and upload.failure is not None:
                 raise upload.failure from None  # bad chunk or progress callback: no retry
             if isinstance(exc, RuntimeError):
@@ -2228,11 +2217,7 @@ async def _send(
                     raw = await resp.read()
                 except _TRANSPORT_ERRORS as exc:
                     if client._is_closed():
-                        raise ClientClosedError(
-                            f"{method} {url_text}: the client was closed",
-                            method=method,
-                            url=url_text,
-                        ) from exc
+                        raise _closed(method, url_text) from exc
                     error, _ = _connection_error(exc, method, url_text)
                     delay = _retry_delay(policy, op, upload, attempt, started, deadline)
                     if delay is None:
@@ -2665,8 +2650,6 @@ class FileDownload:
         opts: RequestOptions,
         progress: ProgressCallback | None = None,
     ) -> None:
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise InvalidInputError("chunk_size must be an int >= 1")
         self._client = client
         self._path = path
         self._query = query
@@ -2698,13 +2681,16 @@ class FileDownload:
             self.content_type = resp.content_type
             self.content_length = _body_length(resp)
             self.headers = resp.headers
-            if self._progress is not None:
-                try:
-                    self._progress(0, self.content_length)
-                except BaseException:
-                    await self.aclose()
-                    raise
+            await self._report()
         return self._resp
+
+    async def _report(self) -> None:
+        if self._progress is not None:
+            try:
+                self._progress(self.received, self.content_length)
+            except BaseException:
+                await self.aclose()
+                raise
 
     async def __aenter__(self) -> Self:
         await self._open()
@@ -2742,12 +2728,7 @@ class FileDownload:
             await self.aclose()
             raise StopAsyncIteration
         self.received += len(chunk)
-        if self._progress is not None:
-            try:
-                self._progress(self.received, self.content_length)
-            except BaseException:
-                await self.aclose()
-                raise
+        await self._report()
         return chunk
 
 
