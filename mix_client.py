@@ -5526,13 +5526,16 @@ class _SyncMethod(Generic[P, R]):
 class _SyncIterMethod(Generic[P, T]):
     """Turns an ``AsyncMix`` method returning an async stream into one returning a blocking iterator."""
 
+    _wrap: Callable[[_LoopThread, Any], Any] = SyncStream
+    _returns = ("SyncStream", "SyncStream[Any]")
+
     def __init__(self, fn: Callable[Concatenate[AsyncMix, P], AsyncIterator[T]]) -> None:
         self._fn = fn
         self.__doc__ = fn.__doc__
         self.__name__ = fn.__name__
-        self._signature = _without_self(fn).replace(return_annotation="SyncStream")
+        self._signature = _without_self(fn).replace(return_annotation=self._returns[0])
         self.__wrapped__ = fn
-        self.__annotations__ = {**fn.__annotations__, "return": "SyncStream[Any]"}
+        self.__annotations__ = {**fn.__annotations__, "return": self._returns[1]}
 
     @overload
     def __get__(self, obj: None, owner: type[Any]) -> _SyncIterMethod[P, T]: ...
@@ -5543,15 +5546,16 @@ class _SyncIterMethod(Generic[P, T]):
     ) -> _SyncIterMethod[P, T] | Callable[P, SyncStream[T]]:
         if obj is None:
             return self
-        fn, client, runner = self._fn, obj._client, obj._runner
+        fn, client, runner, wrap = self._fn, obj._client, obj._runner, type(self)._wrap
 
         @functools.wraps(fn)
         def call(*args: P.args, **kwargs: P.kwargs) -> SyncStream[T]:
             try:
                 stream = fn(client, *args, **kwargs)
-            except TypeError as exc:
+            except TypeError as exc:  # a missing or extra argument: name Mix, not AsyncMix
                 raise _as_mix_error(exc) from None
-            return SyncStream(runner, stream)
+            wrapped: SyncStream[T] = wrap(runner, stream)
+            return wrapped
 
         call.__signature__ = self._signature  # type: ignore[attr-defined]
         # What typing.get_type_hints() reports: a blocking iterator, not the async stream.
@@ -5559,16 +5563,11 @@ class _SyncIterMethod(Generic[P, T]):
         return call
 
 
-class _SyncDownloadMethod(Generic[P]):
+class _SyncDownloadMethod(_SyncIterMethod[P, bytes]):
     """``AsyncMix.iter_session_file`` as a blocking method returning a :class:`SyncFileDownload`."""
 
-    def __init__(self, fn: Callable[Concatenate[AsyncMix, P], FileDownload]) -> None:
-        self._fn = fn
-        self.__doc__ = fn.__doc__
-        self.__name__ = fn.__name__
-        self._signature = _without_self(fn).replace(return_annotation="SyncFileDownload")
-        self.__wrapped__ = fn
-        self.__annotations__ = {**fn.__annotations__, "return": "SyncFileDownload"}
+    _wrap = SyncFileDownload
+    _returns = ("SyncFileDownload", "SyncFileDownload")
 
     @overload
     def __get__(self, obj: None, owner: type[Any]) -> _SyncDownloadMethod[P]: ...
@@ -5577,22 +5576,7 @@ class _SyncDownloadMethod(Generic[P]):
     def __get__(
         self, obj: Mix | None, owner: type[Any]
     ) -> _SyncDownloadMethod[P] | Callable[P, SyncFileDownload]:
-        if obj is None:
-            return self
-        fn, client, runner = self._fn, obj._client, obj._runner
-
-        @functools.wraps(fn)
-        def call(*args: P.args, **kwargs: P.kwargs) -> SyncFileDownload:
-            try:
-                download = fn(client, *args, **kwargs)
-            except TypeError as exc:  # a missing or extra argument: name Mix, not AsyncMix
-                raise _as_mix_error(exc) from None
-            return SyncFileDownload(runner, download)
-
-        call.__signature__ = self._signature  # type: ignore[attr-defined]
-        # What typing.get_type_hints() reports: the blocking download, not the async one.
-        call.__annotations__ = self.__annotations__
-        return call
+        return super().__get__(obj, owner)  # type: ignore[return-value]
 
 
 async def _close_sync_client(client: AsyncMix, session: aiohttp.ClientSession | None) -> None:
