@@ -26,8 +26,8 @@ Sections, in the order data flows (each defined before it is used):
    encoding; logging, the route table (``_Op`` rows, ``OPERATIONS``), the one retry
    decision (``_retry_delay``), the pool and its lifecycle (``_Pool``: the aiohttp
    sessions, the open streams, closing, a new loop, finalizers), the one request
-   pipeline (``_send``), uploads and downloads (``FileDownload``, ``_read_file``,
-   ``_save_file``).
+   pipeline (``_send``; ``_call`` decodes its answer), uploads and downloads
+   (``FileDownload``, ``_read_file``, ``_save_file``).
 4. Streaming: ``SSEDecoder``, typed events and ``decode_event``, ``EventStream``.
 5. Turns: ``Turn``, ``TurnStream`` and the turn runner ``query``/``send_and_wait``
    use (``_turn_events``; ``_read_run``, ``_check_end``, ``_reconcile`` read the export;
