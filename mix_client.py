@@ -1657,23 +1657,26 @@ _UNSAFE_RETRY: Final = frozenset({429, 503})
 
 
 class _Op(Generic[T]):
-    """One endpoint, declared once: operationId, HTTP method, path template, decoder,
-    retry class (``idempotent``: derived from the method; ``retry_statuses`` follow it)
-    and whether it moves a body of unbounded size (``transfer``: the transfer timeout).
+    """One endpoint, declared once: operationId, HTTP method, path template, what it returns
+    (a type to decode the body as, a function of the status and body, or ``None`` for no
+    content), its retry class (``idempotent``: derived from the method; ``retry_statuses``
+    follow it) and whether it moves a body of unbounded size (``transfer``: the transfer
+    timeout).
 
     The path template carries the spec's parameter names (``/api/sessions/{id}``);
     :meth:`url` fills them in, each checked and percent-encoded as one segment.
     """
 
     __slots__ = (
+        "_decode",
         "_parts",
-        "decode",
         "idempotent",
         "method",
         "operation_id",
         "params",
         "path",
         "retry_statuses",
+        "returns",
         "skip_headers",
         "transfer",
     )
@@ -1683,7 +1686,7 @@ class _Op(Generic[T]):
         operation_id: str,
         method: str,
         path: str,
-        decode: Decode[T],
+        returns: type[T] | Decode[T] | None = None,
         *,
         transfer: bool = False,
     ) -> None:
@@ -1695,7 +1698,9 @@ class _Op(Generic[T]):
         parts = re.split(r"\{(\w+)\}", path)
         self._parts = parts[::2]
         self.params: tuple[str, ...] = tuple(parts[1::2])
-        self.decode = decode
+        self.returns = returns
+        # A function decodes as it likes; a type gets a msgspec Decoder on first use.
+        self._decode: Decode[T] | None = returns if inspect.isfunction(returns) else None
         self.idempotent = method in ("GET", "DELETE", "HEAD", "PUT")
         self.retry_statuses = _IDEMPOTENT_RETRY if self.idempotent else _UNSAFE_RETRY
         self.transfer = transfer
@@ -1704,6 +1709,16 @@ class _Op(Generic[T]):
         self.skip_headers: tuple[str, ...] | None = (
             None if method in ("GET", "HEAD", "DELETE") else ("Content-Type",)
         )
+
+    def decode(self, status: int, raw: bytes) -> T:
+        """The response body as this operation returns it."""
+        decode = self._decode
+        if decode is None:
+            if self.returns is None:
+                return None  # type: ignore[return-value]
+            json_decode = msgspec.json.Decoder(self.returns).decode
+            decode = self._decode = lambda status, raw: json_decode(raw)
+        return decode(status, raw)
 
     def url(self, *values: object) -> str:
         """The path with ``values`` for its parameters, in order (each one segment)."""
@@ -1716,130 +1731,92 @@ class _Op(Generic[T]):
         return f"<{self.operation_id}: {self.method} {self.path}>"
 
 
-def _decoder(type_: type[T]) -> Decode[T]:
-    """A decode function for ``type_``; the msgspec Decoder is built on first use."""
-    decode: Callable[[bytes], T] | None = None
-
-    def run(status: int, raw: bytes) -> T:
-        nonlocal decode
-        if decode is None:
-            decode = msgspec.json.Decoder(type_).decode
-        return decode(raw)
-
-    return run
-
-
-def _no_content(status: int, raw: bytes) -> None:
-    return None
-
-
-_SEND_ACCEPTED = _decoder(SendMessageResponse)
-_SEND_COMMAND = _decoder(BackendMessage)
+_SEND_COMMAND: Final = msgspec.json.Decoder(BackendMessage)
+_SEND_ACCEPTED: Final = msgspec.json.Decoder(SendMessageResponse)
 
 
 def _decode_send(status: int, raw: bytes) -> SendMessageResponse:
     if status == 200:
         # Slash commands (``/help``) answer at once with the command's message.
-        message = _SEND_COMMAND(status, raw)
+        message = _SEND_COMMAND.decode(raw)
         return SendMessageResponse(
             status="completed", session_id=message.session_id, message=message
         )
-    return _SEND_ACCEPTED(status, raw)
+    return _SEND_ACCEPTED.decode(raw)
 
 
 # Route table: every operation, declared once ----------------------------
 
-_store_api_key = _Op("storeApiKey", "POST", "/api/auth/api-key", _decoder(StoreApiKeyResponse))
-_set_api_key = _Op("setApiKey", "POST", "/api/auth/apikey", _decoder(SetApiKeyResponse))
-_initiate_oauth_login = _Op(
-    "initiateOAuthLogin", "POST", "/api/auth/login", _decoder(OAuthLoginResponse)
-)
+_store_api_key = _Op("storeApiKey", "POST", "/api/auth/api-key", StoreApiKeyResponse)
+_set_api_key = _Op("setApiKey", "POST", "/api/auth/apikey", SetApiKeyResponse)
+_initiate_oauth_login = _Op("initiateOAuthLogin", "POST", "/api/auth/login", OAuthLoginResponse)
 _handle_oauth_callback = _Op(
-    "handleOAuthCallback", "POST", "/api/auth/oauth-callback", _decoder(OAuthCallbackResponse)
+    "handleOAuthCallback", "POST", "/api/auth/oauth-callback", OAuthCallbackResponse
 )
-_start_oauth_flow = _Op(
-    "startOAuthFlow", "POST", "/api/auth/oauth/{provider}", _decoder(OAuthFlowResponse)
-)
-_get_auth_status = _Op("getAuthStatus", "GET", "/api/auth/status", _decoder(AuthStatusResponse))
+_start_oauth_flow = _Op("startOAuthFlow", "POST", "/api/auth/oauth/{provider}", OAuthFlowResponse)
+_get_auth_status = _Op("getAuthStatus", "GET", "/api/auth/status", AuthStatusResponse)
 _validate_preferred_provider = _Op(
-    "validatePreferredProvider", "GET", "/api/auth/validate", _decoder(ValidateProviderResponse)
+    "validatePreferredProvider", "GET", "/api/auth/validate", ValidateProviderResponse
 )
 _delete_credentials = _Op(
-    "deleteCredentials", "DELETE", "/api/auth/{provider}", _decoder(DeleteCredentialsResponse)
+    "deleteCredentials", "DELETE", "/api/auth/{provider}", DeleteCredentialsResponse
 )
-_list_commands = _Op("listCommands", "GET", "/api/commands", _decoder(list[Command]))
-_get_command = _Op("getCommand", "GET", "/api/commands/{name}", _decoder(Command))
-_list_mcp_servers = _Op("listMcpServers", "GET", "/api/mcp", _decoder(list[McpServer]))
+_list_commands = _Op("listCommands", "GET", "/api/commands", list[Command])
+_get_command = _Op("getCommand", "GET", "/api/commands/{name}", Command)
+_list_mcp_servers = _Op("listMcpServers", "GET", "/api/mcp", list[McpServer])
 _get_message_history = _Op(
-    "getMessageHistory", "GET", "/api/messages/history", _decoder(list[BackendMessage])
+    "getMessageHistory", "GET", "/api/messages/history", list[BackendMessage]
 )
-_respond_to_notification = _Op(
-    "respondToNotification", "POST", "/api/notifications/{id}/respond", _no_content
+_respond_to_notification: _Op[None] = _Op(
+    "respondToNotification", "POST", "/api/notifications/{id}/respond"
 )
-_deny_permission = _Op(
-    "denyPermission", "POST", "/api/permissions/{id}/deny", _decoder(PermissionResult)
-)
-_grant_permission = _Op(
-    "grantPermission", "POST", "/api/permissions/{id}/grant", _decoder(PermissionResult)
-)
-_get_preferences = _Op("getPreferences", "GET", "/api/preferences", _decoder(PreferencesResponse))
-_update_preferences = _Op(
-    "updatePreferences", "POST", "/api/preferences", _decoder(UserPreferences)
-)
+_deny_permission = _Op("denyPermission", "POST", "/api/permissions/{id}/deny", PermissionResult)
+_grant_permission = _Op("grantPermission", "POST", "/api/permissions/{id}/grant", PermissionResult)
+_get_preferences = _Op("getPreferences", "GET", "/api/preferences", PreferencesResponse)
+_update_preferences = _Op("updatePreferences", "POST", "/api/preferences", UserPreferences)
 _get_available_providers = _Op(
-    "getAvailableProviders", "GET", "/api/preferences/providers", _decoder(dict[str, ProviderInfo])
+    "getAvailableProviders", "GET", "/api/preferences/providers", dict[str, ProviderInfo]
 )
-_reset_preferences = _Op(
-    "resetPreferences", "POST", "/api/preferences/reset", _decoder(UserPreferences)
-)
-_list_sessions = _Op("listSessions", "GET", "/api/sessions", _decoder(list[SessionData]))
-_create_session = _Op("createSession", "POST", "/api/sessions", _decoder(SessionData))
-_delete_session = _Op("deleteSession", "DELETE", "/api/sessions/{id}", _no_content)
-_get_session = _Op("getSession", "GET", "/api/sessions/{id}", _decoder(SessionData))
+_reset_preferences = _Op("resetPreferences", "POST", "/api/preferences/reset", UserPreferences)
+_list_sessions = _Op("listSessions", "GET", "/api/sessions", list[SessionData])
+_create_session = _Op("createSession", "POST", "/api/sessions", SessionData)
+_delete_session: _Op[None] = _Op("deleteSession", "DELETE", "/api/sessions/{id}")
+_get_session = _Op("getSession", "GET", "/api/sessions/{id}", SessionData)
 _update_session_callbacks = _Op(
-    "updateSessionCallbacks", "PATCH", "/api/sessions/{id}/callbacks", _decoder(SessionData)
+    "updateSessionCallbacks", "PATCH", "/api/sessions/{id}/callbacks", SessionData
 )
 _cancel_session_processing = _Op(
-    "cancelSessionProcessing", "POST", "/api/sessions/{id}/cancel", _decoder(CancelResult)
+    "cancelSessionProcessing", "POST", "/api/sessions/{id}/cancel", CancelResult
 )
-_export_session = _Op("exportSession", "GET", "/api/sessions/{id}/export", _decoder(ExportSession))
-_list_session_files = _Op(
-    "listSessionFiles", "GET", "/api/sessions/{id}/files", _decoder(list[FileInfo])
-)
+_export_session = _Op("exportSession", "GET", "/api/sessions/{id}/export", ExportSession)
+_list_session_files = _Op("listSessionFiles", "GET", "/api/sessions/{id}/files", list[FileInfo])
 _upload_session_file = _Op(
-    "uploadSessionFile",
-    "POST",
-    "/api/sessions/{id}/files/upload",
-    _decoder(FileInfo),
-    transfer=True,
+    "uploadSessionFile", "POST", "/api/sessions/{id}/files/upload", FileInfo, transfer=True
 )
-_delete_session_file = _Op(
-    "deleteSessionFile", "DELETE", "/api/sessions/{id}/files/{filename}", _no_content
+_delete_session_file: _Op[None] = _Op(
+    "deleteSessionFile", "DELETE", "/api/sessions/{id}/files/{filename}"
 )
-_get_session_file = _Op(
-    "getSessionFile", "GET", "/api/sessions/{id}/files/{filename}", _no_content, transfer=True
+_get_session_file: _Op[None] = _Op(
+    "getSessionFile", "GET", "/api/sessions/{id}/files/{filename}", transfer=True
 )
-_fork_session = _Op("forkSession", "POST", "/api/sessions/{id}/fork", _decoder(SessionData))
+_fork_session = _Op("forkSession", "POST", "/api/sessions/{id}/fork", SessionData)
 _get_session_messages = _Op(
-    "getSessionMessages", "GET", "/api/sessions/{id}/messages", _decoder(list[BackendMessage])
+    "getSessionMessages", "GET", "/api/sessions/{id}/messages", list[BackendMessage]
 )
 _send_message = _Op("sendMessage", "POST", "/api/sessions/{id}/messages", _decode_send)
-_rewind_session = _Op("rewindSession", "POST", "/api/sessions/{id}/rewind", _decoder(SessionData))
-_get_system_info = _Op("getSystemInfo", "GET", "/api/system/info", _decoder(SystemInfo))
-_list_llm_tools = _Op("listLLMTools", "GET", "/api/tools", _decoder(LLMToolsResponse))
+_rewind_session = _Op("rewindSession", "POST", "/api/sessions/{id}/rewind", SessionData)
+_get_system_info = _Op("getSystemInfo", "GET", "/api/system/info", SystemInfo)
+_list_llm_tools = _Op("listLLMTools", "GET", "/api/tools", LLMToolsResponse)
 _get_tool_credentials_status = _Op(
-    "getToolCredentialsStatus",
-    "GET",
-    "/api/tools/credentials-status",
-    _decoder(ToolsStatusResponse),
+    "getToolCredentialsStatus", "GET", "/api/tools/credentials-status", ToolsStatusResponse
 )
-_get_tools_status = _Op("getToolsStatus", "GET", "/api/tools/status", _decoder(ToolsStatusResponse))
-_health_check = _Op("healthCheck", "GET", "/health", _decoder(HealthResponse))
-_get_oauth_health = _Op("getOAuthHealth", "GET", "/health/auth", _decoder(OAuthHealthResponse))
+_get_tools_status = _Op("getToolsStatus", "GET", "/api/tools/status", ToolsStatusResponse)
+_health_check = _Op("healthCheck", "GET", "/health", HealthResponse)
+_get_oauth_health = _Op("getOAuthHealth", "GET", "/health/auth", OAuthHealthResponse)
 _refresh_oauth_tokens = _Op(
-    "refreshOAuthTokens", "POST", "/internal/auth/refresh-tokens", _decoder(RefreshTokensResponse)
+    "refreshOAuthTokens", "POST", "/internal/auth/refresh-tokens", RefreshTokensResponse
 )
-_stream_events = _Op("streamEvents", "GET", "/stream", _no_content, transfer=True)
+_stream_events: _Op[None] = _Op("streamEvents", "GET", "/stream", transfer=True)
 
 OPERATIONS: Final[dict[str, _Op[Any]]] = {
     op.operation_id: op for op in list(globals().values()) if isinstance(op, _Op)
