@@ -86,6 +86,8 @@ from typing import (
     TypedDict,
     TypeVar,
     Union,
+    get_args,
+    get_type_hints,
     overload,
 )
 from urllib.parse import quote
@@ -3324,39 +3326,18 @@ MixEvent: TypeAlias = (
     | UnknownEvent
 )
 
-_SSE_TYPED_EVENTS: tuple[tuple[type[BaseEvent], type[msgspec.Struct]], ...] = (
-    (ConnectedEvent, ConnectedData),
-    (HeartbeatEvent, HeartbeatData),
-    (UserMessageCreatedEvent, UserMessageCreatedData),
-    (ThinkingEvent, ThinkingData),
-    (ContentEvent, ContentData),
-    (ToolUseStartEvent, ToolUseStartData),
-    (ToolUseParameterDeltaEvent, ToolUseParameterDeltaData),
-    (ToolUseParameterStreamingCompleteEvent, ToolUseParameterStreamingCompleteData),
-    (ToolExecutionStartEvent, ToolExecutionStartData),
-    (ToolExecutionCompleteEvent, ToolExecutionCompleteData),
-    (PermissionEvent, PermissionData),
-    (NotificationEvent, NotificationData),
-    (SessionCreatedEvent, SessionCreatedData),
-    (SessionDeletedEvent, SessionDeletedData),
-    (ErrorEvent, ErrorData),
-    (CompleteEvent, CompleteData),
-)
-
-_SSE_EVENT_TYPES: dict[str, tuple[type[msgspec.Struct], type[BaseEvent]]] = {
-    event_cls.event: (data_cls, event_cls)  # type: ignore[attr-defined]
-    for event_cls, data_cls in _SSE_TYPED_EVENTS
-}
 # event name -> (payload decoder, event class); each built on first use, then reused.
 _SSE_EVENT_DECODERS: dict[str, tuple[msgspec.json.Decoder[Any], type[BaseEvent]]] = {}
 
 
 def _sse_entry(name: str) -> tuple[msgspec.json.Decoder[Any], type[BaseEvent]] | None:
-    types = _SSE_EVENT_TYPES.get(name)
-    if types is None:
-        return None
-    entry = _SSE_EVENT_DECODERS[name] = (msgspec.json.Decoder(types[0], strict=False), types[1])
-    return entry
+    """The decoder of event ``name``: the ``data`` type of its class in :data:`MixEvent`."""
+    for cls in get_args(MixEvent):
+        if cls is not UnknownEvent and cls.event == name:
+            data_type = get_type_hints(cls)["data"]
+            entry = _SSE_EVENT_DECODERS[name] = (msgspec.json.Decoder(data_type, strict=False), cls)
+            return entry
+    return None
 
 
 _SSE_ANY_DECODER: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
