@@ -2722,55 +2722,24 @@ def _file_path(id: str, filename: str, thumb: str | None, time: float | None) ->
     return path, _query({"thumb": thumb, "time": time})
 
 
-async def _read_file(
-    client: AsyncMix,
-    path: str,
-    query: str,
-    opts: RequestOptions,
-    progress: ProgressCallback | None,
-) -> bytes:
-    """The file at ``path`` read whole (:meth:`AsyncMix.get_session_file`)."""
-    resp, _ = await _send(
-        client,
-        _get_session_file,
-        path,
-        opts,
-        query=query,
-        stream=True,
-        extra_headers=_ANY_CONTENT,
-    )
-    total = _body_length(resp)
-    received = 0
-    in_callback = False
-    try:
-        # No allocation up front at the announced size: a server may announce 1 PiB.
-        # BytesIO grows in place as chunks arrive and hands its buffer over at the end.
-        buf = io.BytesIO()
-        if progress is not None:
-            in_callback = True
-            progress(0, total)
-            in_callback = False
-        since_yield = 0
-        async for chunk in resp.content.iter_any():
+async def _read_file(chunks: FileDownload) -> bytes:
+    """The whole file (:meth:`AsyncMix.get_session_file`).
+
+    No allocation up front at the announced size (a server may announce 1 PiB): BytesIO
+    grows in place as chunks arrive and hands its buffer over at the end.
+    """
+    buf = io.BytesIO()
+    since_yield = 0
+    async with chunks:
+        async for chunk in chunks:
             buf.write(chunk)
-            received += len(chunk)
-            if progress is not None:
-                in_callback = True
-                progress(received, total)
-                in_callback = False
             since_yield += len(chunk)
             if since_yield >= _YIELD_EVERY:
-                # A fast server keeps the buffer full, so reading never waits: let
-                # the loop's other tasks run now and then.
+                # A fast server keeps the buffer full, so reading never waits: let the
+                # loop's other tasks run now and then.
                 since_yield = 0
                 await asyncio.sleep(0)
-        return buf.getvalue()
-    except _TRANSPORT_ERRORS as exc:
-        if in_callback:  # the progress callback's own error
-            raise
-        raise _body_error(exc, resp, received, total) from exc
-    finally:
-        resp.close()
+    return buf.getvalue()
 
 
 async def _save_file(chunks: FileDownload, target: str) -> DownloadedFile:
@@ -5018,7 +4987,7 @@ class AsyncMix:
         """
         path, query = _file_path(id, filename, thumb, time)
         _check_progress(progress)
-        return await _read_file(self, path, query, opts, progress)
+        return await _read_file(FileDownload(self, path, query, _YIELD_EVERY, opts, progress))
 
     def iter_session_file(
         self,

@@ -2536,14 +2536,17 @@ async def test_download_to_bytes_lets_other_tasks_run(monkeypatch: pytest.Monkey
     ticks = 0
 
     class Content:
-        async def iter_any(self) -> AsyncIterator[bytes]:
-            for _ in range(16):
-                seen_during.append(ticks)
-                yield chunk  # never suspends, like a full buffer
+        left = 16
+
+        async def read(self, size: int) -> bytes:  # never suspends, like a full buffer
+            seen_during.append(ticks)
+            self.left -= 1
+            return chunk if self.left >= 0 else b""
 
     class Response:
         content = Content()
         content_length = 16 << 20
+        content_type = "application/octet-stream"
         headers: dict[str, str] = {}  # noqa: RUF012
         url = "http://test/file"
 
