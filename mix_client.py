@@ -69,7 +69,6 @@ from collections.abc import (
     Sequence,
 )
 from datetime import datetime
-from types import TracebackType
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -4582,12 +4581,7 @@ class AsyncMix:
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
