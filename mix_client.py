@@ -2304,6 +2304,13 @@ def _check_progress(progress: object) -> None:
 _END: Final = object()
 
 
+async def _in_threads(items: Iterator[Any]) -> AsyncIterator[Any]:
+    """A plain iterator as an async one: each ``next`` runs in the default executor."""
+    loop = asyncio.get_running_loop()
+    while (item := await loop.run_in_executor(None, next, items, _END)) is not _END:
+        yield item
+
+
 class _Upload:
     """A multipart/form-data body with one part named ``file``, streamed in chunks."""
 
@@ -2318,7 +2325,6 @@ class _Upload:
         self.fileobj: Any = None
         self.data: bytes | memoryview | None = None
         self.aiter: AsyncIterator[Any] | None = None
-        self.iter: Iterator[Any] | None = None
         self.first: bytes | None = None
         """A stream's first chunk, pulled (and checked) before anything is sent."""
         self.failure: Exception | None = None
@@ -2368,7 +2374,7 @@ class _Upload:
         elif isinstance(file, AsyncIterable):
             self.aiter = aiter(file)
         elif isinstance(file, Iterable) and not isinstance(file, (str, Mapping)):
-            self.iter = iter(file)
+            self.aiter = _in_threads(iter(file))
         else:
             raise InvalidInputError(
                 "upload_session_file: file must be a path, bytes, a binary file or an "
@@ -2388,9 +2394,7 @@ class _Upload:
         self.tail = f"\r\n--{self.boundary}--\r\n".encode()
         self.data_size = size
         self.size = None if size is None else len(self.head) + size + len(self.tail)
-        self.replayable = (
-            self.aiter is None and self.iter is None and (self.fileobj is None or size is not None)
-        )
+        self.replayable = self.aiter is None and (self.fileobj is None or size is not None)
         self.used = False
 
     @property
@@ -2417,9 +2421,6 @@ class _Upload:
                 self.first = self._check(await anext(self.aiter))
             except StopAsyncIteration:
                 self.first = b""
-        elif self.iter is not None:
-            item = await loop.run_in_executor(None, next, self.iter, _END)
-            self.first = b"" if item is _END else self._check(item)
 
     def _check(self, chunk: object) -> bytes:
         if isinstance(chunk, bytes):
@@ -2491,12 +2492,6 @@ class _Upload:
             if first:
                 yield first
             async for item in self.aiter:
-                if chunk := self._check(item):
-                    yield chunk
-        elif self.iter is not None:
-            if first:
-                yield first
-            while (item := await loop.run_in_executor(None, next, self.iter, _END)) is not _END:
                 if chunk := self._check(item):
                     yield chunk
 
