@@ -3524,6 +3524,11 @@ class EventStream:
         max_event_size: int | None = None,
         opts: RequestOptions | None = None,
     ) -> None:
+        _check_str(session_id, "session_id")
+        if last_event_id is not None:
+            _check_str(last_event_id, "last_event_id", empty=True)
+        _check_bool(reconnect, "reconnect")
+        _check_bool(include_other_sessions, "include_other_sessions")
         _check_number(idle_timeout, "idle_timeout", optional=True)
         _check_int(max_reconnects, "max_reconnects")
         if max_event_size is None:
@@ -3531,7 +3536,7 @@ class EventStream:
         self._max_event_size = _check_int(max_event_size, "max_event_size", 1)
         self.session_id = session_id
         self._path = _stream_events.path
-        self._query = "sessionId=" + quote(_check_str(session_id, "session_id"), safe="")
+        self._query = "sessionId=" + quote(session_id, safe="")
         self._client = client
         self.reconnect = reconnect
         self.include_other_sessions = include_other_sessions
@@ -5053,13 +5058,6 @@ class AsyncMix:
         the smaller wins), never the stream's lifetime; an ``aiohttp.ClientTimeout`` with a
         ``total`` is refused. ``max_event_size`` (bytes) overrides the client's limit.
         """
-        _check_str(session_id, "session_id")
-        if last_event_id is not None:
-            _check_str(last_event_id, "last_event_id", empty=True)
-        _check_bool(reconnect, "reconnect")
-        _check_bool(include_other_sessions, "include_other_sessions")
-        _check_number(idle_timeout, "idle_timeout", optional=True)
-        _check_int(max_reconnects, "max_reconnects")
         opts = _options(opts, "stream_events")
         return EventStream(
             self,
