@@ -5389,67 +5389,71 @@ class SyncFileDownload(SyncStream[bytes]):
         return self._stream.received
 
 
-def _without_self(fn: Callable[..., Any]) -> inspect.Signature:
-    """``fn``'s signature without its first parameter (what ``Mix``'s methods take)."""
-    sig = inspect.signature(fn)
-    return sig.replace(parameters=list(sig.parameters.values())[1:])
+class _SyncBase:
+    """A blocking ``Mix`` method made from an ``AsyncMix`` one: its name, doc, signature
+    (without ``self``) and type hints, and a call that names ``Mix`` in argument errors."""
 
+    _returns: tuple[str, str] | None = None
+    """The return annotation, when not the async method's: (signature, type hints)."""
 
-def _as_mix_error(exc: TypeError) -> TypeError:
-    text = str(exc)
-    return TypeError(text.replace("AsyncMix.", "Mix.", 1)) if "AsyncMix." in text else exc
-
-
-class _SyncMethod(Generic[P, R]):
-    """Turns an ``AsyncMix`` coroutine method into a blocking ``Mix`` method."""
-
-    def __init__(self, fn: Callable[Concatenate[AsyncMix, P], Coroutine[Any, Any, R]]) -> None:
+    def __init__(self, fn: Callable[..., Any]) -> None:
         self._fn = fn
         self.__doc__ = fn.__doc__
         self.__name__ = fn.__name__
         # typing.get_type_hints(Mix.method) resolves these (in fn's module).
         self.__wrapped__ = fn
         self.__annotations__ = dict(fn.__annotations__)
+        if self._returns is not None:
+            self.__annotations__["return"] = self._returns[1]
 
     @functools.cached_property
     def _signature(self) -> inspect.Signature:
         # On first use, not at import: 40-odd signatures cost about a millisecond.
-        return _without_self(self._fn)
+        sig = inspect.signature(self._fn)
+        sig = sig.replace(parameters=list(sig.parameters.values())[1:])
+        return sig if self._returns is None else sig.replace(return_annotation=self._returns[0])
+
+    def _bind(self, client: AsyncMix, then: Callable[[Any], Any]) -> Callable[..., Any]:
+        fn = self._fn
+
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                result = fn(client, *args, **kwargs)
+            except TypeError as exc:  # a missing or extra argument: name Mix, not AsyncMix
+                text = str(exc)
+                raise (
+                    TypeError(text.replace("AsyncMix.", "Mix.", 1)) if "AsyncMix." in text else exc
+                ) from None
+            return then(result)
+
+        call.__signature__ = self._signature  # type: ignore[attr-defined]
+        call.__annotations__ = self.__annotations__
+        return call
+
+
+class _SyncMethod(_SyncBase, Generic[P, R]):
+    """Turns an ``AsyncMix`` coroutine method into a blocking ``Mix`` method."""
+
+    def __init__(self, fn: Callable[Concatenate[AsyncMix, P], Coroutine[Any, Any, R]]) -> None:
+        super().__init__(fn)
 
     @overload
     def __get__(self, obj: None, owner: type[Any]) -> _SyncMethod[P, R]: ...
     @overload
     def __get__(self, obj: Mix, owner: type[Any]) -> Callable[P, R]: ...
     def __get__(self, obj: Mix | None, owner: type[Any]) -> _SyncMethod[P, R] | Callable[P, R]:
-        if obj is None:
-            return self
-        fn, client, run_sync = self._fn, obj._client, obj.run_sync
-
-        @functools.wraps(fn)
-        def call(*args: P.args, **kwargs: P.kwargs) -> R:
-            try:
-                coro = fn(client, *args, **kwargs)
-            except TypeError as exc:  # a missing or extra argument: name Mix, not AsyncMix
-                raise _as_mix_error(exc) from None
-            return run_sync(coro)
-
-        call.__signature__ = self._signature  # type: ignore[attr-defined]
-        return call
+        return self if obj is None else self._bind(obj._client, obj.run_sync)
 
 
-class _SyncIterMethod(Generic[P, T]):
+class _SyncIterMethod(_SyncBase, Generic[P, T]):
     """Turns an ``AsyncMix`` method returning an async stream into one returning a blocking iterator."""
 
     _wrap: Callable[[_LoopThread, Any], Any] = SyncStream
     _returns = ("SyncStream", "SyncStream[Any]")
 
     def __init__(self, fn: Callable[Concatenate[AsyncMix, P], AsyncIterator[T]]) -> None:
-        self._fn = fn
-        self.__doc__ = fn.__doc__
-        self.__name__ = fn.__name__
-        self._signature = _without_self(fn).replace(return_annotation=self._returns[0])
-        self.__wrapped__ = fn
-        self.__annotations__ = {**fn.__annotations__, "return": self._returns[1]}
+        super().__init__(fn)
 
     @overload
     def __get__(self, obj: None, owner: type[Any]) -> _SyncIterMethod[P, T]: ...
@@ -5460,21 +5464,7 @@ class _SyncIterMethod(Generic[P, T]):
     ) -> _SyncIterMethod[P, T] | Callable[P, SyncStream[T]]:
         if obj is None:
             return self
-        fn, client, runner, wrap = self._fn, obj._client, obj._runner, type(self)._wrap
-
-        @functools.wraps(fn)
-        def call(*args: P.args, **kwargs: P.kwargs) -> SyncStream[T]:
-            try:
-                stream = fn(client, *args, **kwargs)
-            except TypeError as exc:  # a missing or extra argument: name Mix, not AsyncMix
-                raise _as_mix_error(exc) from None
-            wrapped: SyncStream[T] = wrap(runner, stream)
-            return wrapped
-
-        call.__signature__ = self._signature  # type: ignore[attr-defined]
-        # What typing.get_type_hints() reports: a blocking iterator, not the async stream.
-        call.__annotations__ = self.__annotations__
-        return call
+        return self._bind(obj._client, functools.partial(type(self)._wrap, obj._runner))
 
 
 class _SyncDownloadMethod(_SyncIterMethod[P, bytes]):
