@@ -3822,6 +3822,7 @@ class Turn(msgspec.Struct, kw_only=True):
         return self.event_count
 
 
+_Row = TypeVar("_Row", ExportMessage, BackendMessage)
 _FAILED_FINISH: Final = frozenset({"canceled", "cancelled", "error", "permission_denied"})
 _OPEN_FINISH: Final = frozenset({"", "tool_use"})  # the run goes on after a tool_use message
 _RUN_EVENTS: Final = (
@@ -3870,22 +3871,27 @@ def _assistant_id(event: StreamEvent) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def _user_text(row: ExportMessage | BackendMessage) -> str | None:
+    """The text of a user message row, stripped (``None`` for other rows)."""
+    if isinstance(row, ExportMessage):
+        return row.content.strip() if row.role == "user" else None
+    return row.user_input.strip() if row.role in ("user", "") else None
+
+
 def _run_rows(
-    messages: list[ExportMessage], text: str, user_message_id: str | None
-) -> tuple[list[ExportMessage], bool] | None:
+    messages: list[_Row], text: str, user_message_id: str | None, *, by_text: bool = False
+) -> tuple[list[_Row], bool] | None:
     """The stored rows of a turn's run: its user message and what follows up to the next
     user message (and whether one follows). The user message is found by id when known,
-    else as the last user message with the turn's text."""
+    else (or, with ``by_text``, when that id is not there) as the last one with the turn's
+    text."""
     start = None
     if user_message_id:
         start = next((i for i, m in enumerate(messages) if m.id == user_message_id), None)
-    else:
+    if start is None and (by_text or not user_message_id):
         want = text.strip()
-        for index in range(len(messages) - 1, -1, -1):
-            row = messages[index]
-            if row.role == "user" and row.content.strip() == want:
-                start = index
-                break
+        last = range(len(messages) - 1, -1, -1)
+        start = next((i for i in last if _user_text(messages[i]) == want), None)
     if start is None:
         return None
     rows = [messages[start]]
@@ -4029,11 +4035,9 @@ async def _reconcile(mix: AsyncMix, turn: Turn, text: str, state: _TurnState | N
     """Fill what the stream lost from the stored messages.
 
     Uses the run's rows already read from the export when its end was recovered, else
-    ``GET /api/sessions/{id}/messages``. Servers store one row per message (``role``
-    user, assistant, tool) or, in the spec's older shape, one row with both
-    ``userInput`` and ``assistantResponse``: take the turn's user row (by the id of its
-    ``user_message_created`` when seen, else the last row holding this turn's text) and
-    the rows after it up to the next user message.
+    the run's rows (:func:`_run_rows`) of ``GET /api/sessions/{id}/messages``: one row per
+    message (``role`` user, assistant, tool) or, in the spec's older shape, one row with
+    both ``userInput`` and ``assistantResponse``.
     """
     state = state or _TurnState(None)
     rows: list[tuple[str, str | None, str | None, list[ToolCall] | list[ExportToolCall]]]
@@ -4049,23 +4053,11 @@ async def _reconcile(mix: AsyncMix, turn: Turn, text: str, state: _TurnState | N
         ]
     else:
         messages = await state.within(mix.get_session_messages(turn.session_id), turn.session_id)
-        start = None
         want = state.user_message_id or turn.user_message_id
-        if want:
-            start = next((i for i, m in enumerate(messages) if m.id == want), None)
-        if start is None:
-            for index in range(len(messages) - 1, -1, -1):
-                if messages[index].user_input == text and messages[index].role in ("user", ""):
-                    start = index
-                    break
-        if start is None:
+        found = _run_rows(messages, text, want, by_text=True)
+        if found is None:
             return
-        picked = [messages[start]]
-        for row in messages[start + 1 :]:
-            if row.role == "user":
-                break
-            picked.append(row)
-        rows = [(m.role, m.assistant_response, m.reasoning, m.tool_calls or []) for m in picked]
+        rows = [(m.role, m.assistant_response, m.reasoning, m.tool_calls or []) for m in found[0]]
     answer = "".join(content for _, content, _, _ in rows if content)
     if answer:
         turn.text = answer
