@@ -2074,58 +2074,46 @@ async def _send(
                 resend = False
                 resent = True
                 continue
-            error, unsent = _connection_error(exc, method, url_text)
+            failure: BaseException | None = exc
+        else:
+            status = resp.status
+            ok = 200 <= status < 300
+            if ok and stream:
+                if debug:
+                    client._logger.debug("<- %s %s %d (streaming)", method, url_text, status)
+                return resp, b""
+            failure = None
+            try:
+                raw = await resp.read()
+            except _TRANSPORT_ERRORS as exc:
+                raw = b""  # an error status stands without its body; a 2xx needs its body
+                failure = exc if ok else None
+            finally:
+                resp.release()
+        if failure is None:  # an answer came: its status decides
+            if debug:
+                client._logger.debug("<- %s %s %d %s", method, url_text, status, _redact_body(raw))
+            if ok:
+                return resp, raw
+            if status == 404 and (attempt or resent) and method == "DELETE":
+                # The first answer was lost, yet the thing is gone: the DELETE got done.
+                return resp, b"{}"
+            delay = _retry_delay(
+                policy, op, upload, attempt, started, deadline, status, resp.headers
+            )
+            if delay is None:
+                raise _status_error(method, url_text, status, resp.headers, raw, resp)
+            reason: object = f"HTTP {status}"
+        else:  # connecting, sending, or reading the body failed
+            if client._is_closed():
+                raise _closed(method, url_text) from failure
+            error, unsent = _connection_error(failure, method, url_text)
             delay = _retry_delay(policy, op, upload, attempt, started, deadline, unsent=unsent)
             if delay is None:
                 if debug:
                     client._logger.debug("!! %s %s: %s", method, url_text, error)
-                raise error from exc
-            reason: object = error
-        else:
-            status = resp.status
-            if 200 <= status < 300:
-                if stream:
-                    if debug:
-                        client._logger.debug("<- %s %s %d (streaming)", method, url_text, status)
-                    return resp, b""
-                try:
-                    raw = await resp.read()
-                except _TRANSPORT_ERRORS as exc:
-                    if client._is_closed():
-                        raise _closed(method, url_text) from exc
-                    error, _ = _connection_error(exc, method, url_text)
-                    delay = _retry_delay(policy, op, upload, attempt, started, deadline)
-                    if delay is None:
-                        raise error from exc
-                    reason = error
-                else:
-                    if debug:
-                        client._logger.debug(
-                            "<- %s %s %d %s", method, url_text, status, _redact_body(raw)
-                        )
-                    return resp, raw
-                finally:
-                    resp.release()
-            else:
-                try:
-                    raw = await resp.read()
-                except _TRANSPORT_ERRORS:
-                    raw = b""
-                finally:
-                    resp.release()
-                if debug:
-                    client._logger.debug(
-                        "<- %s %s %d %s", method, url_text, status, _redact_body(raw)
-                    )
-                if status == 404 and (attempt or resent) and method == "DELETE":
-                    # The first answer was lost, yet the thing is gone: the DELETE got done.
-                    return resp, b"{}"
-                delay = _retry_delay(
-                    policy, op, upload, attempt, started, deadline, status, resp.headers
-                )
-                if delay is None:
-                    raise _status_error(method, url_text, status, resp.headers, raw, resp)
-                reason = f"HTTP {status}"
+                raise error from failure
+            reason = error
         # The one place a call goes round again (the decision: _retry_delay).
         if debug:
             client._logger.debug("retry %d in %.2fs after %s", attempt + 1, delay, reason)
