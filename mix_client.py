@@ -1510,6 +1510,9 @@ def _redact_body(body: bytes | None, limit: int = 2000) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+_PLAIN_SEGMENT: Final = re.compile(r"(?!\.\.?\Z)[\w.~-]+", re.ASCII)
+
+
 def _segment(value: object, name: str) -> str:
     """Percent-encode one path segment: ``/``, ``\\``, ``?``, ``#``, ``%``, spaces all survive.
 
@@ -1517,6 +1520,8 @@ def _segment(value: object, name: str) -> str:
     ``%2E`` back to a dot, as RFC 3986 allows) would remove them and hit another route,
     e.g. ``DELETE /api/sessions/{id}/files/..`` becoming ``DELETE /api/sessions/{id}``.
     """
+    if type(value) is str and _PLAIN_SEGMENT.fullmatch(value):
+        return value  # the usual id: nothing to check or encode
     text = _check_str(value, name)
     if text in (".", ".."):
         raise InvalidInputError(
@@ -1566,7 +1571,8 @@ class _Op(Generic[T]):
     """
 
     __slots__ = (
-        "_decode",
+        "_custom",
+        "_json",
         "_parts",
         "idempotent",
         "method",
@@ -1598,7 +1604,8 @@ class _Op(Generic[T]):
         self.params: tuple[str, ...] = tuple(parts[1::2])
         self.returns = returns
         # A function decodes as it likes; a type gets a msgspec Decoder on first use.
-        self._decode: Decode[T] | None = returns if inspect.isfunction(returns) else None
+        self._custom: Decode[T] | None = returns if inspect.isfunction(returns) else None
+        self._json: Callable[[bytes], T] | None = None
         self.idempotent = method in ("GET", "DELETE", "HEAD", "PUT")
         self.retry_statuses = _IDEMPOTENT_RETRY if self.idempotent else _UNSAFE_RETRY
         self.transfer = transfer
@@ -1610,13 +1617,14 @@ class _Op(Generic[T]):
 
     def decode(self, status: int, raw: bytes) -> T:
         """The response body as this operation returns it."""
-        decode = self._decode
-        if decode is None:
+        json = self._json
+        if json is None:
+            if self._custom is not None:
+                return self._custom(status, raw)
             if self.returns is None:
                 return None  # type: ignore[return-value]
-            json_decode = msgspec.json.Decoder(self.returns).decode
-            decode = self._decode = lambda status, raw: json_decode(raw)
-        return decode(status, raw)
+            json = self._json = msgspec.json.Decoder(self.returns).decode
+        return json(raw)
 
     def url(self, *values: object) -> str:
         """The path with ``values`` for its parameters, in order (each one segment)."""
@@ -2012,7 +2020,9 @@ async def _send(
     url_text = base + path + ("?" + query if query else "")
     url = URL(url_text, encoded=True)
     method = op.method
-    session = client._http(streams_pool)
+    if client._closed:
+        raise ClientClosedError("this client is closed")
+    session = client._pool.http(streams_pool)
     debug = client._logger.isEnabledFor(logging.DEBUG)
     attempt = 0
     # Resend once at once after a dropped connection, as aiohttp does unless told not to.
@@ -4472,11 +4482,6 @@ class AsyncMix:
 
     def _is_closed(self) -> bool:
         return self._closed or self._pool.closed
-
-    def _http(self, streams_pool: bool = False) -> aiohttp.ClientSession:
-        if self._closed:
-            raise ClientClosedError("this client is closed")
-        return self._pool.http(streams_pool)
 
     def with_options(
         self,
