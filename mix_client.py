@@ -2985,7 +2985,7 @@ class PermissionData(_EventData, frozen=True):
     description: str = ""
     action: str = ""
     path: str | None = None
-    params: dict[str, Any] | None = None
+    params: Any = None  # the tool's parameters: usually an object, kept whatever JSON it is
     parent_tool_call_id: str | None = None
 
 

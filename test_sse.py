@@ -924,7 +924,7 @@ def test_invalid_json_gives_unknown_event(data: bytes) -> None:
         ("heartbeat", None),
         ("tool_execution_complete", {"success": "maybe"}),
         ("notification", {"choices": "a"}),
-        ("permission", {"params": [1, 2]}),
+        ("permission", {"toolName": 5}),
     ],
 )
 def test_schema_mismatch_gives_unknown_event_with_parsed_data(name: str, payload: Any) -> None:
@@ -932,6 +932,13 @@ def test_schema_mismatch_gives_unknown_event_with_parsed_data(name: str, payload
     assert type(ev) is UnknownEvent
     assert ev.event == name
     assert ev.data == payload
+
+
+@pytest.mark.parametrize("params", [{"path": "/tmp"}, [1, 2], "rm -rf", 3, None])
+def test_permission_params_of_any_json_shape_stay_typed(params: Any) -> None:
+    ev = typed("permission", {"id": "p1", "toolName": "bash", "params": params})
+    assert isinstance(ev, PermissionEvent)
+    assert (ev.data.id, ev.data.tool_name, ev.data.params) == ("p1", "bash", params)
 
 
 def test_unknown_enum_values_kept_as_strings() -> None:
