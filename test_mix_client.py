@@ -14,16 +14,14 @@ import inspect
 import io
 import json
 import logging
-import math
 import os
 import re
 import socket
 import subprocess
 import sys
 import threading
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,7 @@ from multidict import CIMultiDict
 import mix_client
 from _ops import CALLS, Exchange, check_request, match_operation
 from _ops import OPERATIONS as SPEC_OPERATIONS
+from conftest import DROP, HANG, Handler, Reply, Scripted
 from mix_client import (
     APIConnectionError,
     APIStatusError,
@@ -63,7 +62,6 @@ from mix_client import (
     SessionData,
     UnprocessableEntityError,
 )
-from mix_fake import FakeThread
 
 HERE = Path(__file__).resolve().parent
 USER_AGENT = f"mix-client/{mix_client.__version__}"
@@ -72,135 +70,6 @@ USER_AGENT = f"mix-client/{mix_client.__version__}"
 # ---------------------------------------------------------------------------
 # Loopback server
 # ---------------------------------------------------------------------------
-
-
-@dataclass
-class Rec:
-    """One request as the server saw it."""
-
-    method: str
-    raw_path: str
-    """Path and query exactly as sent (still percent-encoded)."""
-    path: str
-    query_string: str
-    headers: CIMultiDict[str]
-    body: bytes | None
-    route: str
-    """The spec template the request matched (``/{tail}`` when none)."""
-    match: dict[str, str]
-
-    def json(self) -> Any:
-        assert self.body is not None
-        return json.loads(self.body)
-
-
-@dataclass
-class Reply:
-    status: int = 200
-    json: Any = None
-    body: bytes | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-    content_type: str = "application/json"
-
-    def response(self) -> web.Response:
-        if self.body is not None:
-            data = self.body
-        elif self.json is not None:
-            data = json.dumps(self.json).encode()
-        else:
-            data = b""
-        if self.status == 204:
-            return web.Response(status=204, headers=self.headers)
-        return web.Response(
-            status=self.status, body=data, headers=self.headers, content_type=self.content_type
-        )
-
-
-DROP = "DROP"  # close the connection after reading the request, without answering
-HANG = "HANG"  # never answer (until the server stops, or hang_for seconds)
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class ScriptedFake:
-    """``mix_fake.FakeThread`` (a MixFake on its own thread and loop) whose every request a
-    script answers: ``reply(...)`` queues answers (``Reply``, ``DROP``, ``HANG`` or an async
-    callable taking the request); when the queue is empty, ``default`` answers. With
-    ``handler`` set, it gets the request with the body unread (for streaming tests).
-    ``requests`` records each request as the server saw it.
-    """
-
-    def __init__(self) -> None:
-        self.requests: list[Rec] = []
-        self.default: Any = Reply(200, {})
-        self.handler: Handler | None = None
-        self.hang_for = 10.0
-        self._replies: deque[Any] = deque()
-        self.thread = FakeThread()
-        self.url = self.thread.url
-        self.thread.fake.handle_next("/*", self._handle, times=math.inf)
-
-    def reply(self, *replies: Any) -> None:
-        self._replies.extend(replies)
-
-    def call(self, coro: Any) -> Any:
-        """Run a coroutine on the server's loop."""
-        return self.thread.call(coro)
-
-    def wait_connections_closed(self, timeout: float = 10.0) -> None:
-        """Wait (bounded) until the server holds no open connection: the clients closed their
-        pools. Blocks: from a coroutine, call it through ``asyncio.to_thread``."""
-        self.call(self.thread.fake.wait_connections(0, timeout))
-
-    def _record(self, request: web.Request, body: bytes | None) -> Rec:
-        resource = request.match_info.route.resource
-        rec = Rec(
-            method=request.method,
-            raw_path=request.raw_path,
-            path=request.path,
-            query_string=request.query_string,
-            headers=CIMultiDict(request.headers),
-            body=body,
-            route=resource.canonical if resource is not None else "",
-            match=dict(request.match_info),
-        )
-        self.requests.append(rec)
-        return rec
-
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        if self.handler is not None:
-            self._record(request, None)
-            return await self.handler(request)
-        body = await request.read()
-        self._record(request, body)
-        reply = self._replies.popleft() if self._replies else self.default
-        if reply == DROP:
-            assert request.transport is not None
-            request.transport.close()
-            return web.Response()
-        if reply == HANG:
-            await asyncio.sleep(self.hang_for)  # cancelled when the server stops
-            return web.json_response({"id": "late"})
-        if isinstance(reply, Reply):
-            return reply.response()
-        response: web.StreamResponse = await reply(request)
-        return response
-
-    def stop(self) -> None:
-        self.thread.stop()
-
-
-@pytest.fixture
-def server() -> Any:
-    srv = ScriptedFake()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-async def client(server: ScriptedFake) -> AsyncIterator[AsyncMix]:
-    async with AsyncMix(server.url) as c:
-        yield c
 
 
 def free_port() -> int:
@@ -425,6 +294,15 @@ def check_tools_status(r: Any) -> None:
     )
 
 
+def has(**attrs: Any) -> Callable[[Any], None]:
+    """A check: the decoded result's attributes have these values."""
+
+    def check(result: Any) -> None:
+        assert {name: getattr(result, name) for name in attrs} == attrs
+
+    return check
+
+
 @dataclass
 class Answer:
     """A canned answer to one operation and the check of what the client decodes from it."""
@@ -432,6 +310,11 @@ class Answer:
     reply: Reply
     check: Callable[[Any], None]
     accept: str = "application/json"
+
+
+def echo(status: int, doc: dict[str, Any]) -> Answer:
+    """An answer whose decoded result has the document's fields as attributes."""
+    return Answer(Reply(status, doc), has(**doc))
 
 
 def _check_stream(events: Any) -> None:
@@ -444,35 +327,18 @@ def _check_stream(events: Any) -> None:
 ODD_SESSION = f"/api/sessions/{ODD_ENC}"
 
 REPLIES: dict[str, Answer] = {
-    "storeApiKey": Answer(
-        Reply(200, {"message": "stored", "provider": "anthropic", "status": "ok"}),
-        lambda r: (
-            (r.message, r.provider, r.status) == ("stored", "anthropic", "ok") or pytest.fail()
-        ),
-    ),
+    "storeApiKey": echo(200, {"message": "stored", "provider": "anthropic", "status": "ok"}),
     "setApiKey": Answer(
         Reply(200, {"success": True}), lambda r: r.success is True or pytest.fail()
     ),
     "initiateOAuthLogin": Answer(
         Reply(200, {"authUrl": "https://auth/x"}),
-        lambda r: r.auth_url == "https://auth/x" or pytest.fail(),
+        has(auth_url="https://auth/x"),
     ),
-    "handleOAuthCallback": Answer(
-        Reply(
-            200,
-            {"expires_in": 3600, "message": "ok", "provider": "anthropic", "status": "success"},
-        ),
-        lambda r: (
-            (r.expires_in, r.message, r.provider, r.status) == (3600, "ok", "anthropic", "success")
-            or pytest.fail()
-        ),
+    "handleOAuthCallback": echo(
+        200, {"expires_in": 3600, "message": "ok", "provider": "anthropic", "status": "success"}
     ),
-    "startOAuthFlow": Answer(
-        Reply(200, {"auth_url": "https://auth/y", "message": "open", "state": "st1"}),
-        lambda r: (
-            (r.auth_url, r.message, r.state) == ("https://auth/y", "open", "st1") or pytest.fail()
-        ),
-    ),
+    "startOAuthFlow": echo(200, {"auth_url": "https://auth/y", "message": "open", "state": "st1"}),
     "getAuthStatus": Answer(
         Reply(
             200,
@@ -496,21 +362,10 @@ REPLIES: dict[str, Answer] = {
             or pytest.fail()
         ),
     ),
-    "validatePreferredProvider": Answer(
-        Reply(
-            200, {"auth_method": "api_key", "message": "fine", "provider": "openai", "valid": True}
-        ),
-        lambda r: (
-            (r.auth_method, r.message, r.provider, r.valid) == ("api_key", "fine", "openai", True)
-            or pytest.fail()
-        ),
+    "validatePreferredProvider": echo(
+        200, {"auth_method": "api_key", "message": "fine", "provider": "openai", "valid": True}
     ),
-    "deleteCredentials": Answer(
-        Reply(200, {"message": "gone", "provider": "openai", "status": "deleted"}),
-        lambda r: (
-            (r.message, r.provider, r.status) == ("gone", "openai", "deleted") or pytest.fail()
-        ),
-    ),
+    "deleteCredentials": echo(200, {"message": "gone", "provider": "openai", "status": "deleted"}),
     "listCommands": Answer(
         Reply(200, [{"name": "help", "description": "Show help", "usage": "/help"}]),
         lambda r: (
@@ -518,10 +373,7 @@ REPLIES: dict[str, Answer] = {
             or pytest.fail()
         ),
     ),
-    "getCommand": Answer(
-        Reply(200, {"name": "clear", "description": "Clear", "usage": "/clear"}),
-        lambda r: (r.name, r.description, r.usage) == ("clear", "Clear", "/clear") or pytest.fail(),
-    ),
+    "getCommand": echo(200, {"name": "clear", "description": "Clear", "usage": "/clear"}),
     "listMcpServers": Answer(
         Reply(
             200,
@@ -544,11 +396,11 @@ REPLIES: dict[str, Answer] = {
     "respondToNotification": Answer(Reply(204), lambda r: r is None or pytest.fail()),
     "denyPermission": Answer(
         Reply(200, {"denied": True}),
-        lambda r: (r.denied, r.granted, r.status) == (True, None, None) or pytest.fail(),
+        has(denied=True, granted=None, status=None),
     ),
     "grantPermission": Answer(
         Reply(200, {"granted": True}),
-        lambda r: (r.granted, r.denied, r.status) == (True, None, None) or pytest.fail(),
+        has(granted=True, denied=None, status=None),
     ),
     "getPreferences": Answer(
         Reply(
@@ -600,12 +452,8 @@ REPLIES: dict[str, Answer] = {
             or pytest.fail()
         ),
     ),
-    "updatePreferences": Answer(
-        Reply(200, {"main_agent_model": None, "sub_agent_max_tokens": 1000, "updated_at": 5}),
-        lambda r: (
-            (r.main_agent_model, r.sub_agent_max_tokens, r.updated_at) == (None, 1000, 5)
-            or pytest.fail()
-        ),
+    "updatePreferences": echo(
+        200, {"main_agent_model": None, "sub_agent_max_tokens": 1000, "updated_at": 5}
     ),
     "getAvailableProviders": Answer(
         Reply(200, {"openai": {"display_name": "OpenAI", "models": ["gpt-a", "gpt-b"]}}),
@@ -615,12 +463,7 @@ REPLIES: dict[str, Answer] = {
             or pytest.fail()
         ),
     ),
-    "resetPreferences": Answer(
-        Reply(200, {"preferred_provider": "anthropic", "main_agent_max_tokens": 8}),
-        lambda r: (
-            (r.preferred_provider, r.main_agent_max_tokens) == ("anthropic", 8) or pytest.fail()
-        ),
-    ),
+    "resetPreferences": echo(200, {"preferred_provider": "anthropic", "main_agent_max_tokens": 8}),
     "listSessions": Answer(
         Reply(200, [SESSION_JSON]), lambda r: (len(r) == 1 or pytest.fail()) and check_session(r[0])
     ),
@@ -630,7 +473,7 @@ REPLIES: dict[str, Answer] = {
     "updateSessionCallbacks": Answer(Reply(200, SESSION_JSON), check_session),
     "cancelSessionProcessing": Answer(
         Reply(200, {"cancelled": True}),
-        lambda r: (r.cancelled, r.status, r.session_id) == (True, None, None) or pytest.fail(),
+        has(cancelled=True, status=None, session_id=None),
     ),
     "exportSession": Answer(
         Reply(
@@ -737,9 +580,7 @@ REPLIES: dict[str, Answer] = {
     ),
     "uploadSessionFile": Answer(
         Reply(201, {**FILE_JSON, "name": "notes.txt", "originalName": "notes .txt"}),
-        lambda r: (
-            (r.name, r.original_name, r.size) == ("notes.txt", "notes .txt", 2) or pytest.fail()
-        ),
+        has(name="notes.txt", original_name="notes .txt", size=2),
     ),
     "deleteSessionFile": Answer(Reply(204), lambda r: r is None or pytest.fail()),
     "getSessionFile": Answer(
@@ -751,14 +592,12 @@ REPLIES: dict[str, Answer] = {
     "getSessionMessages": Answer(Reply(200, [MESSAGE_JSON]), check_messages),
     "sendMessage": Answer(
         Reply(202, {"status": "processing", "sessionId": "s1"}),
-        lambda r: (
-            (r.status, r.session_id, r.message) == ("processing", "s1", None) or pytest.fail()
-        ),
+        has(status="processing", session_id="s1", message=None),
     ),
     "rewindSession": Answer(Reply(200, SESSION_JSON), check_session),
     "getSystemInfo": Answer(
         Reply(200, {"storageBasePath": "/data/mix"}),
-        lambda r: r.storage_base_path == "/data/mix" or pytest.fail(),
+        has(storage_base_path="/data/mix"),
     ),
     "listLLMTools": Answer(
         Reply(
@@ -782,10 +621,7 @@ REPLIES: dict[str, Answer] = {
     ),
     "getToolCredentialsStatus": Answer(Reply(200, TOOLS_STATUS_JSON), check_tools_status),
     "getToolsStatus": Answer(Reply(200, TOOLS_STATUS_JSON), check_tools_status),
-    "healthCheck": Answer(
-        Reply(200, {"status": "ok", "timestamp": "now", "version": "1.2.3"}),
-        lambda r: (r.status, r.timestamp, r.version) == ("ok", "now", "1.2.3") or pytest.fail(),
-    ),
+    "healthCheck": echo(200, {"status": "ok", "timestamp": "now", "version": "1.2.3"}),
     "getOAuthHealth": Answer(
         Reply(
             200,
@@ -819,10 +655,7 @@ REPLIES: dict[str, Answer] = {
             or pytest.fail()
         ),
     ),
-    "refreshOAuthTokens": Answer(
-        Reply(200, {"message": "refreshed", "status": "ok"}),
-        lambda r: (r.message, r.status) == ("refreshed", "ok") or pytest.fail(),
-    ),
+    "refreshOAuthTokens": echo(200, {"message": "refreshed", "status": "ok"}),
     "streamEvents": Answer(
         sse_reply(sse(("connected", {"sessionId": ODD}), ("content", {"content": "Hi"}))),
         _check_stream,
@@ -894,7 +727,7 @@ async def test_request_building(op_id: str, i: int, upload_dir: Path) -> None:
 
 @pytest.mark.parametrize("op_id", sorted(CALLS))
 async def test_operation_on_the_wire(
-    op_id: str, server: ScriptedFake, client: AsyncMix, upload_dir: Path
+    op_id: str, server: Scripted, client: AsyncMix, upload_dir: Path
 ) -> None:
     """Each operation over real HTTP: the route it reaches, and what it decodes."""
     call, answer, op = CALLS[op_id](0), REPLIES[op_id], SPEC_OPERATIONS[op_id]
@@ -956,9 +789,9 @@ def test_user_agent_names_the_version() -> None:
     ],
 )
 async def test_only_passed_fields_are_sent(
-    server: ScriptedFake, client: AsyncMix, call: Any, body: Any
+    server: Scripted, client: AsyncMix, call: Any, body: Any
 ) -> None:
-    server.default = Reply(200, SESSION_JSON)
+    server.on("/*", Reply(200, SESSION_JSON))
     with contextlib.suppress(ResponseValidationError):
         await call(client)
     assert len(server.requests) == 1
@@ -982,10 +815,8 @@ async def test_only_passed_fields_are_sent(
         (lambda c: c.get_session_file("s", "f"), "/api/sessions/s/files/f"),
     ],
 )
-async def test_query_strings(
-    server: ScriptedFake, client: AsyncMix, call: Any, raw_path: str
-) -> None:
-    server.default = Reply(200, [])
+async def test_query_strings(server: Scripted, client: AsyncMix, call: Any, raw_path: str) -> None:
+    server.on("/*", Reply(200, []))
     await call(client)
     assert [r.raw_path for r in server.requests] == [raw_path]
 
@@ -1010,7 +841,7 @@ async def test_query_strings(
     ],
 )
 async def test_invalid_arguments_send_nothing(
-    server: ScriptedFake, client: AsyncMix, call: Any
+    server: Scripted, client: AsyncMix, call: Any
 ) -> None:
     with pytest.raises(InvalidInputError):
         await call(client)
@@ -1040,9 +871,9 @@ WEIRD = [
 
 @pytest.mark.parametrize(("value", "encoded"), WEIRD)
 async def test_path_parameter_is_one_intact_segment(
-    server: ScriptedFake, client: AsyncMix, value: str, encoded: str
+    server: Scripted, client: AsyncMix, value: str, encoded: str
 ) -> None:
-    server.default = Reply(200, {**SESSION_JSON, "id": value})
+    server.on("/*", Reply(200, {**SESSION_JSON, "id": value}))
     session = await client.get_session(value)
     assert session.id == value
     rec = server.requests[0]
@@ -1053,9 +884,9 @@ async def test_path_parameter_is_one_intact_segment(
 
 @pytest.mark.parametrize(("value", "encoded"), WEIRD)
 async def test_file_name_and_id_are_intact_segments(
-    server: ScriptedFake, client: AsyncMix, value: str, encoded: str
+    server: Scripted, client: AsyncMix, value: str, encoded: str
 ) -> None:
-    server.default = Reply(204)
+    server.on("/*", Reply(204))
     await client.delete_session_file(value, value + "x")
     rec = server.requests[0]
     assert rec.raw_path == f"/api/sessions/{encoded}/files/{encoded}x"
@@ -1063,8 +894,8 @@ async def test_file_name_and_id_are_intact_segments(
     assert rec.match == {"id": value, "filename": value + "x"}
 
 
-async def test_stream_session_id_query_is_encoded(server: ScriptedFake, client: AsyncMix) -> None:
-    server.default = sse_reply(sse(("connected", {"sessionId": "a&b=c #é"})))
+async def test_stream_session_id_query_is_encoded(server: Scripted, client: AsyncMix) -> None:
+    server.on("/*", sse_reply(sse(("connected", {"sessionId": "a&b=c #é"}))))
     async with client.stream_events("a&b=c #é", reconnect=False) as events:
         got = [e async for e in events]
     assert len(got) == 1
@@ -1077,7 +908,7 @@ async def test_stream_session_id_query_is_encoded(server: ScriptedFake, client: 
 # ---------------------------------------------------------------------------
 
 
-async def test_error_type_outside_the_enum(server: ScriptedFake, client: AsyncMix) -> None:
+async def test_error_type_outside_the_enum(server: Scripted, client: AsyncMix) -> None:
     server.reply(
         Reply(
             400,
@@ -1089,14 +920,14 @@ async def test_error_type_outside_the_enum(server: ScriptedFake, client: AsyncMi
     assert info.value.error == RESTError(code=400, message="bad provider", type="INVALID_PROVIDER")
 
 
-async def test_session_type_forked(server: ScriptedFake, client: AsyncMix) -> None:
+async def test_session_type_forked(server: Scripted, client: AsyncMix) -> None:
     server.reply(Reply(200, {**SESSION_JSON, "sessionType": "forked", "browserMode": "new-mode"}))
     session = await client.get_session("s1")
     assert session.session_type == "forked"
     assert session.browser_mode == "new-mode"
 
 
-async def test_cancel_reply_of_the_real_server(server: ScriptedFake, client: AsyncMix) -> None:
+async def test_cancel_reply_of_the_real_server(server: Scripted, client: AsyncMix) -> None:
     server.reply(Reply(200, {"status": "cancelled", "sessionId": "s1"}))
     result = await client.cancel_session_processing("s1")
     assert (result.status, result.session_id, result.cancelled) == ("cancelled", "s1", None)
@@ -1104,7 +935,7 @@ async def test_cancel_reply_of_the_real_server(server: ScriptedFake, client: Asy
 
 @pytest.mark.parametrize("verb", ["grant", "deny"])
 async def test_permission_reply_of_the_real_server(
-    server: ScriptedFake, client: AsyncMix, verb: str
+    server: Scripted, client: AsyncMix, verb: str
 ) -> None:
     server.reply(Reply(200, {"status": verb + "ed", "id": "p1", "message": "done"}))
     method = client.grant_permission if verb == "grant" else client.deny_permission
@@ -1113,9 +944,7 @@ async def test_permission_reply_of_the_real_server(
     assert (result.granted, result.denied) == (None, None)
 
 
-async def test_slash_command_answers_200_with_a_message(
-    server: ScriptedFake, client: AsyncMix
-) -> None:
+async def test_slash_command_answers_200_with_a_message(server: Scripted, client: AsyncMix) -> None:
     server.reply(Reply(200, {**MESSAGE_JSON, "userInput": "/help", "assistantResponse": "Help!"}))
     result = await client.send_message("s1", text="/help")
     assert result.status == "completed"
@@ -1126,13 +955,13 @@ async def test_slash_command_answers_200_with_a_message(
 
 
 async def test_messages_of_unknown_session_is_empty_list(
-    server: ScriptedFake, client: AsyncMix
+    server: Scripted, client: AsyncMix
 ) -> None:
     server.reply(Reply(200, []))
     assert await client.get_session_messages("nope") == []
 
 
-async def test_unknown_extra_fields_are_ignored(server: ScriptedFake, client: AsyncMix) -> None:
+async def test_unknown_extra_fields_are_ignored(server: Scripted, client: AsyncMix) -> None:
     server.reply(
         Reply(200, {**SESSION_JSON, "brandNew": {"x": [1, 2]}, "workingDirectory": "/w"}),
         Reply(200, [{**MESSAGE_JSON, "extra": 1, "toolCalls": [{"id": "t", "newField": True}]}]),
@@ -1143,7 +972,7 @@ async def test_unknown_extra_fields_are_ignored(server: ScriptedFake, client: As
     assert messages[0].tool_calls[0].id == "t"
 
 
-async def test_missing_optional_fields_default(server: ScriptedFake, client: AsyncMix) -> None:
+async def test_missing_optional_fields_default(server: Scripted, client: AsyncMix) -> None:
     server.reply(Reply(200, {"id": "s1"}), Reply(200, {}))
     session = await client.get_session("s1")
     assert (session.id, session.title, session.session_type, session.cost) == ("s1", "", "", 0.0)
@@ -1152,21 +981,21 @@ async def test_missing_optional_fields_default(server: ScriptedFake, client: Asy
     assert (health.status, health.version) == (None, None)
 
 
-async def test_204_gives_none(server: ScriptedFake, client: AsyncMix) -> None:
+async def test_204_gives_none(server: Scripted, client: AsyncMix) -> None:
     server.reply(Reply(204), Reply(204), Reply(204))
     assert await client.delete_session("s1") is None
     assert await client.delete_session_file("s1", "f.txt") is None
     assert await client.respond_to_notification("n1", type="text", value="v") is None
 
 
-async def test_json_escapes_are_decoded(server: ScriptedFake, client: AsyncMix) -> None:
+async def test_json_escapes_are_decoded(server: Scripted, client: AsyncMix) -> None:
     server.reply(Reply(200, body=b'{"id":"s1","title":"\\u003cb\\u003e \\u0026"}'))
     session = await client.get_session("s1")
     assert session.title == "<b> &"
 
 
 async def test_reasoning_duration_in_seconds_still_decodes(
-    server: ScriptedFake, client: AsyncMix
+    server: Scripted, client: AsyncMix
 ) -> None:
     server.reply(Reply(200, [{**MESSAGE_JSON, "reasoningDuration": 3}]))
     messages = await client.get_session_messages("s1")
@@ -1197,7 +1026,7 @@ STATUS_CLASSES = [
 
 @pytest.mark.parametrize(("status", "cls"), STATUS_CLASSES)
 async def test_status_maps_to_error_class(
-    server: ScriptedFake, client: AsyncMix, status: int, cls: type[APIStatusError]
+    server: Scripted, client: AsyncMix, status: int, cls: type[APIStatusError]
 ) -> None:
     body = {"error": {"code": status, "message": f"boom {status}", "type": "SOME_TYPE"}}
     server.reply(Reply(status, body, headers={"X-Request-Id": "r-1"}))
@@ -1223,7 +1052,7 @@ async def test_status_maps_to_error_class(
     assert len(server.requests) == 1
 
 
-async def test_post_error_names_post(server: ScriptedFake, client: AsyncMix) -> None:
+async def test_post_error_names_post(server: Scripted, client: AsyncMix) -> None:
     server.reply(
         Reply(422, {"error": {"code": 422, "message": "Validation error for field 'title'"}})
     )
@@ -1236,7 +1065,7 @@ async def test_post_error_names_post(server: ScriptedFake, client: AsyncMix) -> 
     assert info.value.error.type == ""
 
 
-async def test_non_json_error_body(server: ScriptedFake, client: AsyncMix) -> None:
+async def test_non_json_error_body(server: Scripted, client: AsyncMix) -> None:
     server.reply(Reply(404, body=b"<html>no such page</html>", content_type="text/html"))
     with pytest.raises(NotFoundError) as info:
         await client.get_tools_status()
@@ -1248,9 +1077,7 @@ async def test_non_json_error_body(server: ScriptedFake, client: AsyncMix) -> No
     assert "404" in str(err)
 
 
-async def test_multiline_server_message_stays_one_line(
-    server: ScriptedFake, client: AsyncMix
-) -> None:
+async def test_multiline_server_message_stays_one_line(server: Scripted, client: AsyncMix) -> None:
     server.reply(
         Reply(400, {"error": {"code": 400, "message": "bad\nthing\r\n here", "type": "x"}})
     )
@@ -1261,7 +1088,7 @@ async def test_multiline_server_message_stays_one_line(
     assert info.value.error.message == "bad\nthing\r\n here"
 
 
-async def test_error_with_unknown_json_shape(server: ScriptedFake, client: AsyncMix) -> None:
+async def test_error_with_unknown_json_shape(server: Scripted, client: AsyncMix) -> None:
     server.reply(Reply(400, {"message": "plain"}))
     with pytest.raises(BadRequestError) as info:
         await client.get_command("x")
@@ -1303,7 +1130,7 @@ def test_error_hierarchy() -> None:
     ],
 )
 async def test_2xx_body_not_matching_the_schema(
-    server: ScriptedFake, client: AsyncMix, body: bytes, cause: type[Exception]
+    server: Scripted, client: AsyncMix, body: bytes, cause: type[Exception]
 ) -> None:
     server.reply(Reply(200, body=body))
     with pytest.raises(ResponseValidationError) as info:
@@ -1333,7 +1160,7 @@ async def test_connection_refused(clock: Clock) -> None:
     assert len(clock.delays) == 2  # the default two retries
 
 
-async def test_no_answer_within_timeout(server: ScriptedFake, client: AsyncMix) -> None:
+async def test_no_answer_within_timeout(server: Scripted, client: AsyncMix) -> None:
     server.reply(HANG)
     with pytest.raises(APITimeoutError) as info:
         await client.get_session("s1", timeout=0.2, max_retries=0)
@@ -1342,9 +1169,7 @@ async def test_no_answer_within_timeout(server: ScriptedFake, client: AsyncMix) 
     assert len(server.requests) == 1
 
 
-async def test_timeout_is_retried_for_get(
-    server: ScriptedFake, client: AsyncMix, clock: Clock
-) -> None:
+async def test_timeout_is_retried_for_get(server: Scripted, client: AsyncMix, clock: Clock) -> None:
     server.reply(HANG, Reply(200, SESSION_JSON))
     # No total limit (a total covers the whole call): only this attempt's read times out.
     check_session(await client.get_session("s1", timeout=aiohttp.ClientTimeout(sock_read=0.2)))
@@ -1352,7 +1177,7 @@ async def test_timeout_is_retried_for_get(
     assert len(clock.delays) == 1
 
 
-async def test_invalid_timeout_value(client: AsyncMix, server: ScriptedFake) -> None:
+async def test_invalid_timeout_value(client: AsyncMix, server: Scripted) -> None:
     for bad in (0, -1, "5", True):
         with pytest.raises(InvalidInputError):
             await client.health_check(timeout=bad)  # type: ignore[arg-type]
@@ -1365,9 +1190,9 @@ async def test_invalid_timeout_value(client: AsyncMix, server: ScriptedFake) -> 
 
 
 async def test_get_503_retried_twice_by_default(
-    server: ScriptedFake, client: AsyncMix, clock: Clock
+    server: Scripted, client: AsyncMix, clock: Clock
 ) -> None:
-    server.default = Reply(503, {"error": {"code": 503, "message": "busy"}})
+    server.on("/*", Reply(503, {"error": {"code": 503, "message": "busy"}}))
     with pytest.raises(InternalServerError) as info:
         await client.get_session("s1")
     assert info.value.status_code == 503
@@ -1376,7 +1201,7 @@ async def test_get_503_retried_twice_by_default(
 
 
 async def test_get_recovers_after_failures(
-    server: ScriptedFake, client: AsyncMix, clock: Clock
+    server: Scripted, client: AsyncMix, clock: Clock
 ) -> None:
     server.reply(Reply(503), Reply(503), Reply(200, SESSION_JSON))
     check_session(await client.get_session("s1"))
@@ -1384,18 +1209,16 @@ async def test_get_recovers_after_failures(
     assert all(r.raw_path == "/api/sessions/s1" for r in server.requests)
 
 
-async def test_max_retries_zero_per_call(
-    server: ScriptedFake, client: AsyncMix, clock: Clock
-) -> None:
-    server.default = Reply(503)
+async def test_max_retries_zero_per_call(server: Scripted, client: AsyncMix, clock: Clock) -> None:
+    server.on("/*", Reply(503))
     with pytest.raises(InternalServerError):
         await client.get_session("s1", max_retries=0)
     assert len(server.requests) == 1
     assert clock.delays == []
 
 
-async def test_max_retries_per_client(server: ScriptedFake, clock: Clock) -> None:
-    server.default = Reply(503)
+async def test_max_retries_per_client(server: Scripted, clock: Clock) -> None:
+    server.on("/*", Reply(503))
     async with AsyncMix(server.url, max_retries=0) as c:
         with pytest.raises(InternalServerError):
             await c.get_session("s1")
@@ -1410,7 +1233,7 @@ async def test_max_retries_per_client(server: ScriptedFake, clock: Clock) -> Non
     assert len(server.requests) == 3 + 5
 
 
-async def test_negative_max_retries_rejected(server: ScriptedFake) -> None:
+async def test_negative_max_retries_rejected(server: Scripted) -> None:
     with pytest.raises(InvalidInputError):
         AsyncMix(server.url, max_retries=-1)
     async with AsyncMix(server.url) as c:
@@ -1421,7 +1244,7 @@ async def test_negative_max_retries_rejected(server: ScriptedFake) -> None:
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504, 408, 429])
 async def test_get_retried_on_status(
-    server: ScriptedFake, client: AsyncMix, clock: Clock, status: int
+    server: Scripted, client: AsyncMix, clock: Clock, status: int
 ) -> None:
     server.reply(Reply(status), Reply(200, [SESSION_JSON]))
     sessions = await client.list_sessions()
@@ -1432,9 +1255,9 @@ async def test_get_retried_on_status(
 
 @pytest.mark.parametrize("status", [400, 401, 404, 413, 422, 418])
 async def test_get_not_retried_on_client_errors(
-    server: ScriptedFake, client: AsyncMix, clock: Clock, status: int
+    server: Scripted, client: AsyncMix, clock: Clock, status: int
 ) -> None:
-    server.default = Reply(status)
+    server.on("/*", Reply(status))
     with pytest.raises(APIStatusError):
         await client.list_sessions()
     assert len(server.requests) == 1
@@ -1442,7 +1265,7 @@ async def test_get_not_retried_on_client_errors(
 
 
 async def test_get_retried_on_dropped_connection(
-    server: ScriptedFake, client: AsyncMix, clock: Clock
+    server: Scripted, client: AsyncMix, clock: Clock
 ) -> None:
     # aiohttp itself resends an idempotent request once on a dropped connection; the
     # second drop reaches the client, which retries after a backoff delay.
@@ -1452,7 +1275,7 @@ async def test_get_retried_on_dropped_connection(
     assert len(clock.delays) == 1
 
 
-async def test_delete_is_retried_too(server: ScriptedFake, client: AsyncMix, clock: Clock) -> None:
+async def test_delete_is_retried_too(server: Scripted, client: AsyncMix, clock: Clock) -> None:
     server.reply(Reply(502), Reply(204))
     assert await client.delete_session("s1") is None
     assert [r.method for r in server.requests] == ["DELETE", "DELETE"]
@@ -1460,7 +1283,7 @@ async def test_delete_is_retried_too(server: ScriptedFake, client: AsyncMix, clo
 
 @pytest.mark.parametrize("status", [429, 503])
 async def test_post_retried_on_429_and_503(
-    server: ScriptedFake, client: AsyncMix, clock: Clock, status: int
+    server: Scripted, client: AsyncMix, clock: Clock, status: int
 ) -> None:
     server.reply(Reply(status), Reply(202, {"status": "processing", "sessionId": "s1"}))
     result = await client.send_message("s1", text="hi")
@@ -1471,9 +1294,9 @@ async def test_post_retried_on_429_and_503(
 
 @pytest.mark.parametrize("status", [500, 502, 504, 408])
 async def test_post_not_retried_on_other_5xx(
-    server: ScriptedFake, client: AsyncMix, clock: Clock, status: int
+    server: Scripted, client: AsyncMix, clock: Clock, status: int
 ) -> None:
-    server.default = Reply(status)
+    server.on("/*", Reply(status))
     with pytest.raises(APIStatusError) as info:
         await client.send_message("s1", text="hi")
     assert info.value.status_code == status
@@ -1482,7 +1305,7 @@ async def test_post_not_retried_on_other_5xx(
 
 
 async def test_post_not_retried_after_dropped_connection(
-    server: ScriptedFake, client: AsyncMix, clock: Clock
+    server: Scripted, client: AsyncMix, clock: Clock
 ) -> None:
     server.reply(DROP, Reply(202, {"status": "processing", "sessionId": "s1"}))
     with pytest.raises(APIConnectionError) as info:
@@ -1507,13 +1330,13 @@ async def test_connection_errors_not_retried_when_disabled(clock: Clock) -> None
     assert clock.delays == []
 
 
-async def test_retry_after_seconds(server: ScriptedFake, client: AsyncMix, clock: Clock) -> None:
+async def test_retry_after_seconds(server: Scripted, client: AsyncMix, clock: Clock) -> None:
     server.reply(Reply(429, headers={"Retry-After": "7"}), Reply(200, {"status": "ok"}))
     assert (await client.health_check()).status == "ok"
     assert clock.delays == [7.0]
 
 
-async def test_retry_after_http_date(server: ScriptedFake, client: AsyncMix, clock: Clock) -> None:
+async def test_retry_after_http_date(server: Scripted, client: AsyncMix, clock: Clock) -> None:
     date = email.utils.formatdate(NOW + 9, usegmt=True)
     server.reply(Reply(503, headers={"Retry-After": date}), Reply(200, {"status": "ok"}))
     assert (await client.health_check()).status == "ok"
@@ -1521,7 +1344,7 @@ async def test_retry_after_http_date(server: ScriptedFake, client: AsyncMix, clo
 
 
 async def test_retry_after_in_the_past_is_zero(
-    server: ScriptedFake, client: AsyncMix, clock: Clock
+    server: Scripted, client: AsyncMix, clock: Clock
 ) -> None:
     date = email.utils.formatdate(NOW - 100, usegmt=True)
     server.reply(Reply(503, headers={"Retry-After": date}), Reply(200, {"status": "ok"}))
@@ -1531,21 +1354,21 @@ async def test_retry_after_in_the_past_is_zero(
 
 @pytest.mark.parametrize("value", ["3600", "120.5"])
 async def test_retry_after_is_capped_at_60s(
-    server: ScriptedFake, client: AsyncMix, clock: Clock, value: str
+    server: Scripted, client: AsyncMix, clock: Clock, value: str
 ) -> None:
     server.reply(Reply(429, headers={"Retry-After": value}), Reply(200, {"status": "ok"}))
     await client.health_check(timeout=None)  # no total limit: a 60 s wait fits
     assert clock.delays == [60.0]
 
 
-async def test_retry_after_on_post(server: ScriptedFake, client: AsyncMix, clock: Clock) -> None:
+async def test_retry_after_on_post(server: Scripted, client: AsyncMix, clock: Clock) -> None:
     server.reply(Reply(429, headers={"Retry-After": "2"}), Reply(202, {"status": "processing"}))
     await client.send_message("s1", text="hi")
     assert clock.delays == [2.0]
 
 
 async def test_unparsable_retry_after_falls_back_to_backoff(
-    server: ScriptedFake, client: AsyncMix, clock: Clock
+    server: Scripted, client: AsyncMix, clock: Clock
 ) -> None:
     server.reply(Reply(503, headers={"Retry-After": "soon"}), Reply(200, {"status": "ok"}))
     await client.health_check()
@@ -1554,9 +1377,9 @@ async def test_unparsable_retry_after_falls_back_to_backoff(
 
 
 async def test_exponential_backoff_with_jitter(
-    server: ScriptedFake, client: AsyncMix, clock: Clock
+    server: Scripted, client: AsyncMix, clock: Clock
 ) -> None:
-    server.default = Reply(503)
+    server.on("/*", Reply(503))
     with pytest.raises(InternalServerError):
         await client.get_session("s1", max_retries=7)
     assert len(server.requests) == 8
@@ -1567,10 +1390,10 @@ async def test_exponential_backoff_with_jitter(
     assert any(d < b for d, b in zip(clock.delays, bases, strict=True))  # jittered
 
 
-async def test_backoff_strategy_values_are_used(server: ScriptedFake, clock: Clock) -> None:
+async def test_backoff_strategy_values_are_used(server: Scripted, clock: Clock) -> None:
     clock.random = 0.0
     config = RetryConfig("backoff", BackoffStrategy(100, 1000, 3.0, 0), True)
-    server.default = Reply(503)
+    server.on("/*", Reply(503))
     async with AsyncMix(server.url, retry_config=config, max_retries=4) as c:
         with pytest.raises(InternalServerError):
             await c.health_check()
@@ -1578,11 +1401,11 @@ async def test_backoff_strategy_values_are_used(server: ScriptedFake, clock: Clo
 
 
 async def test_per_call_max_retries_keeps_the_client_backoff(
-    server: ScriptedFake, clock: Clock
+    server: Scripted, clock: Clock
 ) -> None:
     clock.random = 0.0
     config = RetryConfig("backoff", BackoffStrategy(100, 100, 1.0, 0), True)
-    server.default = Reply(503)
+    server.on("/*", Reply(503))
     async with AsyncMix(server.url, retry_config=config) as c:
         with pytest.raises(InternalServerError):
             await c.health_check(max_retries=3)
@@ -1597,8 +1420,8 @@ async def test_per_call_max_retries_keeps_the_client_backoff(
     assert len(server.requests) == 4 + 2 + 2
 
 
-async def test_retry_config_none_disables(server: ScriptedFake, clock: Clock) -> None:
-    server.default = Reply(503)
+async def test_retry_config_none_disables(server: Scripted, clock: Clock) -> None:
+    server.on("/*", Reply(503))
     async with AsyncMix(server.url) as c:
         with pytest.raises(InternalServerError):
             await c.get_session("s1", retry_config=RetryConfig("none"))
@@ -1610,10 +1433,10 @@ async def test_retry_config_none_disables(server: ScriptedFake, clock: Clock) ->
     assert clock.delays == []
 
 
-async def test_max_elapsed_time_stops_retrying(server: ScriptedFake, clock: Clock) -> None:
+async def test_max_elapsed_time_stops_retrying(server: Scripted, clock: Clock) -> None:
     clock.random = 0.0  # no jitter: every delay is exactly 1 s
     config = RetryConfig("backoff", BackoffStrategy(1000, 1000, 1.0, 2500), True)
-    server.default = Reply(503)
+    server.on("/*", Reply(503))
     async with AsyncMix(server.url, retry_config=config) as c:
         with pytest.raises(InternalServerError):
             await c.health_check()
@@ -1622,7 +1445,7 @@ async def test_max_elapsed_time_stops_retrying(server: ScriptedFake, clock: Cloc
     assert len(server.requests) == 3
 
 
-async def test_tiny_real_backoff(server: ScriptedFake) -> None:
+async def test_tiny_real_backoff(server: Scripted) -> None:
     config = RetryConfig("backoff", BackoffStrategy(1, 5, 2.0, 10_000), True)
     server.reply(Reply(503), Reply(503), Reply(503), Reply(200, {"status": "ok"}))
     async with AsyncMix(server.url, retry_config=config) as c:
@@ -1631,13 +1454,13 @@ async def test_tiny_real_backoff(server: ScriptedFake) -> None:
 
 
 async def test_async_iterator_upload_never_retried(
-    server: ScriptedFake, client: AsyncMix, clock: Clock
+    server: Scripted, client: AsyncMix, clock: Clock
 ) -> None:
     async def chunks() -> AsyncIterator[bytes]:
         yield b"abc"
         yield b"def"
 
-    server.default = Reply(503)
+    server.on("/*", Reply(503))
     with pytest.raises(InternalServerError):
         await client.upload_session_file("s1", chunks(), filename="x.bin")
     assert len(server.requests) == 1
@@ -1647,7 +1470,7 @@ async def test_async_iterator_upload_never_retried(
 
 
 async def test_path_upload_replayed_whole_on_retry(
-    server: ScriptedFake, client: AsyncMix, clock: Clock, tmp_path: Path
+    server: Scripted, client: AsyncMix, clock: Clock, tmp_path: Path
 ) -> None:
     path = tmp_path / "data.bin"
     content = os.urandom(600_000)
@@ -1663,7 +1486,7 @@ async def test_path_upload_replayed_whole_on_retry(
 
 
 async def test_seekable_file_upload_replayed_from_its_position(
-    server: ScriptedFake, client: AsyncMix, clock: Clock
+    server: Scripted, client: AsyncMix, clock: Clock
 ) -> None:
     f = io.BytesIO(b"SKIPpayload")
     f.seek(4)
@@ -1696,9 +1519,9 @@ def spy_timeouts(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 
 
 async def test_default_timeouts(
-    server: ScriptedFake, client: AsyncMix, spy_timeouts: list[Any]
+    server: Scripted, client: AsyncMix, spy_timeouts: list[Any]
 ) -> None:
-    server.default = Reply(200, {})
+    server.on("/*", Reply(200, {}))
     await client.health_check()
     assert spy_timeouts == [aiohttp.ClientTimeout(total=60, connect=5)]
     await client.health_check(timeout=3)
@@ -1706,13 +1529,13 @@ async def test_default_timeouts(
     custom = aiohttp.ClientTimeout(total=11, sock_read=2)
     await client.health_check(timeout=custom)
     assert spy_timeouts[-1] == custom
-    server.default = Reply(200, body=b"x")
+    server.on("/*", Reply(200, body=b"x"))
     await client.get_session_file("s", "f")
     # transfers have no total limit, only a connect and a no-progress limit
     assert spy_timeouts[-1] == aiohttp.ClientTimeout(total=None, connect=5, sock_read=60)
 
 
-async def test_client_timeout_setting(server: ScriptedFake, spy_timeouts: list[Any]) -> None:
+async def test_client_timeout_setting(server: Scripted, spy_timeouts: list[Any]) -> None:
     async with AsyncMix(server.url, timeout=7) as c:
         await c.health_check()
         assert spy_timeouts[-1].total == 7
@@ -1723,7 +1546,7 @@ async def test_client_timeout_setting(server: ScriptedFake, spy_timeouts: list[A
         assert spy_timeouts[-1].total is None
 
 
-async def test_per_call_timeout_overrides(server: ScriptedFake) -> None:
+async def test_per_call_timeout_overrides(server: Scripted) -> None:
     server.reply(HANG)
     async with AsyncMix(server.url, timeout=30) as c:
         with pytest.raises(APITimeoutError):
@@ -1731,7 +1554,7 @@ async def test_per_call_timeout_overrides(server: ScriptedFake) -> None:
 
 
 async def test_user_session_keeps_its_settings_and_stays_open(
-    server: ScriptedFake,
+    server: Scripted,
 ) -> None:
     session = aiohttp.ClientSession(
         headers={"X-Mine": "yes"}, timeout=aiohttp.ClientTimeout(total=0.3)
@@ -1755,12 +1578,12 @@ async def test_user_session_keeps_its_settings_and_stays_open(
         await session.close()
 
 
-async def test_user_session_json_headers(server: ScriptedFake) -> None:
+async def test_user_session_json_headers(server: Scripted) -> None:
     async with (
         aiohttp.ClientSession() as session,
         AsyncMix(server.url, session=session, headers={"X-Client": "1"}) as c,
     ):
-        server.default = Reply(200, {})
+        server.on("/*", Reply(200, {}))
         await c.store_api_key(api_key="k", provider="openai")
         await c.health_check()
     post, get = server.requests
@@ -1771,7 +1594,7 @@ async def test_user_session_json_headers(server: ScriptedFake) -> None:
     assert "Content-Type" not in get.headers
 
 
-async def test_own_session_is_closed(server: ScriptedFake) -> None:
+async def test_own_session_is_closed(server: Scripted) -> None:
     c = AsyncMix(server.url)
     await c.health_check()
     with pytest.raises(asyncio.TimeoutError):  # the pool keeps its connection open
@@ -1783,7 +1606,7 @@ async def test_own_session_is_closed(server: ScriptedFake) -> None:
     await asyncio.to_thread(server.wait_connections_closed)
 
 
-async def test_closed_client_refuses_calls(server: ScriptedFake) -> None:
+async def test_closed_client_refuses_calls(server: Scripted) -> None:
     async with AsyncMix(server.url) as c:
         await c.health_check()
     with pytest.raises(MixError):
@@ -1805,7 +1628,7 @@ class Part:
 
 
 @pytest.fixture
-def upload_server(server: ScriptedFake) -> tuple[ScriptedFake, list[Part]]:
+def upload_server(server: Scripted) -> tuple[Scripted, list[Part]]:
     parts: list[Part] = []
 
     async def handler(request: web.Request) -> web.StreamResponse:
@@ -1826,12 +1649,12 @@ def upload_server(server: ScriptedFake) -> tuple[ScriptedFake, list[Part]]:
             {"name": last.filename, "size": len(last.data), "isDir": False}, status=201
         )
 
-    server.handler = handler
+    server.on("/*", handler, read_body=False)
     return server, parts
 
 
 async def test_upload_from_path(
-    upload_server: tuple[ScriptedFake, list[Part]], client: AsyncMix, tmp_path: Path
+    upload_server: tuple[Scripted, list[Part]], client: AsyncMix, tmp_path: Path
 ) -> None:
     server, parts = upload_server
     content = bytes(range(256)) * 10
@@ -1850,7 +1673,7 @@ async def test_upload_from_path(
 
 
 async def test_upload_open_binary_file(
-    upload_server: tuple[ScriptedFake, list[Part]], client: AsyncMix, tmp_path: Path
+    upload_server: tuple[Scripted, list[Part]], client: AsyncMix, tmp_path: Path
 ) -> None:
     _server, parts = upload_server
     path = tmp_path / "photo.png"
@@ -1861,7 +1684,7 @@ async def test_upload_open_binary_file(
 
 
 async def test_upload_bytes_needs_filename(
-    upload_server: tuple[ScriptedFake, list[Part]], client: AsyncMix
+    upload_server: tuple[Scripted, list[Part]], client: AsyncMix
 ) -> None:
     _server, parts = upload_server
     data = bytes(range(255, -1, -1))  # not UTF-8
@@ -1876,7 +1699,7 @@ async def test_upload_bytes_needs_filename(
 
 
 async def test_upload_async_iterator(
-    upload_server: tuple[ScriptedFake, list[Part]], client: AsyncMix
+    upload_server: tuple[Scripted, list[Part]], client: AsyncMix
 ) -> None:
     _server, parts = upload_server
 
@@ -1895,7 +1718,7 @@ async def test_upload_async_iterator(
 
 
 async def test_upload_original_sdk_dict_form(
-    upload_server: tuple[ScriptedFake, list[Part]], client: AsyncMix
+    upload_server: tuple[Scripted, list[Part]], client: AsyncMix
 ) -> None:
     _server, parts = upload_server
     await client.upload_session_file("s1", {"file_name": "pic.png", "content": b"\x00\x01"})
@@ -1909,7 +1732,7 @@ async def test_upload_original_sdk_dict_form(
 
 
 async def test_upload_content_type_and_filename_override(
-    upload_server: tuple[ScriptedFake, list[Part]], client: AsyncMix, tmp_path: Path
+    upload_server: tuple[Scripted, list[Part]], client: AsyncMix, tmp_path: Path
 ) -> None:
     _server, parts = upload_server
     path = tmp_path / "a.txt"
@@ -1923,7 +1746,7 @@ async def test_upload_content_type_and_filename_override(
 
 
 async def test_upload_filename_with_quote(
-    upload_server: tuple[ScriptedFake, list[Part]], client: AsyncMix
+    upload_server: tuple[Scripted, list[Part]], client: AsyncMix
 ) -> None:
     _server, parts = upload_server
     await client.upload_session_file("s1", b"q", filename='say "hi".txt')
@@ -1949,7 +1772,7 @@ async def test_upload_filename_with_quote(
     ],
 )
 async def test_bad_upload_input_sends_nothing(
-    server: ScriptedFake, client: AsyncMix, tmp_path: Path, make: Any
+    server: Scripted, client: AsyncMix, tmp_path: Path, make: Any
 ) -> None:
     file, kwargs = make(tmp_path)
     with pytest.raises(InvalidInputError):
@@ -1958,11 +1781,11 @@ async def test_bad_upload_input_sends_nothing(
 
 
 async def test_upload_text_mode_file_fails(
-    server: ScriptedFake, client: AsyncMix, tmp_path: Path
+    server: Scripted, client: AsyncMix, tmp_path: Path
 ) -> None:
     path = tmp_path / "t.txt"
     path.write_text("text")
-    server.default = Reply(201, {"name": "t.txt"})
+    server.on("/*", Reply(201, {"name": "t.txt"}))
     with path.open("r") as f, pytest.raises(MixError):
         await client.upload_session_file("s1", f, max_retries=0)
 
@@ -1984,7 +1807,7 @@ BIG = 256 << 20
 
 
 async def test_large_upload_from_path_has_constant_memory(
-    server: ScriptedFake, client: AsyncMix, tmp_path: Path
+    server: Scripted, client: AsyncMix, tmp_path: Path
 ) -> None:
     seen: dict[str, Any] = {}
 
@@ -2000,7 +1823,7 @@ async def test_large_upload_from_path_has_constant_memory(
         seen["head"] = head
         return web.json_response({"name": "big.bin", "size": total}, status=201)
 
-    server.handler = handler
+    server.on("/*", handler, read_body=False)
     small = tmp_path / "warm.bin"
     small.write_bytes(b"w" * 1_000_000)
     await client.upload_session_file("s1", small)  # warm up: pools, imports, buffers
@@ -2021,7 +1844,7 @@ async def test_large_upload_from_path_has_constant_memory(
     assert growth_mib < 16, f"peak RSS grew by {growth_mib:.1f} MiB"
 
 
-async def test_get_session_file_exact_bytes(server: ScriptedFake, client: AsyncMix) -> None:
+async def test_get_session_file_exact_bytes(server: Scripted, client: AsyncMix) -> None:
     data = bytes(range(256)) * 4099
     server.reply(Reply(200, body=data, content_type="application/octet-stream"))
     assert await client.get_session_file("s1", "f.bin") == data
@@ -2040,7 +1863,7 @@ async def test_get_session_file_exact_bytes(server: ScriptedFake, client: AsyncM
     assert await client.get_session_file("s1", "empty.png") == b""
 
 
-async def test_get_session_file_errors(server: ScriptedFake, client: AsyncMix) -> None:
+async def test_get_session_file_errors(server: Scripted, client: AsyncMix) -> None:
     server.reply(Reply(404, {"error": {"code": 404, "message": "file not found"}}))
     with pytest.raises(NotFoundError) as info:
         await client.get_session_file("s1", "nope.txt")
@@ -2078,13 +1901,13 @@ def _stream_handler(
 
 
 async def test_download_large_file_to_path_with_constant_memory(
-    server: ScriptedFake, client: AsyncMix, tmp_path: Path
+    server: Scripted, client: AsyncMix, tmp_path: Path
 ) -> None:
-    server.handler = _stream_handler(4 << 20)
+    server.on("/*", _stream_handler(4 << 20), read_body=False)
     dest = tmp_path / "warm.bin"
     assert await client.download_session_file("s1", "warm.bin", dest) == 4 << 20  # warm up
 
-    server.handler = _stream_handler(BIG)
+    server.on("/*", _stream_handler(BIG), read_body=False)
     dest = tmp_path / "big.bin"
     rss_before = _status_kib("VmRSS")
     _reset_peak_rss()
@@ -2102,17 +1925,15 @@ async def test_download_large_file_to_path_with_constant_memory(
     assert server.requests[-1].raw_path == "/api/sessions/s1/files/big.bin"
 
 
-async def test_download_into_directory(
-    server: ScriptedFake, client: AsyncMix, tmp_path: Path
-) -> None:
-    server.default = Reply(200, body=b"content")
+async def test_download_into_directory(server: Scripted, client: AsyncMix, tmp_path: Path) -> None:
+    server.on("/*", Reply(200, body=b"content"))
     assert await client.download_session_file("s1", "x y.txt", tmp_path) == 7
     assert (tmp_path / "x y.txt").read_bytes() == b"content"
 
 
-async def test_iter_session_file_yields_chunks(server: ScriptedFake, client: AsyncMix) -> None:
+async def test_iter_session_file_yields_chunks(server: Scripted, client: AsyncMix) -> None:
     size = 3 * 65536 + 123
-    server.handler = _stream_handler(size, chunk=65536)
+    server.on("/*", _stream_handler(size, chunk=65536), read_body=False)
     got: list[bytes] = []
     async with client.iter_session_file("s1", "f.bin", chunk_size=65536) as chunks:
         assert chunks.content_length == size
@@ -2126,11 +1947,9 @@ async def test_iter_session_file_yields_chunks(server: ScriptedFake, client: Asy
     assert len(got) >= 4
 
 
-async def test_iter_session_file_closes_on_early_break(
-    server: ScriptedFake, client: AsyncMix
-) -> None:
+async def test_iter_session_file_closes_on_early_break(server: Scripted, client: AsyncMix) -> None:
     aborted = threading.Event()
-    server.handler = _stream_handler(1 << 30, chunk=65536, aborted=aborted)
+    server.on("/*", _stream_handler(1 << 30, chunk=65536, aborted=aborted), read_body=False)
     async with client.iter_session_file("s1", "huge.bin", chunk_size=4096) as chunks:
         async for chunk in chunks:
             assert len(chunk) <= 4096
@@ -2139,7 +1958,7 @@ async def test_iter_session_file_closes_on_early_break(
     assert await asyncio.to_thread(aborted.wait, 10)
 
 
-async def test_iter_session_file_error_status(server: ScriptedFake, client: AsyncMix) -> None:
+async def test_iter_session_file_error_status(server: Scripted, client: AsyncMix) -> None:
     server.reply(Reply(404, {"error": {"code": 404, "message": "gone"}}))
     with pytest.raises(NotFoundError):
         async with client.iter_session_file("s1", "f.bin") as chunks:
@@ -2155,11 +1974,14 @@ SECRET = "sk-ant-SECRET-0123456789"
 
 
 async def test_debug_logging_redacts_credentials(
-    server: ScriptedFake, client: AsyncMix, caplog: pytest.LogCaptureFixture
+    server: Scripted, client: AsyncMix, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="mix_client")
-    server.default = Reply(
-        200, {"message": "stored", "provider": "anthropic", "status": "ok", "api_key": SECRET}
+    server.on(
+        "/*",
+        Reply(
+            200, {"message": "stored", "provider": "anthropic", "status": "ok", "api_key": SECRET}
+        ),
     )
     await client.store_api_key(api_key=SECRET, provider="anthropic")
     await client.set_api_key(api_key=SECRET)
@@ -2187,14 +2009,14 @@ async def test_debug_logging_redacts_credentials(
 
 
 async def test_no_logging_above_debug(
-    server: ScriptedFake, client: AsyncMix, caplog: pytest.LogCaptureFixture
+    server: Scripted, client: AsyncMix, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="mix_client")
     await client.health_check()
     assert [r for r in caplog.records if r.name == "mix_client"] == []
 
 
-async def test_custom_logger(server: ScriptedFake, caplog: pytest.LogCaptureFixture) -> None:
+async def test_custom_logger(server: Scripted, caplog: pytest.LogCaptureFixture) -> None:
     logger = logging.getLogger("my.app.mix")
     caplog.set_level(logging.DEBUG, logger="my.app.mix")
     async with AsyncMix(server.url, logger=logger) as c:
@@ -2248,14 +2070,14 @@ def test_invalid_server_url(url: str) -> None:
         AsyncMix(url)
 
 
-async def test_server_url_with_prefix(server: ScriptedFake) -> None:
-    server.default = Reply(200, {"status": "ok"})
+async def test_server_url_with_prefix(server: Scripted) -> None:
+    server.on("/*", Reply(200, {"status": "ok"}))
     async with AsyncMix(server.url + "/prefix/") as c:
         await c.health_check()
     assert server.requests[0].raw_path == "/prefix/health"
 
 
-async def test_client_headers_sent_with_every_request(server: ScriptedFake) -> None:
+async def test_client_headers_sent_with_every_request(server: Scripted) -> None:
     async with AsyncMix(server.url, headers={"X-Team": "blue"}) as c:
         await c.health_check()
         await c.store_api_key(api_key="k", provider="openai", headers={"X-Call": "1"})
@@ -2267,10 +2089,10 @@ async def test_client_headers_sent_with_every_request(server: ScriptedFake) -> N
     assert "X-Call" not in first.headers
 
 
-async def test_with_options_shares_the_session(server: ScriptedFake, clock: Clock) -> None:
+async def test_with_options_shares_the_session(server: Scripted, clock: Clock) -> None:
     async with AsyncMix(server.url) as c:
         fast = c.with_options(max_retries=0, headers={"X-Opt": "1"})
-        server.default = Reply(503)
+        server.on("/*", Reply(503))
         with pytest.raises(InternalServerError):
             await fast.health_check()
         assert len(server.requests) == 1
@@ -2282,7 +2104,7 @@ async def test_with_options_shares_the_session(server: ScriptedFake, clock: Cloc
     await asyncio.to_thread(server.wait_connections_closed)  # closing c closed what fast used
 
 
-async def test_with_options_after_first_call_shares_the_session(server: ScriptedFake) -> None:
+async def test_with_options_after_first_call_shares_the_session(server: Scripted) -> None:
     async with AsyncMix(server.url) as c:
         await c.health_check()
         other = c.with_options(timeout=5)
@@ -2328,7 +2150,7 @@ def test_sync_facade_has_every_method_with_the_same_signature() -> None:
             assert sync_fn.__doc__ == async_fn.__doc__, name
 
 
-def test_sync_calls_from_a_plain_thread(server: ScriptedFake) -> None:
+def test_sync_calls_from_a_plain_thread(server: Scripted) -> None:
     server.reply(Reply(200, SESSION_JSON), Reply(404, {"error": {"code": 404, "message": "no"}}))
     with Mix(server.url) as mix:
         check_session(mix.get_session(ODD))
@@ -2344,8 +2166,8 @@ def _echo_session(request: web.Request) -> Awaitable[web.StreamResponse]:
     return reply()
 
 
-def test_sync_calls_from_many_threads(server: ScriptedFake) -> None:
-    server.default = _echo_session
+def test_sync_calls_from_many_threads(server: Scripted) -> None:
+    server.on("/*", _echo_session)
     results: dict[tuple[int, int], str] = {}
     errors: list[BaseException] = []
     with Mix(server.url) as mix:
@@ -2367,10 +2189,10 @@ def test_sync_calls_from_many_threads(server: ScriptedFake) -> None:
     assert len(server.requests) == 80
 
 
-async def test_sync_call_inside_a_running_event_loop(server: ScriptedFake) -> None:
+async def test_sync_call_inside_a_running_event_loop(server: Scripted) -> None:
     # The server runs on its own thread and loop; this loop is blocked by the call.
     asyncio.get_running_loop()
-    server.default = Reply(200, {"status": "ok", "version": "9"})
+    server.on("/*", Reply(200, {"status": "ok", "version": "9"}))
     with Mix(server.url) as mix:
         health = mix.health_check()
         assert (health.status, health.version) == ("ok", "9")
@@ -2381,7 +2203,7 @@ def loop_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t.name == "mix-client-loop" and t.is_alive()}
 
 
-def test_with_mix_closes(server: ScriptedFake) -> None:
+def test_with_mix_closes(server: Scripted) -> None:
     before = loop_threads()
     with Mix(server.url) as mix:
         mix.health_check()
@@ -2398,14 +2220,17 @@ def test_with_mix_closes(server: ScriptedFake) -> None:
     assert len(server.requests) == 1
 
 
-def test_sync_stream_iterator(server: ScriptedFake) -> None:
-    server.default = sse_reply(
-        sse(
-            ("connected", {"sessionId": "s1"}),
-            ("content", {"type": "content", "content": "Hel"}),
-            ("content", {"type": "content", "content": "lo"}),
-            ("complete", {"type": "complete", "done": True, "content": "Hello"}),
-        )
+def test_sync_stream_iterator(server: Scripted) -> None:
+    server.on(
+        "/*",
+        sse_reply(
+            sse(
+                ("connected", {"sessionId": "s1"}),
+                ("content", {"type": "content", "content": "Hel"}),
+                ("content", {"type": "content", "content": "lo"}),
+                ("complete", {"type": "complete", "done": True, "content": "Hello"}),
+            )
+        ),
     )
     with Mix(server.url) as mix:
         with mix.stream_events("s1", reconnect=False) as events:
@@ -2416,7 +2241,7 @@ def test_sync_stream_iterator(server: ScriptedFake) -> None:
             "Hello"
         )
         # iter_session_file is a plain iterator too
-        server.default = Reply(200, body=b"abcdef")
+        server.on("/*", Reply(200, body=b"abcdef"))
         with mix.iter_session_file("s1", "f.txt", chunk_size=4) as chunks:
             assert list(chunks) == [b"abcd", b"ef"]
 
@@ -2481,8 +2306,8 @@ STREAM = sse(
 )
 
 
-async def test_stream_events_typed(server: ScriptedFake, client: AsyncMix) -> None:
-    server.default = sse_reply(STREAM)
+async def test_stream_events_typed(server: Scripted, client: AsyncMix) -> None:
+    server.on("/*", sse_reply(STREAM))
     async with client.stream_events("s1", reconnect=False) as events:
         got = [e async for e in events]
     assert [type(e).__name__ for e in got] == [
@@ -2509,9 +2334,9 @@ async def test_stream_events_typed(server: ScriptedFake, client: AsyncMix) -> No
 
 
 async def test_stream_events_other_sessions_included_on_request(
-    server: ScriptedFake, client: AsyncMix
+    server: Scripted, client: AsyncMix
 ) -> None:
-    server.default = sse_reply(STREAM)
+    server.on("/*", sse_reply(STREAM))
     async with client.stream_events("s1", reconnect=False, include_other_sessions=True) as ev:
         got = [e async for e in ev]
     created = [e for e in got if isinstance(e, mix_client.SessionCreatedEvent)]
@@ -2521,8 +2346,8 @@ async def test_stream_events_other_sessions_included_on_request(
     assert len(got) == 8
 
 
-async def test_stream_events_error_status(server: ScriptedFake, client: AsyncMix) -> None:
-    server.default = Reply(404, {"error": {"code": 404, "message": "no stream"}})
+async def test_stream_events_error_status(server: Scripted, client: AsyncMix) -> None:
+    server.on("/*", Reply(404, {"error": {"code": 404, "message": "no stream"}}))
     with pytest.raises(NotFoundError):
         async with client.stream_events("s1") as events:
             async for _ in events:

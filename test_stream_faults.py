@@ -1,7 +1,7 @@
 """Stream and transport faults (issue 8: pool, reconnect, close, timeouts, SSE limits).
 
-Each test runs a small aiohttp.web server on 127.0.0.1 (port 0) whose ``/stream`` handler
-is scripted per connection, like the real Go server (``id``/``event``/``data`` frames,
+Each test runs a ``conftest.Scripted`` MixFake on 127.0.0.1 (port 0) whose ``/stream`` answers
+are scripted per connection, like the real Go server (``id``/``event``/``data`` frames,
 ``retry:`` on every frame, no replay) or like the faults met in front of it (a 200 that
 closes at once, an HTML page, a server that never answers). Every wait is bounded.
 """
@@ -9,8 +9,6 @@ closes at once, an HTML page, a server that never answers). Every wait is bounde
 from __future__ import annotations
 
 import asyncio
-import json
-import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -19,6 +17,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from conftest import HANG, WAIT, Reply, Scripted
+from conftest import frame as go_frame
 from mix_client import (
     DEFAULT_MAX_EVENT_SIZE,
     APIConnectionError,
@@ -37,122 +37,40 @@ from mix_client import (
 )
 from mix_fake import MixFake
 
-WAIT = 10.0  # bound for a condition to become true (liveness, not speed)
-
-Script = Callable[[web.Request, int], Awaitable[web.StreamResponse]]
-
 
 def frame(n: int | None, name: str, data: dict[str, Any], retry: int | None = 30000) -> bytes:
     """One frame as the Go server writes it (``retry:`` on every frame)."""
-    out = b"" if n is None else b"id: %d\n" % n
-    out += b"event: %s\ndata: %s\n" % (name.encode(), json.dumps(data).encode())
-    if retry is not None:
-        out += b"retry: %d\n" % retry
-    return out + b"\n"
+    return go_frame(n, name, data, retry)
 
 
-class ScriptedServer:
-    """Scripted routes of a MixFake; ``script(request, n)`` answers the n-th ``/stream`` (from 1)."""
+async def plain_health(request: web.Request) -> web.Response:
+    resp = web.json_response({"status": "ok"})
+    resp.set_cookie("route", "backend-7")  # e.g. a load balancer's sticky cookie
+    return resp
 
-    def __init__(self) -> None:
-        self.script: Script = self.hold
-        self.conns: list[float] = []  # loop time of each /stream request
-        self.last_event_ids: list[str | None] = []
-        self.arrived = asyncio.Event()  # set on every /stream request
-        self.open = 0  # /stream responses being written
-        self.closed_by_client = 0
-        self.plain_calls = 0
-        self.plain_delay = 0.0
-        self.plain_arrived = asyncio.Event()
-        self.url = ""
-        self.fake = MixFake()
-        for route, handler in (
-            ("GET /stream", self._stream),
-            ("GET /health", self._health),
-            ("GET /api/sessions/{id}", self._session),
-        ):
-            self.fake.handle_next(route, handler, times=math.inf)
 
-    async def start(self) -> str:
-        self.url = await self.fake.start()
-        return self.url
-
-    async def stop(self) -> None:
-        await self.fake.stop()
-
-    async def _health(self, request: web.Request) -> web.Response:
-        self.plain_calls += 1
-        resp = web.json_response({"status": "ok"})
-        resp.set_cookie("route", "backend-7")  # e.g. a load balancer's sticky cookie
-        return resp
-
-    async def _session(self, request: web.Request) -> web.Response:
-        self.plain_calls += 1
-        self.plain_arrived.set()
-        await asyncio.sleep(self.plain_delay)
+def plain_session(delay: float = 0.0) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def answer(request: web.Request) -> web.Response:
+        await asyncio.sleep(delay)
         return web.json_response({"id": request.match_info["id"], "title": "t"})
 
-    async def _stream(self, request: web.Request) -> web.StreamResponse:
-        self.conns.append(asyncio.get_running_loop().time())
-        self.last_event_ids.append(request.headers.get("Last-Event-ID"))
-        self.arrived.set()
-        try:
-            return await self.script(request, len(self.conns))
-        except asyncio.CancelledError:  # the client went away: the server cancels the handler
-            self.closed_by_client += 1
-            raise
-
-    async def wait_conns(self, count: int) -> None:
-        async def run() -> None:
-            while len(self.conns) < count:
-                self.arrived.clear()
-                await self.arrived.wait()
-
-        await asyncio.wait_for(run(), WAIT)
-
-    # Building blocks for scripts ---------------------------------------------------
-
-    async def sse(self, request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        return resp
-
-    async def write_until_closed(
-        self, resp: web.StreamResponse, every: float = 0.05, retry: int = 45000
-    ) -> web.StreamResponse:
-        """Heartbeats until the client goes away (how a server notices a close)."""
-        self.open += 1
-        n = 100
-        try:
-            while True:
-                await asyncio.sleep(every)
-                n += 1
-                await resp.write(frame(n, "heartbeat", {"type": "ping"}, retry))
-        except (ConnectionError, RuntimeError):
-            self.closed_by_client += 1
-        finally:
-            self.open -= 1
-        return resp
-
-    async def hold(self, request: web.Request, n: int) -> web.StreamResponse:
-        """``connected``, then silence until the client goes away."""
-        resp = await self.sse(request)
-        await resp.write(frame(1, "connected", {"sessionId": "s1"}))
-        return await self.write_until_closed(resp, every=0.2)
+    return answer
 
 
 @pytest.fixture
-async def srv() -> AsyncIterator[ScriptedServer]:
-    server = ScriptedServer()
-    await server.start()
-    try:
+async def srv() -> AsyncIterator[Scripted]:
+    """``/stream`` answered by ``hold`` (or the queued ``srv.reply(...)`` answers first),
+    ``/health`` and ``/api/sessions/{id}`` by plain answers."""
+    server = Scripted()
+    server.on("GET /stream", server.hold)
+    server.on("GET /health", plain_health)
+    server.on("GET /api/sessions/{id}", plain_session())
+    async with server:
         yield server
-    finally:
-        await server.stop()
 
 
 @pytest.fixture
-async def mix(srv: ScriptedServer) -> AsyncIterator[AsyncMix]:
+async def mix(srv: Scripted) -> AsyncIterator[AsyncMix]:
     async with AsyncMix(srv.url, max_retries=0) as client:
         yield client
 
@@ -161,22 +79,21 @@ async def _next(events: Any) -> Any:
     return await asyncio.wait_for(events.__anext__(), WAIT)
 
 
-async def _until(predicate: Callable[[], bool], what: str) -> None:
-    async def run() -> None:
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.005)
-
-    try:
-        await asyncio.wait_for(run(), WAIT)
-    except asyncio.TimeoutError:
-        pytest.fail(f"never became true: {what}")
+def conns(srv: Scripted) -> list[float]:
+    """Loop time of each ``/stream`` request."""
+    return [r.at for r in srv.seen("/stream")]
 
 
-async def drop_after_events(
-    srv: ScriptedServer, request: web.Request, retry: int = 30000
-) -> web.StreamResponse:
+def last_event_ids(srv: Scripted) -> list[str | None]:
+    return [r.headers.get("Last-Event-ID") for r in srv.seen("/stream")]
+
+
+CONNECTED = frame(1, "connected", {"sessionId": "s1"})
+
+
+async def drop_after_events(request: web.Request, retry: int = 30000) -> web.StreamResponse:
     """``connected`` and one ``content`` (``retry: 30000`` like Go), then the connection drops."""
-    resp = await srv.sse(request)
+    resp = await Scripted.sse(request)
     await resp.write(frame(1, "connected", {"sessionId": "s1"}, retry))
     await resp.write(frame(2, "content", {"content": "x"}, retry))
     assert request.transport is not None
@@ -193,7 +110,7 @@ async def status_503(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------------------
 
 
-async def test_200_open_streams_do_not_starve_plain_calls(srv: ScriptedServer) -> None:
+async def test_200_open_streams_do_not_starve_plain_calls(srv: Scripted) -> None:
     # One default client (no session of ours): 200 open streams, then a plain call.
     async with AsyncMix(srv.url) as mix:
         streams = [mix.stream_events(f"s{i}") for i in range(200)]
@@ -211,11 +128,11 @@ async def test_200_open_streams_do_not_starve_plain_calls(srv: ScriptedServer) -
             assert session.id == "a"
         finally:
             await asyncio.gather(*(s.aclose() for s in streams))
-    await _until(lambda: srv.open == 0, "server saw every stream closed")
+    await srv.wait_for(lambda: srv.open == 0, "server saw every stream closed")
 
 
-async def test_streams_do_not_count_against_max_connections(srv: ScriptedServer) -> None:
-    srv.plain_delay = 0.2
+async def test_streams_do_not_count_against_max_connections(srv: Scripted) -> None:
+    srv.on("GET /api/sessions/{id}", plain_session(0.2))
     async with AsyncMix(srv.url, max_connections=1, max_retries=0) as mix:
         streams = [mix.stream_events(f"s{i}") for i in range(3)]
         for stream in streams:
@@ -230,7 +147,7 @@ async def test_streams_do_not_count_against_max_connections(srv: ScriptedServer)
             await stream.aclose()
 
 
-async def test_max_stream_connections_bounds_open_streams(srv: ScriptedServer) -> None:
+async def test_max_stream_connections_bounds_open_streams(srv: Scripted) -> None:
     mix = AsyncMix(srv.url, max_stream_connections=1, max_retries=0)
     async with mix, mix.stream_events("s1") as first:
         assert isinstance(await _next(first), ConnectedEvent)
@@ -238,24 +155,17 @@ async def test_max_stream_connections_bounds_open_streams(srv: ScriptedServer) -
         with pytest.raises(APITimeoutError):
             async with mix.stream_events("s2", timeout=0.3):
                 pass
-        assert len(srv.conns) == 1
+        assert len(conns(srv)) == 1
         assert (await mix.health_check()).status == "ok"  # plain calls unaffected
 
 
-async def test_streams_send_the_cookies_of_plain_calls(srv: ScriptedServer) -> None:
-    cookies: list[str | None] = []
-
-    async def script(request: web.Request, n: int) -> web.StreamResponse:
-        cookies.append(request.cookies.get("route"))
-        return await srv.hold(request, n)
-
-    srv.script = script
+async def test_streams_send_the_cookies_of_plain_calls(srv: Scripted) -> None:
     # A host name: aiohttp's cookie jar keeps no cookies of a bare IP address.
     async with AsyncMix(srv.url.replace("127.0.0.1", "localhost")) as mix:
         assert (await mix.health_check()).status == "ok"
         async with mix.stream_events("s1") as events:
             assert isinstance(await _next(events), ConnectedEvent)
-    assert cookies == ["backend-7"]
+    assert [r.headers.get("Cookie") for r in srv.seen("/stream")] == ["route=backend-7"]
 
 
 @pytest.mark.parametrize("name", ["max_connections", "max_stream_connections"])
@@ -271,7 +181,7 @@ async def test_pool_options_validated(name: str) -> None:
             AsyncMix("http://127.0.0.1:1", session=session, **{name: 10})
 
 
-async def test_user_session_streams_share_its_connector_limit(srv: ScriptedServer) -> None:
+async def test_user_session_streams_share_its_connector_limit(srv: Scripted) -> None:
     # With session=, streams and calls share that session's connector: what the README says.
     connector = aiohttp.TCPConnector(limit=1)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -290,38 +200,25 @@ async def test_user_session_streams_share_its_connector_limit(srv: ScriptedServe
 
 
 async def test_reopen_after_drop_is_immediate_despite_retry_30000(
-    srv: ScriptedServer, mix: AsyncMix
+    srv: Scripted, mix: AsyncMix
 ) -> None:
-    async def script(request: web.Request, n: int) -> web.StreamResponse:
-        if n == 1:
-            return await drop_after_events(srv, request, retry=30000)
-        return await srv.hold(request, n)
-
-    srv.script = script
+    srv.reply(drop_after_events)
     async with mix.stream_events("s1") as events:
         got = [await _next(events) for _ in range(4)]
-        await srv.wait_conns(2)
+        await srv.wait_seen("/stream", 2)
     # The server's retry: 30000 is not a pause (the old client waited 22-30 s here).
-    assert srv.conns[1] - srv.conns[0] < 3.0
+    assert conns(srv)[1] - conns(srv)[0] < 3.0
     assert [type(e) for e in got] == [ConnectedEvent, ContentEvent, Reconnected, ConnectedEvent]
     assert got[2].data.attempts == 1
     assert got[2].data.last_event_id == "2"
-    assert srv.last_event_ids == [None, "2"]
+    assert last_event_ids(srv) == [None, "2"]
     assert events.reconnects == 1
 
 
 async def test_backoff_applies_to_failed_attempts_capped_by_retry(
-    srv: ScriptedServer, mix: AsyncMix, sleeps: list[float]
+    srv: Scripted, mix: AsyncMix, sleeps: list[float]
 ) -> None:
-
-    async def script(request: web.Request, n: int) -> web.StreamResponse:
-        if n == 1:
-            return await drop_after_events(srv, request, retry=30000)
-        if n in (2, 3, 4, 5):
-            return await status_503(request)
-        return await srv.hold(request, n)
-
-    srv.script = script
+    srv.reply(drop_after_events, *[status_503] * 4)
     async with mix.stream_events("s1", max_reconnects=10) as events:
         got = [await _next(events) for _ in range(4)]
     assert isinstance(got[2], Reconnected)
@@ -333,22 +230,10 @@ async def test_backoff_applies_to_failed_attempts_capped_by_retry(
 
 
 async def test_retry_value_caps_the_backoff(
-    srv: ScriptedServer, mix: AsyncMix, sleeps: list[float]
+    srv: Scripted, mix: AsyncMix, sleeps: list[float]
 ) -> None:
-
-    async def script(request: web.Request, n: int) -> web.StreamResponse:
-        if n == 1:
-            resp = await srv.sse(request)
-            await resp.write(frame(1, "connected", {"sessionId": "s1"}, 30000))
-            await resp.write(frame(2, "error", {"error": "overloaded"}, 750))  # Go: 750
-            assert request.transport is not None
-            request.transport.close()
-            return resp
-        if n in (2, 3, 4):
-            return await status_503(request)
-        return await srv.hold(request, n)
-
-    srv.script = script
+    overloaded = frame(2, "error", {"error": "overloaded"}, 750)  # Go: 750
+    srv.reply(srv.writes(CONNECTED, overloaded, then="close"), *[status_503] * 3)
     async with mix.stream_events("s1", max_reconnects=10) as events:
         got = [await _next(events) for _ in range(4)]
     assert isinstance(got[2], Reconnected)
@@ -362,14 +247,10 @@ async def test_retry_value_caps_the_backoff(
 
 
 async def test_200_that_closes_at_once_counts_as_failed_attempt(
-    srv: ScriptedServer, mix: AsyncMix
+    srv: Scripted, mix: AsyncMix
 ) -> None:
-    async def script(request: web.Request, n: int) -> web.StreamResponse:
-        if n == 1:
-            return await drop_after_events(srv, request, retry=0)
-        return await srv.sse(request)  # 200 text/event-stream, then the body ends
-
-    srv.script = script
+    srv.on("GET /stream", srv.sse)  # 200 text/event-stream, then the body ends
+    srv.reply(lambda request: drop_after_events(request, retry=0))
     async with mix.stream_events("s1", max_reconnects=3) as events:
         assert isinstance(await _next(events), ConnectedEvent)
         assert isinstance(await _next(events), ContentEvent)
@@ -377,54 +258,40 @@ async def test_200_that_closes_at_once_counts_as_failed_attempt(
             await _next(events)
         with pytest.raises(StopAsyncIteration):
             await events.__anext__()
-    assert len(srv.conns) == 4  # the first connection and 3 attempts, then no more
+    assert len(conns(srv)) == 4  # the first connection and 3 attempts, then no more
     # retry: 0 is no hot loop: every failed attempt waits at least the 0.1 s floor.
-    gaps = [b - a for a, b in zip(srv.conns[1:-1], srv.conns[2:], strict=True)]
+    gaps = [b - a for a, b in zip(conns(srv)[1:-1], conns(srv)[2:], strict=True)]
     assert all(gap >= 0.09 for gap in gaps), gaps
 
 
-async def test_connected_then_close_is_rate_limited(srv: ScriptedServer, mix: AsyncMix) -> None:
+async def test_connected_then_close_is_rate_limited(srv: Scripted, mix: AsyncMix) -> None:
     # A server that sends `connected` and closes at once, forever: the stream delivers
     # events, so it keeps reopening, but at most one reopen a second is immediate.
-    async def script(request: web.Request, n: int) -> web.StreamResponse:
-        resp = await srv.sse(request)
-        await resp.write(frame(1, "connected", {"sessionId": "s1"}, 0))
-        return resp
-
-    srv.script = script
+    srv.on("GET /stream", srv.writes(frame(1, "connected", {"sessionId": "s1"}, 0), then="end"))
     async with mix.stream_events("s1") as events:
         for _ in range(9):  # connected, (Reconnected, connected) x 4
             await _next(events)
-    assert len(srv.conns) == 5
-    gaps = [b - a for a, b in zip(srv.conns[1:-1], srv.conns[2:], strict=True)]
+    assert len(conns(srv)) == 5
+    gaps = [b - a for a, b in zip(conns(srv)[1:-1], conns(srv)[2:], strict=True)]
     assert sum(gap >= 0.09 for gap in gaps) >= 2, gaps
 
 
-async def test_html_200_on_open_is_an_error_not_a_stream(
-    srv: ScriptedServer, mix: AsyncMix
-) -> None:
-    async def script(request: web.Request, n: int) -> web.StreamResponse:
-        return web.Response(text="<!doctype html><title>app</title>", content_type="text/html")
-
-    srv.script = script
+async def test_html_200_on_open_is_an_error_not_a_stream(srv: Scripted, mix: AsyncMix) -> None:
+    srv.on(
+        "GET /stream", Reply(body=b"<!doctype html><title>app</title>", content_type="text/html")
+    )
     with pytest.raises(ResponseValidationError, match="text/html") as info:
         async with mix.stream_events("s1"):
             pass
     assert info.value.status_code == 200
     assert info.value.raw_body.startswith(b"<!doctype html>")
     assert info.value.body.startswith("<!doctype html>")
-    assert len(srv.conns) == 1
+    assert len(conns(srv)) == 1
 
 
-async def test_html_200_on_reconnect_is_an_error_not_a_retry(
-    srv: ScriptedServer, mix: AsyncMix
-) -> None:
-    async def script(request: web.Request, n: int) -> web.StreamResponse:
-        if n == 1:
-            return await drop_after_events(srv, request)
-        return web.Response(text="<html>proxy says hi</html>", content_type="text/html")
-
-    srv.script = script
+async def test_html_200_on_reconnect_is_an_error_not_a_retry(srv: Scripted, mix: AsyncMix) -> None:
+    srv.on("GET /stream", Reply(body=b"<html>proxy says hi</html>", content_type="text/html"))
+    srv.reply(drop_after_events)
     async with mix.stream_events("s1", max_reconnects=50) as events:
         assert isinstance(await _next(events), ConnectedEvent)
         assert isinstance(await _next(events), ContentEvent)
@@ -432,7 +299,7 @@ async def test_html_200_on_reconnect_is_an_error_not_a_retry(
             await _next(events)
         with pytest.raises(StopAsyncIteration):
             await events.__anext__()
-    assert len(srv.conns) == 2
+    assert len(conns(srv)) == 2
 
 
 # ---------------------------------------------------------------------------
@@ -445,43 +312,41 @@ async def _consume(events: Any, seen: list[Any]) -> None:
         seen.append(event)
 
 
-async def _consuming(events: Any, seen: list[Any]) -> asyncio.Task[None]:
-    """Open the stream and read it into ``seen`` in a task."""
-    await events.__aenter__()
-    return asyncio.create_task(_consume(events, seen))
-
-
-async def test_client_aclose_ends_a_blocked_consumer(srv: ScriptedServer) -> None:
-    mix = AsyncMix(srv.url)
+async def _consuming(events: Any, connected: bool = True) -> tuple[asyncio.Task[None], list[Any]]:
+    """Open the stream and read it into a list in a task; with ``connected``, once the
+    first event (``connected``) is in."""
     seen: list[Any] = []
+    await events.__aenter__()
+    task = asyncio.create_task(_consume(events, seen))
+    if connected:
+        await Scripted.wait_for(lambda: len(seen) == 1, "connected received")
+    return task, seen
+
+
+async def test_client_aclose_ends_a_blocked_consumer(srv: Scripted) -> None:
+    mix = AsyncMix(srv.url)
     events = mix.stream_events("s1")
-    task = await _consuming(events, seen)
-    await _until(lambda: len(seen) == 1, "connected received")
+    task, seen = await _consuming(events)
     await asyncio.wait_for(mix.aclose(), WAIT)
     with pytest.raises(ClientClosedError):
         await asyncio.wait_for(task, 5)
     assert [type(e) for e in seen] == [ConnectedEvent]
     with pytest.raises(StopAsyncIteration):  # the error is raised once; then it is over
         await events.__anext__()
-    await _until(lambda: srv.open == 0, "server saw the stream closed")
+    await srv.wait_for(lambda: srv.open == 0, "server saw the stream closed")
 
 
-async def test_client_aclose_ends_a_consumer_in_reconnect_wait(srv: ScriptedServer) -> None:
-    async def script(request: web.Request, n: int) -> web.StreamResponse:
-        if n == 1:
-            return await drop_after_events(srv, request)
-        return await status_503(request)
-
-    srv.script = script
+async def test_client_aclose_ends_a_consumer_in_reconnect_wait(srv: Scripted) -> None:
+    srv.on("GET /stream", status_503)
+    srv.reply(drop_after_events)
     mix = AsyncMix(srv.url)
     events = mix.stream_events("s1", max_reconnects=100)
-    seen: list[Any] = []
-    task = await _consuming(events, seen)
-    await srv.wait_conns(2)
+    task, seen = await _consuming(events, connected=False)
+    await srv.wait_seen("/stream", 2)
     await mix.aclose()
     with pytest.raises(ClientClosedError):
         await asyncio.wait_for(task, 5)
-    count = len(srv.conns)
+    count = len(conns(srv))
     assert [type(e) for e in seen] == [ConnectedEvent, ContentEvent]
     assert count <= 3  # at most an attempt already under way
 
@@ -503,23 +368,23 @@ async def test_client_aclose_ends_a_turn_in_flight() -> None:
             await asyncio.wait_for(task, 5)
 
 
-async def test_plain_call_in_flight_during_aclose_raises_mix_error(srv: ScriptedServer) -> None:
-    srv.plain_delay = 30
+async def test_plain_call_in_flight_during_aclose_raises_mix_error(srv: Scripted) -> None:
+    srv.on("GET /api/sessions/{id}", HANG)
     mix = AsyncMix(srv.url)
     task = asyncio.create_task(mix.get_session("a"))
-    await asyncio.wait_for(srv.plain_arrived.wait(), WAIT)
+    await srv.wait_seen("/api/sessions/a", 1)
     await mix.aclose()
     with pytest.raises(ClientClosedError):
         await asyncio.wait_for(task, 5)
 
 
 async def test_call_waiting_for_a_pool_connection_during_aclose_raises_mix_error(
-    srv: ScriptedServer,
+    srv: Scripted,
 ) -> None:
-    srv.plain_delay = 30
+    srv.on("GET /api/sessions/{id}", HANG)
     mix = AsyncMix(srv.url, max_connections=1)
     first = asyncio.create_task(mix.get_session("a"))
-    await asyncio.wait_for(srv.plain_arrived.wait(), WAIT)
+    await srv.wait_seen("/api/sessions/a", 1)
     second = asyncio.create_task(mix.get_session("b"))  # waits for the one connection
     done, _ = await asyncio.wait({second}, timeout=0.2)  # time to reach the pool's queue
     assert not done  # it waits: the one connection is busy
@@ -527,26 +392,20 @@ async def test_call_waiting_for_a_pool_connection_during_aclose_raises_mix_error
     for task in (first, second):
         with pytest.raises(ClientClosedError):
             await asyncio.wait_for(task, 5)
-    assert srv.plain_calls == 1
+    assert [r.path for r in srv.requests] == ["/api/sessions/a"]
 
 
-async def test_stream_opening_during_aclose_raises_client_closed(srv: ScriptedServer) -> None:
-    never = asyncio.Event()
-
-    async def script(request: web.Request, n: int) -> web.StreamResponse:
-        await never.wait()  # headers never come
-        raise AssertionError
-
-    srv.script = script
+async def test_stream_opening_during_aclose_raises_client_closed(srv: Scripted) -> None:
+    srv.on("GET /stream", HANG)  # headers never come
     mix = AsyncMix(srv.url)
     opening = asyncio.create_task(mix.stream_events("s1").__aenter__())
-    await srv.wait_conns(1)
+    await srv.wait_seen("/stream", 1)
     await mix.aclose()
     with pytest.raises(ClientClosedError):
         await asyncio.wait_for(opening, 5)
 
 
-async def test_calls_and_streams_after_aclose_raise_client_closed(srv: ScriptedServer) -> None:
+async def test_calls_and_streams_after_aclose_raise_client_closed(srv: Scripted) -> None:
     mix = AsyncMix(srv.url)
     assert (await mix.health_check()).status == "ok"
     await mix.aclose()
@@ -556,16 +415,14 @@ async def test_calls_and_streams_after_aclose_raise_client_closed(srv: ScriptedS
         async with mix.stream_events("s1"):
             pass
     assert issubclass(ClientClosedError, MixError)
-    assert len(srv.conns) == 0
+    assert len(conns(srv)) == 0
 
 
-async def test_aclose_with_user_session_still_closes_streams_and_calls(srv: ScriptedServer) -> None:
+async def test_aclose_with_user_session_still_closes_streams_and_calls(srv: Scripted) -> None:
     async with aiohttp.ClientSession() as session:
         mix = AsyncMix(srv.url, session=session)
         events = mix.stream_events("s1")
-        seen: list[Any] = []
-        task = await _consuming(events, seen)
-        await _until(lambda: len(seen) == 1, "connected received")
+        task, _ = await _consuming(events)
         await mix.aclose()
         with pytest.raises(ClientClosedError):
             await asyncio.wait_for(task, 5)
@@ -574,78 +431,60 @@ async def test_aclose_with_user_session_still_closes_streams_and_calls(srv: Scri
         assert not session.closed  # yours: never closed by the client
 
 
-async def test_stream_aclose_from_another_task_stops_consumer(
-    srv: ScriptedServer, mix: AsyncMix
-) -> None:
+async def test_stream_aclose_from_another_task_stops_consumer(srv: Scripted, mix: AsyncMix) -> None:
     events = mix.stream_events("s1")
-    seen: list[Any] = []
-    task = await _consuming(events, seen)
-    await _until(lambda: len(seen) == 1, "connected received")
+    task, seen = await _consuming(events)
     await events.aclose()
     await asyncio.wait_for(task, 5)  # iteration ends: no error
     assert [type(e) for e in seen] == [ConnectedEvent]
-    await _until(lambda: srv.open == 0, "server saw the stream closed")
+    await srv.wait_for(lambda: srv.open == 0, "server saw the stream closed")
 
 
 async def test_stream_aclose_during_reconnect_wait_yields_nothing_more(
-    srv: ScriptedServer, mix: AsyncMix
+    srv: Scripted, mix: AsyncMix
 ) -> None:
-    async def script(request: web.Request, n: int) -> web.StreamResponse:
-        if n == 1:
-            return await drop_after_events(srv, request)
-        if n == 2:
-            return await status_503(request)
-        return await srv.hold(request, n)
-
-    srv.script = script
+    srv.reply(drop_after_events, status_503)
     events = mix.stream_events("s1", max_reconnects=100)
-    seen: list[Any] = []
-    task = await _consuming(events, seen)
+    task, seen = await _consuming(events, connected=False)
     # the server answered the second attempt: the stream now waits before the third
-    await _until(lambda: len(srv.conns) == 2 and srv.open == 0, "the 503 was answered")
+    await srv.wait_for(lambda: len(conns(srv)) == 2 and srv.open == 0, "the 503 was answered")
     await events.aclose()
     await asyncio.wait_for(task, 5)
     assert [type(e) for e in seen] == [ConnectedEvent, ContentEvent]
-    assert len(srv.conns) == 2
+    assert len(conns(srv)) == 2
     assert srv.open == 0
     with pytest.raises(StopAsyncIteration):
         await events.__anext__()
 
 
-async def test_stream_aclose_during_reopen_leaks_nothing(
-    srv: ScriptedServer, mix: AsyncMix
-) -> None:
+async def test_stream_aclose_during_reopen_leaks_nothing(srv: Scripted, mix: AsyncMix) -> None:
     release = asyncio.Event()
 
-    async def script(request: web.Request, n: int) -> web.StreamResponse:
-        if n == 1:
-            return await drop_after_events(srv, request)
+    async def reopen(request: web.Request) -> web.StreamResponse:
         await release.wait()  # the reopen is in flight while the stream is closed
-        resp = await srv.sse(request)
-        await resp.write(frame(1, "connected", {"sessionId": "s1"}))
-        return await srv.write_until_closed(resp)
+        return await srv.writes(CONNECTED)(request)
 
-    srv.script = script
+    srv.on("GET /stream", reopen)
+    srv.reply(drop_after_events)
     events = mix.stream_events("s1")
-    seen: list[Any] = []
-    task = await _consuming(events, seen)
-    await srv.wait_conns(2)
+    task, seen = await _consuming(events, connected=False)
+    await srv.wait_seen("/stream", 2)
     await events.aclose()
     release.set()
     await asyncio.wait_for(task, 5)
     assert [type(e) for e in seen] == [ConnectedEvent, ContentEvent]
     # The connection answered after the close is closed by the client, not kept.
-    await _until(lambda: srv.closed_by_client == 1, "reopened connection closed by the client")
-    assert len(srv.conns) == 2
+    await srv.wait_for(
+        lambda: srv.closed_by_client == 1, "reopened connection closed by the client"
+    )
+    assert len(conns(srv)) == 2
 
 
-async def test_with_options_copy_streams_end_when_parent_closes(srv: ScriptedServer) -> None:
+async def test_with_options_copy_streams_end_when_parent_closes(srv: Scripted) -> None:
     mix = AsyncMix(srv.url)
     copy = mix.with_options(max_retries=1)
     events = copy.stream_events("s1")
-    seen: list[Any] = []
-    task = await _consuming(events, seen)
-    await _until(lambda: len(seen) == 1, "connected received")
+    task, _ = await _consuming(events)
     await mix.aclose()
     with pytest.raises(ClientClosedError):
         await asyncio.wait_for(task, 5)
@@ -653,7 +492,7 @@ async def test_with_options_copy_streams_end_when_parent_closes(srv: ScriptedSer
         await copy.health_check()
 
 
-async def test_closing_a_copy_closes_its_streams_not_the_parent(srv: ScriptedServer) -> None:
+async def test_closing_a_copy_closes_its_streams_not_the_parent(srv: Scripted) -> None:
     async with AsyncMix(srv.url) as mix:
         copy = mix.with_options(max_retries=1)
         theirs = copy.stream_events("s1")
@@ -674,17 +513,17 @@ async def test_closing_a_copy_closes_its_streams_not_the_parent(srv: ScriptedSer
 # ---------------------------------------------------------------------------
 
 
-async def test_stream_timeout_is_not_a_lifetime_limit(srv: ScriptedServer, mix: AsyncMix) -> None:
-    async def script(request: web.Request, n: int) -> web.StreamResponse:
+async def test_stream_timeout_is_not_a_lifetime_limit(srv: Scripted, mix: AsyncMix) -> None:
+    async def script(request: web.Request) -> web.StreamResponse:
         resp = await srv.sse(request)
-        await resp.write(frame(1, "connected", {"sessionId": "s1"}))
+        await resp.write(CONNECTED)
         for i in range(16):  # 1.6 s of heartbeats every 0.1 s
             await asyncio.sleep(0.1)
             await resp.write(frame(2 + i, "heartbeat", {"type": "ping"}, 45000))
         await resp.write(frame(20, "content", {"content": "still here"}))
         return await srv.write_until_closed(resp, every=0.1)
 
-    srv.script = script
+    srv.on("GET /stream", script)
     started = time.monotonic()
     async with mix.stream_events("s1", timeout=1.0) as events:
         got = [await _next(events) for _ in range(18)]
@@ -692,30 +531,19 @@ async def test_stream_timeout_is_not_a_lifetime_limit(srv: ScriptedServer, mix: 
     assert isinstance(got[0], ConnectedEvent)
     assert all(isinstance(e, HeartbeatEvent) for e in got[1:17])
     assert isinstance(got[17], ContentEvent)
-    assert len(srv.conns) == 1
+    assert len(conns(srv)) == 1
 
 
-async def test_stream_timeout_bounds_idleness(srv: ScriptedServer, mix: AsyncMix) -> None:
-    async def script(request: web.Request, n: int) -> web.StreamResponse:
-        resp = await srv.sse(request)
-        await resp.write(frame(1, "connected", {"sessionId": "s1"}))
-        return await srv.write_until_closed(resp, every=3600)
-
-    srv.script = script
+async def test_stream_timeout_bounds_idleness(srv: Scripted, mix: AsyncMix) -> None:
+    srv.on("GET /stream", srv.writes(CONNECTED, every=3600))
     async with mix.stream_events("s1", timeout=0.3, reconnect=False) as events:
         assert isinstance(await _next(events), ConnectedEvent)
         with pytest.raises(APITimeoutError):
             await _next(events)
 
 
-async def test_stream_timeout_bounds_connecting(srv: ScriptedServer, mix: AsyncMix) -> None:
-    never = asyncio.Event()
-
-    async def script(request: web.Request, n: int) -> web.StreamResponse:
-        await never.wait()  # headers never come
-        raise AssertionError
-
-    srv.script = script
+async def test_stream_timeout_bounds_connecting(srv: Scripted, mix: AsyncMix) -> None:
+    srv.on("GET /stream", HANG)  # headers never come
     with pytest.raises(APITimeoutError):
         await asyncio.wait_for(mix.stream_events("s1", timeout=0.3).__aenter__(), 5)
 
@@ -761,40 +589,21 @@ def test_decoder_empty_id_resets() -> None:
     assert d2.last_event_id is None
 
 
-async def test_drop_mid_frame_sends_last_dispatched_id(srv: ScriptedServer, mix: AsyncMix) -> None:
-    async def script(request: web.Request, n: int) -> web.StreamResponse:
-        if n == 1:
-            resp = await srv.sse(request)
-            await resp.write(frame(1, "connected", {"sessionId": "s1"}))
-            await resp.write(frame(2, "content", {"content": "a"}))
-            await resp.write(b'id: 3\nevent: content\ndata: {"content": "never fini')
-            assert request.transport is not None
-            request.transport.close()
-            return resp
-        return await srv.hold(request, n)
-
-    srv.script = script
+async def test_drop_mid_frame_sends_last_dispatched_id(srv: Scripted, mix: AsyncMix) -> None:
+    content = frame(2, "content", {"content": "a"})
+    unfinished = b'id: 3\nevent: content\ndata: {"content": "never fini'
+    srv.reply(srv.writes(CONNECTED, content, unfinished, then="close"))
     async with mix.stream_events("s1") as events:
         got = [await _next(events) for _ in range(4)]
     assert [type(e) for e in got] == [ConnectedEvent, ContentEvent, Reconnected, ConnectedEvent]
-    assert srv.last_event_ids == [None, "2"]
+    assert last_event_ids(srv) == [None, "2"]
     assert got[2].data.last_event_id == "2"
 
 
-async def test_empty_id_resets_last_event_id_of_the_stream(
-    srv: ScriptedServer, mix: AsyncMix
-) -> None:
-    async def script(request: web.Request, n: int) -> web.StreamResponse:
-        if n == 1:
-            resp = await srv.sse(request)
-            await resp.write(frame(5, "connected", {"sessionId": "s1"}))
-            await resp.write(b'id:\nevent: content\ndata: {"content": "a"}\n\n')
-            assert request.transport is not None
-            request.transport.close()
-            return resp
-        return await srv.hold(request, n)
-
-    srv.script = script
+async def test_empty_id_resets_last_event_id_of_the_stream(srv: Scripted, mix: AsyncMix) -> None:
+    connected = frame(5, "connected", {"sessionId": "s1"})
+    empty_id = b'id:\nevent: content\ndata: {"content": "a"}\n\n'
+    srv.reply(srv.writes(connected, empty_id, then="close"))
     async with mix.stream_events("s1") as events:
         first = await _next(events)
         assert first.id == "5"
@@ -803,7 +612,7 @@ async def test_empty_id_resets_last_event_id_of_the_stream(
         assert second.id is None
         assert events.last_event_id is None
         assert isinstance(await _next(events), Reconnected)
-    assert srv.last_event_ids == [None, None]  # no Last-Event-ID header after the reset
+    assert last_event_ids(srv) == [None, None]  # no Last-Event-ID header after the reset
 
 
 def test_decoder_line_without_newline_is_bounded() -> None:
@@ -846,11 +655,10 @@ def test_max_event_size_validated() -> None:
         AsyncMix("http://127.0.0.1:1").stream_events("s1", max_event_size=-1)  # type: ignore[arg-type]
 
 
-async def test_oversized_line_on_a_stream_raises_and_closes(srv: ScriptedServer) -> None:
-    async def script(request: web.Request, n: int) -> web.StreamResponse:
+async def test_oversized_line_on_a_stream_raises_and_closes(srv: Scripted) -> None:
+    async def script(request: web.Request) -> web.StreamResponse:
         resp = await srv.sse(request)
-        await resp.write(frame(1, "connected", {"sessionId": "s1"}))
-        await resp.write(b"data: ")
+        await resp.write(CONNECTED + b"data: ")
         srv.open += 1
         try:
             for _ in range(10_000):  # up to 640 MiB, one line without a newline
@@ -861,7 +669,7 @@ async def test_oversized_line_on_a_stream_raises_and_closes(srv: ScriptedServer)
             srv.open -= 1
         return resp
 
-    srv.script = script
+    srv.on("GET /stream", script)
     async with AsyncMix(srv.url, max_event_size=1 << 20) as mix:
         async with mix.stream_events("s1") as events:
             assert isinstance(await _next(events), ConnectedEvent)
@@ -875,20 +683,14 @@ async def test_oversized_line_on_a_stream_raises_and_closes(srv: ScriptedServer)
             with pytest.raises(EventTooLargeError) as info:
                 await _next(events)
             assert info.value.limit == 4 << 20
-    await _until(lambda: srv.closed_by_client == 2, "server saw both streams closed")
-    assert len(srv.conns) == 2  # an oversized event is not a reason to reconnect
+    await srv.wait_for(lambda: srv.closed_by_client == 2, "server saw both streams closed")
+    assert len(conns(srv)) == 2  # an oversized event is not a reason to reconnect
 
 
-async def test_4mib_event_on_a_stream(srv: ScriptedServer, mix: AsyncMix) -> None:
+async def test_4mib_event_on_a_stream(srv: Scripted, mix: AsyncMix) -> None:
     text = "abcdefgh" * (1 << 19)  # 4 MiB
 
-    async def script(request: web.Request, n: int) -> web.StreamResponse:
-        resp = await srv.sse(request)
-        await resp.write(frame(1, "connected", {"sessionId": "s1"}))
-        await resp.write(frame(2, "content", {"content": text}))
-        return await srv.write_until_closed(resp)
-
-    srv.script = script
+    srv.on("GET /stream", srv.writes(CONNECTED, frame(2, "content", {"content": text})))
     async with mix.stream_events("s1") as events:
         assert isinstance(await _next(events), ConnectedEvent)
         event = await _next(events)

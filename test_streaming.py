@@ -1,7 +1,7 @@
 """End-to-end streaming tests for mix_client against scripted streams served by MixFake.
 
-``ScriptedStreams`` answers the stream and turn routes of a ``mix_fake.FakeThread`` (MixFake
-on its own thread and event loop) with per-connection scripts, so the blocking ``Mix``
+``ScriptedStreams`` (the shared ``conftest.Scripted`` server, on its own thread and event
+loop) answers the stream and turn routes with per-connection scripts, so the blocking ``Mix``
 facade can be tested from inside a running loop too, and ``asyncio.all_tasks()`` of the
 test loop only holds client-side tasks. It behaves like the real Mix server (as
 ``mix_fake.py`` describes it): ``id``/``event``/``data`` frames, ``connected`` first,
@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import math
 import threading
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -24,6 +22,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from conftest import WAIT, Scripted, frame
 from mix_client import (
     AgentError,
     APIConnectionError,
@@ -45,9 +44,6 @@ from mix_client import (
     TurnToolCall,
     UnknownEvent,
 )
-from mix_fake import FakeThread
-
-WAIT = 10.0  # upper bound for waiting on a condition (liveness, not a timing assertion)
 
 CUT = "__cut__"  # buffer item: end the connection ("eof": clean end, "close": mid-body)
 
@@ -55,13 +51,6 @@ CUT = "__cut__"  # buffer item: end the connection ("eof": clean end, "close": m
 # ---------------------------------------------------------------------------
 # Scripted SSE server
 # ---------------------------------------------------------------------------
-
-
-def _frame(n: int, name: str, data: dict[str, Any], prefix: bytes = b"") -> bytes:
-    # One-line JSON escaping <, > and & like Go's encoding/json.
-    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    return prefix + b"id: %d\nevent: %s\ndata: %s\n\n" % (n, name.encode(), text.encode())
 
 
 class Conn:
@@ -126,10 +115,11 @@ class Agent:
 Script = Callable[[Agent], Awaitable[None]]
 
 
-class ScriptedStreams:
-    """Scripted ``/stream`` connections and agent turns, served by MixFake (``handle_next``)."""
+class ScriptedStreams(Scripted):
+    """Scripted ``/stream`` connections and agent turns (``conftest.Scripted`` on a thread)."""
 
     def __init__(self) -> None:
+        super().__init__(thread=True)
         self.sessions: set[str] = {"s1", "s2"}
         self.not_found: set[str] = set()  # /stream answers 404
         self.fail_status: dict[int, int] = {}  # conn number -> HTTP status to answer
@@ -153,17 +143,7 @@ class ScriptedStreams:
         self.stored: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.script: Script | None = None
         self.agent_tasks: dict[str, asyncio.Task[None]] = {}
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.url = ""
-        self.server: FakeThread | None = None
         self._down = False
-
-    # lifecycle (called from the test thread) ---------------------------------
-
-    def start(self) -> None:
-        """Serve the scripted routes from a MixFake on its own thread (mix_fake.FakeThread)."""
-        self.server = FakeThread()
-        self.loop, self.url = self.server.loop, self.server.url
         for route, handler in (
             ("GET /stream", self._stream),
             ("POST /api/sessions/{id}/messages", self._post_message),
@@ -172,11 +152,7 @@ class ScriptedStreams:
             ("POST /api/permissions/{id}/grant", self._grant),
             ("POST /api/permissions/{id}/deny", self._deny),
         ):
-            self.server.fake.handle_next(route, handler, times=math.inf)
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop()
+            self.on(route, handler)
 
     async def _shutdown(self) -> None:
         if self._down:
@@ -186,57 +162,28 @@ class ScriptedStreams:
             task.cancel()
         for conn in list(self.conns):
             conn.push(CUT, "eof")
-        assert self.server is not None
-        await self.server.fake.stop()
+        await self.fake.stop()
 
     # control from the test thread --------------------------------------------
 
-    def _call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
-        assert self.loop is not None
-        self.loop.call_soon_threadsafe(fn, *args)
-
     def publish(self, sid: str, name: str, /, **data: Any) -> None:
         data.setdefault("type", name)
-        self._call_soon(self._publish, sid, name, data)
+        self.call_soon(self._publish, sid, name, data)
 
     def publish_raw(self, sid: str, name: str, data: dict[str, Any]) -> None:
-        self._call_soon(self._publish, sid, name, data)
+        self.call_soon(self._publish, sid, name, data)
 
     def broadcast(self, name: str, /, **data: Any) -> None:
         data.setdefault("type", name)
-        self._call_soon(self._broadcast, name, data)
+        self.call_soon(self._broadcast, name, data)
 
     def end(self, sid: str, mode: str = "eof") -> None:
-        self._call_soon(self._cut, sid, mode)
+        self.call_soon(self._cut, sid, mode)
 
     async def shutdown(self) -> None:
         """Take the server down (listening socket closed, streams ended)."""
         assert self.loop is not None
         await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop))
-
-    async def wait_for(self, predicate: Callable[[], bool], what: str = "") -> None:
-        async def poll() -> None:
-            while not predicate():  # noqa: ASYNC110 (set from another thread)
-                await asyncio.sleep(0.005)
-
-        try:
-            await asyncio.wait_for(poll(), WAIT)
-        except asyncio.TimeoutError:
-            pytest.fail(f"server condition never became true: {what}")
-
-    def wait_for_sync(self, predicate: Callable[[], bool], what: str = "") -> None:
-        done = threading.Event()
-
-        def poll() -> None:
-            if predicate():
-                done.set()
-            else:
-                assert self.loop is not None
-                self.loop.call_later(0.005, poll)
-
-        self._call_soon(poll)
-        if not done.wait(WAIT):
-            pytest.fail(f"server condition never became true: {what}")
 
     def store_turn(self, sid: str, text: str, **message: Any) -> None:
         rows = self.stored[sid]
@@ -297,11 +244,11 @@ class ScriptedStreams:
         n = 0
         how = "ended"
 
-        async def send(name: str, data: dict[str, Any], prefix: bytes = b"") -> None:
+        async def send(name: str, data: dict[str, Any], retry: int | None = None) -> None:
             nonlocal n
             n += 1
             conn.written.append((str(n), name, data))  # before the client can see it
-            await resp.write(_frame(n, name, data, prefix))
+            await resp.write(frame(n, name, data, retry))
 
         try:
             if sid not in self.sessions:
@@ -310,8 +257,7 @@ class ScriptedStreams:
             if self.register_delay:
                 await asyncio.sleep(self.register_delay)
             self.streams[sid].append(conn)
-            retry = b"retry: %d\n" % self.retry_ms if self.retry_ms is not None else b""
-            await send("connected", {"sessionId": sid}, retry)
+            await send("connected", {"sessionId": sid}, self.retry_ms)
             if number in self.stall:
                 await asyncio.Event().wait()  # silent: no heartbeats
             cut = self.cut_after.get(number)
@@ -387,7 +333,6 @@ class ScriptedStreams:
 @pytest.fixture
 def srv() -> Iterator[ScriptedStreams]:
     server = ScriptedStreams()
-    server.start()
     try:
         yield server
     finally:
@@ -777,27 +722,20 @@ async def test_reconnect_404_raises_not_found(srv: ScriptedStreams, mix: AsyncMi
     assert srv.conn_count == 2
 
 
-async def test_reconnect_false_clean_end_stops_iteration(
-    srv: ScriptedStreams, mix: AsyncMix
+@pytest.mark.parametrize(
+    ("mode", "end"),
+    [("eof", StopAsyncIteration), ("close", APIConnectionError)],
+    ids=["clean_end_stops_iteration", "broken_connection_raises"],
+)
+async def test_reconnect_false(
+    srv: ScriptedStreams, mix: AsyncMix, mode: str, end: type[BaseException]
 ) -> None:
-    srv.cut_after[1] = (1, "eof")
-    async with mix.stream_events("s1", reconnect=False) as events:
-        assert isinstance(await _next(events), ConnectedEvent)
-        srv.publish("s1", "content", content="x")
-        got = await _collect(events)
-    assert [type(e) for e in got] == [ContentEvent]
-    assert srv.conn_count == 1
-
-
-async def test_reconnect_false_broken_connection_raises(
-    srv: ScriptedStreams, mix: AsyncMix
-) -> None:
-    srv.cut_after[1] = (1, "close")
+    srv.cut_after[1] = (1, mode)
     async with mix.stream_events("s1", reconnect=False) as events:
         assert isinstance(await _next(events), ConnectedEvent)
         srv.publish("s1", "content", content="x")
         assert isinstance(await _next(events), ContentEvent)
-        with pytest.raises(APIConnectionError):
+        with pytest.raises(end):
             await _next(events)
     assert srv.conn_count == 1
 

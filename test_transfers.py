@@ -1,6 +1,6 @@
 """File transfers: memory, safe downloads, text uploads, types, metadata, progress, names.
 
-Transport behaviour is checked on loopback: the ``ScriptedFake`` of test_mix_client
+Transport behaviour is checked on loopback: the ``Scripted`` of test_mix_client
 (MixFake in its own thread with scripted replies, recording raw paths and routes) and,
 where a server must misbehave (a lying ``Content-Length``, a body cut off, a request that
 must never arrive), a MixFake on the test's loop whose every request one handler answers.
@@ -29,6 +29,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from conftest import Handler, Reply, Scripted
 from mix_client import (
     APIConnectionError,
     AsyncMix,
@@ -41,23 +42,10 @@ from mix_client import (
     SyncFileDownload,
 )
 from mix_fake import MixFake
-from test_mix_client import Handler, Reply, ScriptedFake, _reset_peak_rss, _status_kib
+from test_mix_client import _reset_peak_rss, _status_kib
 
 HERE = Path(__file__).resolve().parent
 WAIT = 30.0  # generous bound for anything that should happen at once
-
-
-@pytest.fixture
-def server() -> Iterator[ScriptedFake]:
-    srv = ScriptedFake()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-async def client(server: ScriptedFake) -> AsyncIterator[AsyncMix]:
-    async with AsyncMix(server.url) as c:
-        yield c
 
 
 # ---------------------------------------------------------------------------
@@ -148,7 +136,7 @@ async def test_iter_session_file_short_body_is_a_clear_error() -> None:
     assert "ended after 10 of the 1000 bytes" in str(info.value)
 
 
-async def test_get_session_file_exact_content_and_growth(server: ScriptedFake) -> None:
+async def test_get_session_file_exact_content_and_growth(server: Scripted) -> None:
     """An honest 64 MiB body: exact bytes, held about once (no second copy at the end)."""
     size = 64 << 20
     data = bytes(range(256)) * (size // 256)
@@ -163,7 +151,7 @@ async def test_get_session_file_exact_content_and_growth(server: ScriptedFake) -
         await resp.write_eof()
         return resp
 
-    server.handler = handler
+    server.on("/*", handler, read_body=False)
     async with AsyncMix(server.url) as mix:
         assert len(await mix.get_session_file("s1", "warm.bin")) == size  # warm up
         rss_before = _status_kib("VmRSS")
@@ -224,7 +212,7 @@ async def test_download_cancelled_midway_leaves_existing_file_untouched(tmp_path
 
 
 async def test_download_error_status_creates_nothing(
-    server: ScriptedFake, client: AsyncMix, tmp_path: Path
+    server: Scripted, client: AsyncMix, tmp_path: Path
 ) -> None:
     dest = tmp_path / "kept.txt"
     dest.write_bytes(b"keep me")
@@ -236,12 +224,12 @@ async def test_download_error_status_creates_nothing(
 
 
 async def test_download_replaces_existing_file_keeping_its_mode(
-    server: ScriptedFake, client: AsyncMix, tmp_path: Path
+    server: Scripted, client: AsyncMix, tmp_path: Path
 ) -> None:
     dest = tmp_path / "data.bin"
     dest.write_bytes(b"old content that is longer than the new one")
     dest.chmod(0o640)
-    server.default = Reply(200, body=b"new", content_type="application/x-thing")
+    server.on("/*", Reply(200, body=b"new", content_type="application/x-thing"))
     result = await client.download_session_file("s1", "data.bin", dest)
     assert dest.read_bytes() == b"new"
     assert stat.S_IMODE(dest.stat().st_mode) == 0o640
@@ -250,10 +238,10 @@ async def test_download_replaces_existing_file_keeping_its_mode(
 
 
 async def test_new_download_gets_default_permissions(
-    server: ScriptedFake, client: AsyncMix, tmp_path: Path
+    server: Scripted, client: AsyncMix, tmp_path: Path
 ) -> None:
     """Not the 0600 of a temporary file: what ``open(path, "wb")`` would have given."""
-    server.default = Reply(200, body=b"abc")
+    server.on("/*", Reply(200, body=b"abc"))
     dest = tmp_path / "fresh.txt"
     await client.download_session_file("s1", "fresh.txt", dest)
     umask = os.umask(0)
@@ -262,22 +250,22 @@ async def test_new_download_gets_default_permissions(
 
 
 async def test_download_through_a_symlink_writes_its_target(
-    server: ScriptedFake, client: AsyncMix, tmp_path: Path
+    server: Scripted, client: AsyncMix, tmp_path: Path
 ) -> None:
     real = tmp_path / "real.txt"
     real.write_bytes(b"old")
     link = tmp_path / "link.txt"
     link.symlink_to(real)
-    server.default = Reply(200, body=b"new")
+    server.on("/*", Reply(200, body=b"new"))
     await client.download_session_file("s1", "x.txt", link)
     assert link.is_symlink()
     assert real.read_bytes() == b"new"
 
 
 async def test_download_into_directory_uses_last_part_of_name(
-    server: ScriptedFake, client: AsyncMix, tmp_path: Path
+    server: Scripted, client: AsyncMix, tmp_path: Path
 ) -> None:
-    server.default = Reply(200, body=b"deep")
+    server.on("/*", Reply(200, body=b"deep"))
     result = await client.download_session_file("s1", "sub/dir.txt", tmp_path)
     assert (tmp_path / "dir.txt").read_bytes() == b"deep"
     assert result.path == str(tmp_path / "dir.txt")
@@ -367,7 +355,7 @@ async def test_text_chunk_later_in_a_stream_is_invalid_input_not_connection_erro
 
 
 async def test_upload_from_sync_iterator_and_unseekable_reader(
-    server: ScriptedFake, client: AsyncMix
+    server: Scripted, client: AsyncMix
 ) -> None:
     """The first chunk, read ahead to check its type, is sent once and in order."""
     bodies: list[bytes] = []
@@ -380,7 +368,7 @@ async def test_upload_from_sync_iterator_and_unseekable_reader(
         bodies.append(data)
         return web.json_response({"name": part.filename, "size": len(data)}, status=201)
 
-    server.handler = handler
+    server.on("/*", handler, read_body=False)
 
     def gen() -> Iterator[bytes]:
         for i in range(4):
@@ -405,7 +393,7 @@ async def test_upload_from_sync_iterator_and_unseekable_reader(
     assert bodies == [expected, expected, b"xy", b"3456789"]
 
 
-def test_blocking_upload_of_a_generator(server: ScriptedFake, tmp_path: Path) -> None:
+def test_blocking_upload_of_a_generator(server: Scripted, tmp_path: Path) -> None:
     parts: list[bytes] = []
 
     async def handler(request: web.Request) -> web.StreamResponse:
@@ -415,7 +403,7 @@ def test_blocking_upload_of_a_generator(server: ScriptedFake, tmp_path: Path) ->
         parts.append(bytes(await part.read()))
         return web.json_response({"name": part.filename, "size": len(parts[-1])}, status=201)
 
-    server.handler = handler
+    server.on("/*", handler, read_body=False)
     with Mix(server.url) as mix:
         info = mix.upload_session_file("s1", (b"ab" for _ in range(3)), filename="g.bin")
         assert info.size == 6
@@ -522,8 +510,8 @@ def _file_reply(body: bytes, **headers: str) -> Reply:
     return Reply(200, body=body, content_type="image/png", headers=headers)
 
 
-async def test_iter_session_file_carries_metadata(server: ScriptedFake, client: AsyncMix) -> None:
-    server.default = _file_reply(b"\x89PNG" * 100, ETag='"v1"', **{"X-Checksum": "abc"})
+async def test_iter_session_file_carries_metadata(server: Scripted, client: AsyncMix) -> None:
+    server.on("/*", _file_reply(b"\x89PNG" * 100, ETag='"v1"', **{"X-Checksum": "abc"}))
     async with client.iter_session_file("s1", "a.png", chunk_size=64) as chunks:
         assert chunks.content_type == "image/png"
         assert chunks.content_length == 400
@@ -534,7 +522,7 @@ async def test_iter_session_file_carries_metadata(server: ScriptedFake, client: 
     assert chunks.received == 400
 
 
-async def test_content_length_is_none_when_unknown(server: ScriptedFake, client: AsyncMix) -> None:
+async def test_content_length_is_none_when_unknown(server: Scripted, client: AsyncMix) -> None:
     async def chunked(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
         await resp.prepare(request)  # no Content-Length: chunked
@@ -550,15 +538,13 @@ async def test_content_length_is_none_when_unknown(server: ScriptedFake, client:
         assert b"".join([c async for c in chunks]) == b"abcdef"
 
 
-async def test_compressed_body_has_no_content_length(
-    server: ScriptedFake, client: AsyncMix
-) -> None:
+async def test_compressed_body_has_no_content_length(server: Scripted, client: AsyncMix) -> None:
     """``Content-Length`` of a gzip body counts compressed bytes, not what we read."""
     import gzip
 
     raw = b"a" * 10_000
     packed = gzip.compress(raw)
-    server.default = Reply(200, body=packed, headers={"Content-Encoding": "gzip"})
+    server.on("/*", Reply(200, body=packed, headers={"Content-Encoding": "gzip"}))
     calls: list[tuple[int, int | None]] = []
     assert await client.get_session_file("s1", "a.txt", progress=lambda *a: calls.append(a)) == raw
     assert calls[-1] == (10_000, None)
@@ -569,9 +555,9 @@ async def test_compressed_body_has_no_content_length(
 
 
 async def test_download_session_file_returns_path_and_metadata(
-    server: ScriptedFake, client: AsyncMix, tmp_path: Path
+    server: Scripted, client: AsyncMix, tmp_path: Path
 ) -> None:
-    server.default = _file_reply(b"12345", ETag='"e"')
+    server.on("/*", _file_reply(b"12345", ETag='"e"'))
     result = await client.download_session_file("s1", "a.png", tmp_path / "out.png")
     assert isinstance(result, DownloadedFile)
     assert isinstance(result, int)
@@ -607,8 +593,8 @@ async def test_async_reader_gets_a_clear_error(tmp_path: Path) -> None:
     assert srv.requests == []  # nothing was sent
 
 
-def test_blocking_iter_session_file_carries_metadata(server: ScriptedFake, tmp_path: Path) -> None:
-    server.default = _file_reply(b"x" * 1000, **{"X-Checksum": "abc"})
+def test_blocking_iter_session_file_carries_metadata(server: Scripted, tmp_path: Path) -> None:
+    server.on("/*", _file_reply(b"x" * 1000, **{"X-Checksum": "abc"}))
     with Mix(server.url) as mix:
         with mix.iter_session_file("s1", "a.png", chunk_size=100) as chunks:
             assert isinstance(chunks, SyncFileDownload)
@@ -650,7 +636,7 @@ class Recorder:
 
 
 @pytest.fixture
-def echo_upload(server: ScriptedFake) -> ScriptedFake:
+def echo_upload(server: Scripted) -> Scripted:
     async def handler(request: web.Request) -> web.StreamResponse:
         reader = await request.multipart()
         part = await reader.next()
@@ -658,12 +644,12 @@ def echo_upload(server: ScriptedFake) -> ScriptedFake:
         data = await part.read()
         return web.json_response({"name": part.filename, "size": len(data)}, status=201)
 
-    server.handler = handler
+    server.on("/*", handler, read_body=False)
     return server
 
 
 async def test_upload_progress_from_path(
-    echo_upload: ScriptedFake, client: AsyncMix, tmp_path: Path
+    echo_upload: Scripted, client: AsyncMix, tmp_path: Path
 ) -> None:
     size = 3 * (256 << 10) + 17
     path = tmp_path / "big.bin"
@@ -675,7 +661,7 @@ async def test_upload_progress_from_path(
     assert rec.threads == {threading.current_thread().name}  # the event loop's thread
 
 
-async def test_upload_progress_unknown_total(echo_upload: ScriptedFake, client: AsyncMix) -> None:
+async def test_upload_progress_unknown_total(echo_upload: Scripted, client: AsyncMix) -> None:
     async def chunks() -> AsyncIterator[bytes]:
         for _ in range(3):
             yield b"q" * 1000
@@ -685,9 +671,9 @@ async def test_upload_progress_unknown_total(echo_upload: ScriptedFake, client: 
     rec.check(None, 3000)
 
 
-async def test_download_progress(server: ScriptedFake, client: AsyncMix, tmp_path: Path) -> None:
+async def test_download_progress(server: Scripted, client: AsyncMix, tmp_path: Path) -> None:
     body = b"d" * 300_000
-    server.default = Reply(200, body=body, content_type="application/octet-stream")
+    server.on("/*", Reply(200, body=body, content_type="application/octet-stream"))
 
     rec = Recorder()
     assert await client.get_session_file("s1", "d.bin", progress=rec) == body
@@ -706,9 +692,7 @@ async def test_download_progress(server: ScriptedFake, client: AsyncMix, tmp_pat
     assert all(0 < step <= 100_000 for step in steps)
 
 
-def test_blocking_progress_runs_on_the_loop_thread(
-    echo_upload: ScriptedFake, tmp_path: Path
-) -> None:
+def test_blocking_progress_runs_on_the_loop_thread(echo_upload: Scripted, tmp_path: Path) -> None:
     path = tmp_path / "u.bin"
     path.write_bytes(b"u" * 600_000)
     up = Recorder()
@@ -718,8 +702,8 @@ def test_blocking_progress_runs_on_the_loop_thread(
     assert up.threads == {"mix-client-loop"}
 
 
-def test_blocking_download_progress(server: ScriptedFake, tmp_path: Path) -> None:
-    server.default = Reply(200, body=b"d" * 500_000)
+def test_blocking_download_progress(server: Scripted, tmp_path: Path) -> None:
+    server.on("/*", Reply(200, body=b"d" * 500_000))
     down = Recorder()
     with Mix(server.url) as mix:
         mix.download_session_file("s1", "d.bin", tmp_path / "d.bin", progress=down)
@@ -756,12 +740,12 @@ def _readme_block(containing: str) -> str:
 
 
 async def test_readme_tqdm_snippet_runs(
-    server: ScriptedFake,
+    server: Scripted,
     client: AsyncMix,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    server.default = Reply(200, body=b"t" * 100_000)
+    server.on("/*", Reply(200, body=b"t" * 100_000))
     monkeypatch.setitem(sys.modules, "tqdm", types.SimpleNamespace(tqdm=FakeTqdm))
     monkeypatch.chdir(tmp_path)
     FakeTqdm.made.clear()
@@ -782,7 +766,7 @@ class Stop(Exception):
 
 
 async def test_progress_callback_error_aborts_upload_unretried(
-    echo_upload: ScriptedFake, client: AsyncMix
+    echo_upload: Scripted, client: AsyncMix
 ) -> None:
     def progress(done: int, total: int | None) -> None:
         if done > 0:
@@ -796,9 +780,9 @@ async def test_progress_callback_error_aborts_upload_unretried(
 
 
 async def test_progress_callback_error_aborts_download(
-    server: ScriptedFake, client: AsyncMix, tmp_path: Path
+    server: Scripted, client: AsyncMix, tmp_path: Path
 ) -> None:
-    server.default = Reply(200, body=b"b" * 1000)
+    server.on("/*", Reply(200, body=b"b" * 1000))
     dest = tmp_path / "keep.bin"
     dest.write_bytes(b"old")
 
@@ -815,7 +799,7 @@ async def test_progress_callback_error_aborts_download(
 
 
 async def test_option_errors_name_the_method_called(
-    server: ScriptedFake, client: AsyncMix, tmp_path: Path
+    server: Scripted, client: AsyncMix, tmp_path: Path
 ) -> None:
     with pytest.raises(TypeError, match=r"^download_session_file\(\).*max_retry"):
         await client.download_session_file("s1", "f", tmp_path / "f", max_retry=0)  # type: ignore[call-arg]
@@ -823,7 +807,7 @@ async def test_option_errors_name_the_method_called(
     assert _listing(tmp_path) == []
 
 
-async def test_progress_must_be_callable(server: ScriptedFake, client: AsyncMix) -> None:
+async def test_progress_must_be_callable(server: Scripted, client: AsyncMix) -> None:
     with pytest.raises(InvalidInputError):
         await client.upload_session_file("s1", b"x", filename="x", progress=5)  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError):
@@ -859,11 +843,11 @@ NAMES = [
 
 @pytest.mark.parametrize(("name", "encoded"), NAMES)
 async def test_file_names_reach_the_file_route_as_one_segment(
-    server: ScriptedFake, client: AsyncMix, name: str, encoded: str
+    server: Scripted, client: AsyncMix, name: str, encoded: str
 ) -> None:
-    server.default = Reply(204)
+    server.on("/*", Reply(204))
     await client.delete_session_file("s1", name)
-    server.default = Reply(200, body=b"x")
+    server.on("/*", Reply(200, body=b"x"))
     await client.get_session_file("s1", name)
     async with client.iter_session_file("s1", name) as chunks:
         async for _ in chunks:
@@ -878,7 +862,7 @@ async def test_file_names_reach_the_file_route_as_one_segment(
 
 @pytest.mark.parametrize("name", ["sub/dir.txt", "v1..2.txt", "back\\slash.txt", "../x.txt"])
 async def test_upload_names_are_sent_as_given(
-    server: ScriptedFake, client: AsyncMix, name: str
+    server: Scripted, client: AsyncMix, name: str
 ) -> None:
     seen: list[str | None] = []
 
@@ -890,7 +874,7 @@ async def test_upload_names_are_sent_as_given(
         await part.read()
         return web.json_response({"name": part.filename, "size": 1}, status=201)
 
-    server.handler = handler
+    server.on("/*", handler, read_body=False)
     await client.upload_session_file("s1", b"x", filename=name)
     assert seen == [name]
 
@@ -931,7 +915,7 @@ DOT_CALLS = [
 
 @pytest.mark.parametrize("call", DOT_CALLS)
 async def test_dot_segments_are_refused_before_sending(
-    server: ScriptedFake, client: AsyncMix, tmp_path: Path, call: Any
+    server: Scripted, client: AsyncMix, tmp_path: Path, call: Any
 ) -> None:
     """A raw ``..`` would be normalised away: ``DELETE .../files/..`` hits the session."""
     with pytest.raises(InvalidInputError):
@@ -940,7 +924,7 @@ async def test_dot_segments_are_refused_before_sending(
 
 
 async def test_dot_segments_in_iter_session_file_are_refused(
-    server: ScriptedFake, client: AsyncMix
+    server: Scripted, client: AsyncMix
 ) -> None:
     for name in (".", ".."):
         with pytest.raises(InvalidInputError):
@@ -948,9 +932,7 @@ async def test_dot_segments_in_iter_session_file_are_refused(
     assert server.requests == []
 
 
-async def test_empty_and_wrong_type_names_are_refused(
-    server: ScriptedFake, client: AsyncMix
-) -> None:
+async def test_empty_and_wrong_type_names_are_refused(server: Scripted, client: AsyncMix) -> None:
     for bad in ("", 5, None, b"a.txt"):
         with pytest.raises(InvalidInputError):
             await client.get_session_file("s1", bad)  # type: ignore[arg-type]
@@ -962,7 +944,7 @@ async def test_empty_and_wrong_type_names_are_refused(
     assert server.requests == []
 
 
-def test_unencoded_dot_segments_would_reach_another_route(server: ScriptedFake) -> None:
+def test_unencoded_dot_segments_would_reach_another_route(server: Scripted) -> None:
     """Why ``..`` is refused: sent as is, it is normalised to the session's own URL."""
 
     async def raw_delete() -> int:
@@ -971,7 +953,7 @@ def test_unencoded_dot_segments_would_reach_another_route(server: ScriptedFake) 
             async with http.delete(url) as resp:
                 return resp.status
 
-    server.default = Reply(204)
+    server.on("/*", Reply(204))
     with contextlib.suppress(aiohttp.ClientError):
         asyncio.run(raw_delete())
     # the file route is left: the request goes to the session's own URL

@@ -264,13 +264,22 @@ async def test_sub_agent_run_start_is_part_of_the_turn(fake: MixFake, mix: Async
 # ---------------------------------------------------------------------------
 
 
+async def abandoned(fake: MixFake, mix: AsyncMix, text: str, *replies: str) -> str:
+    """A new session (its next turns answered with ``replies``) whose first, slow run the
+    client gave up on; its id."""
+    fake.slow_delay = 0.1
+    sid = fake.add_session()
+    for reply in replies:
+        fake.script_reply(sid, reply)
+    with pytest.raises(APITimeoutError):
+        await bounded(mix.send_and_wait(sid, text, timeout=0.4))
+    return sid
+
+
 async def test_turn_after_an_abandoned_run_gets_its_own_answer(
     fake: MixFake, mix: AsyncMix
 ) -> None:
-    fake.slow_delay = 0.1
-    sid = fake.add_session()
-    with pytest.raises(APITimeoutError):
-        await bounded(mix.send_and_wait(sid, "first question [slow]", timeout=0.4))
+    sid = await abandoned(fake, mix, "first question [slow]")
     assert sid in fake.active_runs  # the agent kept running after the client gave up
     turn = await bounded(mix.send_and_wait(sid, "second question", timeout=15))
     assert turn.text == "Echo: second question"
@@ -281,12 +290,8 @@ async def test_turn_after_an_abandoned_run_gets_its_own_answer(
 
 
 async def test_same_question_again_after_an_abandoned_run(fake: MixFake, mix: AsyncMix) -> None:
-    fake.slow_delay = 0.1
-    sid = fake.add_session()
-    fake.script_reply(sid, "the first run's answer")
-    fake.script_reply(sid, "the second run's answer")
-    with pytest.raises(APITimeoutError):
-        await bounded(mix.send_and_wait(sid, "again [slow]", timeout=0.4))
+    answers = ("the first run's answer", "the second run's answer")
+    sid = await abandoned(fake, mix, "again [slow]", *answers)
     turn = await bounded(mix.send_and_wait(sid, "again [slow]", timeout=15))
     assert turn.text == "the second run's answer"
     assert turn.final is not None and turn.final.data.content == "the second run's answer"
@@ -295,10 +300,7 @@ async def test_same_question_again_after_an_abandoned_run(fake: MixFake, mix: As
 async def test_abandoned_run_met_by_a_fresh_client(fake: MixFake, mix: AsyncMix) -> None:
     # A new client has not yet seen the server mark runs: the earlier run's `complete`
     # is checked in the export, found not to be this turn's, and the turn waits for its own.
-    fake.slow_delay = 0.1
-    sid = fake.add_session()
-    with pytest.raises(APITimeoutError):
-        await bounded(mix.send_and_wait(sid, "first question [slow]", timeout=0.4))
+    sid = await abandoned(fake, mix, "first question [slow]")
     async with AsyncMix(fake.url, max_retries=0) as fresh:
         turn = await bounded(fresh.send_and_wait(sid, "second question", timeout=15))
     assert turn.text == "Echo: second question"
@@ -306,10 +308,7 @@ async def test_abandoned_run_met_by_a_fresh_client(fake: MixFake, mix: AsyncMix)
 
 
 async def test_query_does_not_yield_an_earlier_runs_events(fake: MixFake, mix: AsyncMix) -> None:
-    fake.slow_delay = 0.1
-    sid = fake.add_session()
-    with pytest.raises(APITimeoutError):
-        await bounded(mix.send_and_wait(sid, "first question [slow]", timeout=0.4))
+    sid = await abandoned(fake, mix, "first question [slow]")
     got: list[Any] = []
 
     async def run() -> None:

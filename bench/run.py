@@ -330,81 +330,28 @@ class Floor:
             return await r.read()
 
 
-class MixAsync:
-    """mix_client.AsyncMix."""
-
-    name = "mix_client"
-    is_async = True
-
-    def __init__(self, url: str, sid: str) -> None:
-        self.url = url
-        self.sid = sid
-        self.m: Any = None
-
-    async def open(self) -> None:
-        import mix_client
-
-        self.m = mix_client.AsyncMix(self.url)
-        await self.m.__aenter__()
-
-    async def close(self) -> None:
-        if self.m is not None:
-            await self.m.__aexit__(None, None, None)
-
-    def health(self) -> Awaitable[Any]:
-        return self.m.health_check()  # type: ignore[no-any-return]
-
-    def get_session(self) -> Awaitable[Any]:
-        return self.m.get_session(self.sid)  # type: ignore[no-any-return]
-
-    def create_session(self) -> Awaitable[Any]:
-        return self.m.create_session(title=TITLE, browser_mode=BROWSER)  # type: ignore[no-any-return]
-
-    def list_sessions(self) -> Awaitable[Any]:
-        return self.m.list_sessions()  # type: ignore[no-any-return]
-
-    def messages(self) -> Awaitable[Any]:
-        return self.m.get_session_messages(self.sid)  # type: ignore[no-any-return]
-
-    async def sse(self, sid: str) -> int:
-        count = 0
-        async with self.m.stream_events(sid, reconnect=False) as events:
-            async for ev in events:
-                count += 1
-                if ev.event == "complete":
-                    break
-        return count
-
-    async def upload(self, path: str, name: str) -> int:
-        info = await self.m.upload_session_file(self.sid, path, filename=name)
-        return int(info.size)
-
-    async def download_file(self, name: str, dest: str) -> int:
-        return int(await self.m.download_session_file(self.sid, name, dest))
-
-    async def download_bytes(self, name: str) -> bytes:
-        return await self.m.get_session_file(self.sid, name)  # type: ignore[no-any-return]
+async def count_to_complete(events: Any) -> int:
+    """How many events a stream yields up to and including the first ``complete``."""
+    count = 0
+    async for ev in events:
+        count += 1
+        if ev.event == "complete":
+            break
+    return count
 
 
-class MixSync:
-    """mix_client.Mix, the blocking facade."""
-
-    name = "mix_client.sync"
-    is_async = False
+class Contender:
+    """A client under test: the server's URL, the session it calls, the client (``m``)."""
 
     def __init__(self, url: str, sid: str) -> None:
         self.url = url
         self.sid = sid
         self.m: Any = None
 
-    def open(self) -> None:
-        import mix_client
 
-        self.m = mix_client.Mix(self.url)
-
-    def close(self) -> None:
-        if self.m is not None:
-            self.m.close()
+class MixCalls(Contender):
+    """The plain calls of mix_client's two clients: the same methods, awaitables on
+    ``AsyncMix`` and results on ``Mix``."""
 
     def health(self) -> Any:
         return self.m.health_check()
@@ -422,16 +369,58 @@ class MixSync:
         return self.m.get_session_messages(self.sid)
 
 
-class SdkSync:
+class MixAsync(MixCalls):
+    """mix_client.AsyncMix."""
+
+    name = "mix_client"
+    is_async = True
+
+    async def open(self) -> None:
+        import mix_client
+
+        self.m = mix_client.AsyncMix(self.url)
+        await self.m.__aenter__()
+
+    async def close(self) -> None:
+        if self.m is not None:
+            await self.m.__aexit__(None, None, None)
+
+    async def sse(self, sid: str) -> int:
+        async with self.m.stream_events(sid, reconnect=False) as events:
+            return await count_to_complete(events)
+
+    async def upload(self, path: str, name: str) -> int:
+        info = await self.m.upload_session_file(self.sid, path, filename=name)
+        return int(info.size)
+
+    async def download_file(self, name: str, dest: str) -> int:
+        return int(await self.m.download_session_file(self.sid, name, dest))
+
+    async def download_bytes(self, name: str) -> bytes:
+        return await self.m.get_session_file(self.sid, name)  # type: ignore[no-any-return]
+
+
+class MixSync(MixCalls):
+    """mix_client.Mix, the blocking facade."""
+
+    name = "mix_client.sync"
+    is_async = False
+
+    def open(self) -> None:
+        import mix_client
+
+        self.m = mix_client.Mix(self.url)
+
+    def close(self) -> None:
+        if self.m is not None:
+            self.m.close()
+
+
+class SdkSync(Contender):
     """mix_python_sdk.Mix, blocking methods (httpx.Client + pydantic)."""
 
     name = "sdk.sync"
     is_async = False
-
-    def __init__(self, url: str, sid: str) -> None:
-        self.url = url
-        self.sid = sid
-        self.m: Any = None
 
     def open(self) -> None:
         import mix_python_sdk
@@ -457,16 +446,11 @@ class SdkSync:
         return self.m.messages.list_session(id=self.sid)
 
 
-class SdkAsync:
+class SdkAsync(Contender):
     """mix_python_sdk.Mix, *_async methods (httpx.AsyncClient + pydantic)."""
 
     name = "sdk.async"
     is_async = True
-
-    def __init__(self, url: str, sid: str) -> None:
-        self.url = url
-        self.sid = sid
-        self.m: Any = None
 
     async def open(self) -> None:
         import mix_python_sdk
@@ -494,14 +478,9 @@ class SdkAsync:
         return self.m.messages.list_session_async(id=self.sid)  # type: ignore[no-any-return]
 
     async def sse(self, sid: str) -> int:
-        count = 0
         res = await self.m.streaming.stream_events_async(session_id=sid)
         async with res.result as events:
-            async for ev in events:
-                count += 1
-                if ev.event == "complete":
-                    break
-        return count
+            return await count_to_complete(events)
 
     async def upload(self, path: str, name: str) -> int:
         with open(path, "rb") as f:  # noqa: ASYNC230 - the SDK takes an open file
