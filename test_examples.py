@@ -224,19 +224,16 @@ def test_quickstart_spinner_on_a_terminal() -> None:
     match_lines(lines[1:], quickstart_patterns(fake_url, on_fake=True))
 
 
+def uv_run_script(script: str) -> list[str]:
+    """``uv run --script`` with this interpreter, without the user's uv configuration."""
+    return [str(UV), "run", "--no-config", "--python", sys.executable, "--script", script]
+
+
 def test_quickstart_runs_with_uv_run_script() -> None:
     """The PEP 723 header is enough: ``uv run --script`` installs aiohttp and msgspec."""
     wanted = unused_url()
     proc = subprocess.run(
-        [
-            str(UV),
-            "run",
-            "--no-config",
-            "--python",
-            sys.executable,
-            "--script",
-            "examples/quickstart.py",
-        ],
+        uv_run_script("examples/quickstart.py"),
         cwd=ROOT,
         env=child_env(wanted),
         capture_output=True,
@@ -370,13 +367,7 @@ async def test_vendored_mix_client_runs_with_uv_run_script(tmp_path: Path) -> No
     assert sorted(p.name for p in folder.iterdir()) == ["mix_client.py", "script.py"]
     async with MixFake() as url:
         proc = await asyncio.create_subprocess_exec(
-            str(UV),
-            "run",
-            "--no-config",
-            "--python",
-            sys.executable,
-            "--script",
-            "script.py",
+            *uv_run_script("script.py"),
             cwd=folder,
             env=child_env(url),
             stdout=asyncio.subprocess.PIPE,

@@ -20,7 +20,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from aiohttp import web
 from aioresponses import aioresponses
 
 import mix_client
+from conftest import Handler, Scripted
 from mix_client import (
     APITimeoutError,
     AsyncMix,
@@ -47,8 +48,6 @@ HERE = Path(__file__).resolve().parent
 FAST = RetryConfig("backoff", BackoffStrategy(10, 10, 1.0, 0), True)
 """Real (tiny) backoff: 10 ms between attempts, the default number of retries."""
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
 
 # ---------------------------------------------------------------------------
 # Servers on loopback, each on its own loop in a thread
@@ -56,22 +55,16 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @contextlib.contextmanager
-def serve(handler: Handler) -> Iterator[FakeThread]:
-    """A MixFake on its own thread whose every request ``handler`` answers."""
-    with FakeThread() as srv:
-        srv.fake.handle_next("/*", handler, times=math.inf)
+def serve(*answers: Handler) -> Iterator[Scripted]:
+    """A ``Scripted`` server on its own thread: the n-th request gets the n-th answer, the
+    last one answers the rest (each reads the body itself, if it wants it)."""
+    srv = Scripted(thread=True)
+    srv.on("/*", answers[-1], read_body=False)
+    srv.reply(*answers[:-1])
+    try:
         yield srv
-
-
-def replies(*answers: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Handler:
-    """Answer the n-th request with the n-th handler (the last one answers the rest)."""
-    queue = list(answers)
-
-    async def handle(request: web.Request) -> web.StreamResponse:
-        answer = queue.pop(0) if len(queue) > 1 else queue[0]
-        return await answer(request)
-
-    return handle
+    finally:
+        srv.stop()
 
 
 def status(code: int, headers: dict[str, str] | None = None, body: Any = None) -> Handler:
@@ -577,12 +570,11 @@ async def test_client_timeout_is_not_a_total_limit_for_uploads(tmp_path: Path) -
 
 
 async def test_retry_after_that_cannot_fit_fails_fast_with_the_status_error() -> None:
-    handler = replies(
+    with serve(
         status(503, {"Retry-After": "20"}),
         status(503, {"Retry-After": "20"}),
         status(200, body=SESSION),
-    )
-    with serve(handler) as srv:
+    ) as srv:
         async with AsyncMix(srv.url, timeout=1) as mix:
             with pytest.raises(InternalServerError) as info:
                 await asyncio.wait_for(mix.get_session("s1"), 10)
@@ -591,8 +583,7 @@ async def test_retry_after_that_cannot_fit_fails_fast_with_the_status_error() ->
 
 
 async def test_retry_after_that_fits_is_honoured() -> None:
-    handler = replies(status(503, {"Retry-After": "0.2"}), status(200, body=SESSION))
-    with serve(handler) as srv:
+    with serve(status(503, {"Retry-After": "0.2"}), status(200, body=SESSION)) as srv:
         async with AsyncMix(srv.url, timeout=10) as mix:
             session = await asyncio.wait_for(mix.get_session("s1"), 20)
     assert session.id == "s1"
@@ -715,8 +706,7 @@ async def test_retry_after_sets_the_wait_before_the_next_attempt(
     [{"Retry-After": "nan"}, {"retry-after-ms": "NaN"}, {"Retry-After": "inf"}],
 )
 async def test_nan_retry_after_does_not_hang(headers: dict[str, str]) -> None:
-    handler = replies(status(503, headers), status(200, body=SESSION))
-    with serve(handler) as srv:
+    with serve(status(503, headers), status(200, body=SESSION)) as srv:
         async with AsyncMix(srv.url, retry_config=FAST) as mix:
             session = await asyncio.wait_for(mix.get_session("s1"), 10)
     assert session.id == "s1"
@@ -729,23 +719,21 @@ async def test_nan_retry_after_does_not_hang(headers: dict[str, str]) -> None:
 
 
 async def test_retried_delete_answered_404_is_done() -> None:
-    handler = replies(drop, status(404))
-    with serve(handler) as srv:
+    with serve(drop, status(404)) as srv:
         async with AsyncMix(srv.url, retry_config=FAST) as mix:
             assert await asyncio.wait_for(mix.delete_session("s1"), 10) is None
     assert [r[0] for r in srv.fake.requests] == ["DELETE", "DELETE"]
 
 
 async def test_delete_retried_after_503_then_404_is_done() -> None:
-    handler = replies(status(503), status(404))
-    with serve(handler) as srv:
+    with serve(status(503), status(404)) as srv:
         async with AsyncMix(srv.url, retry_config=FAST) as mix:
             assert await asyncio.wait_for(mix.delete_session_file("s1", "a.txt"), 10) is None
     assert len(srv.fake.requests) == 2
 
 
 async def test_retried_delete_credentials_answered_404_is_done() -> None:
-    with serve(replies(status(502), status(404))) as srv:
+    with serve(status(502), status(404)) as srv:
         async with AsyncMix(srv.url, retry_config=FAST) as mix:
             result = await asyncio.wait_for(mix.delete_credentials("openai"), 10)
     assert result == mix_client.DeleteCredentialsResponse()
@@ -753,16 +741,16 @@ async def test_retried_delete_credentials_answered_404_is_done() -> None:
 
 
 async def test_dropped_connection_resent_once_at_once_outside_max_retries() -> None:
-    with serve(replies(drop, status(200, body=SESSION))) as srv:
+    with serve(drop, status(200, body=SESSION)) as srv:
         async with AsyncMix(srv.url, max_retries=0) as mix:
             assert (await asyncio.wait_for(mix.get_session("s1"), 10)).id == "s1"
     assert len(srv.fake.requests) == 2
-    with serve(replies(drop, drop, status(200, body=SESSION))) as srv:
+    with serve(drop, drop, status(200, body=SESSION)) as srv:
         async with AsyncMix(srv.url, max_retries=0) as mix:
             with pytest.raises(mix_client.APIConnectionError):
                 await asyncio.wait_for(mix.get_session("s1"), 10)
     assert len(srv.fake.requests) == 2  # one resend, then max_retries=0 holds
-    with serve(replies(drop, status(201, body=SESSION))) as srv:
+    with serve(drop, status(201, body=SESSION)) as srv:
         async with AsyncMix(srv.url) as mix:
             with pytest.raises(mix_client.APIConnectionError):
                 await mix.create_session(title="t", browser_mode="local-browser-service")
@@ -780,7 +768,7 @@ async def test_first_attempt_delete_404_still_raises() -> None:
 
 
 async def test_404_on_a_retried_get_still_raises() -> None:
-    with serve(replies(status(503), status(404))) as srv:
+    with serve(status(503), status(404)) as srv:
         async with AsyncMix(srv.url, retry_config=FAST) as mix:
             with pytest.raises(NotFoundError):
                 await mix.get_session("s1")
@@ -791,15 +779,22 @@ async def test_404_on_a_retried_get_still_raises() -> None:
 # ---------------------------------------------------------------------------
 
 
-async def test_302_on_post_raises_and_goes_nowhere() -> None:
+@contextlib.contextmanager
+def redirected(code: int, path: str) -> Iterator[tuple[Scripted, Scripted]]:
+    """A server answering ``code`` to ``path`` on another server (which answers a session)."""
     with serve(status(200, body=SESSION)) as elsewhere:
-        moved = status(302, {"Location": f"{elsewhere.url}/api/sessions"}, body={})
+        moved = status(code, {"Location": f"{elsewhere.url}{path}"}, body={})
         with serve(moved) as srv:
-            async with AsyncMix(srv.url, headers={"X-Api-Key": "secret-key"}) as mix:
-                with pytest.raises(mix_client.RedirectError) as info:
-                    await mix.create_session(title="t", browser_mode="local-browser-service")
-                with pytest.raises(mix_client.RedirectError):
-                    await mix.send_message("s1", text="hello")
+            yield srv, elsewhere
+
+
+async def test_302_on_post_raises_and_goes_nowhere() -> None:
+    with redirected(302, "/api/sessions") as (srv, elsewhere):
+        async with AsyncMix(srv.url, headers={"X-Api-Key": "secret-key"}) as mix:
+            with pytest.raises(mix_client.RedirectError) as info:
+                await mix.create_session(title="t", browser_mode="local-browser-service")
+            with pytest.raises(mix_client.RedirectError):
+                await mix.send_message("s1", text="hello")
     err = info.value
     assert isinstance(err, mix_client.APIStatusError)
     assert err.status_code == 302
@@ -810,12 +805,10 @@ async def test_302_on_post_raises_and_goes_nowhere() -> None:
 
 
 async def test_307_to_another_origin_forwards_nothing() -> None:
-    with serve(status(200, body=SESSION)) as elsewhere:
-        moved = status(307, {"Location": f"{elsewhere.url}/api/sessions/s1"}, body={})
-        with serve(moved) as srv:
-            async with AsyncMix(srv.url, headers={"X-Api-Key": "secret-key"}) as mix:
-                with pytest.raises(mix_client.RedirectError) as info:
-                    await mix.get_session("s1")
+    with redirected(307, "/api/sessions/s1") as (srv, elsewhere):
+        async with AsyncMix(srv.url, headers={"X-Api-Key": "secret-key"}) as mix:
+            with pytest.raises(mix_client.RedirectError) as info:
+                await mix.get_session("s1")
     assert info.value.status_code == 307
     assert elsewhere.url in str(info.value)
     assert len(srv.fake.requests) == 1  # a 3xx is not retried either
@@ -829,10 +822,12 @@ def test_redirect_error_is_exported() -> None:
 
 
 def test_blocking_redirect_is_not_followed() -> None:
-    with serve(status(200, body=SESSION)) as elsewhere:
-        moved = status(301, {"Location": f"{elsewhere.url}/health"}, body={})
-        with serve(moved) as srv, Mix(srv.url) as mix, pytest.raises(mix_client.RedirectError):
-            mix.health_check()
+    with (
+        redirected(301, "/health") as (srv, elsewhere),
+        Mix(srv.url) as mix,
+        pytest.raises(mix_client.RedirectError),
+    ):
+        mix.health_check()
     assert elsewhere.fake.requests == []
 
 
