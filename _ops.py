@@ -374,6 +374,11 @@ def _callbacks(i: int) -> tuple[list[Any], list[dict[str, Any]]]:
     return [msgspec.convert(cb, mix_client.Callback) for cb in wire], wire
 
 
+def _no_args(method: str) -> Callable[[int], Call]:
+    """An operation whose method takes no arguments."""
+    return lambda i: Call(lambda m, **o: getattr(m, method)(**o))
+
+
 def c_store_api_key(i: int) -> Call:
     key, provider = tv(i), pick(["anthropic", "openai", "openrouter", "gemini", "brave"], i)
     return Call(
@@ -385,10 +390,6 @@ def c_store_api_key(i: int) -> Call:
 def c_set_api_key(i: int) -> Call:
     key = tv(i, 1)
     return Call(lambda m, **o: m.set_api_key(api_key=key, **o), json_body={"apiKey": key})
-
-
-def c_initiate_oauth_login(i: int) -> Call:
-    return Call(lambda m, **o: m.initiate_oauth_login(**o))
 
 
 def c_handle_oauth_callback(i: int) -> Call:
@@ -406,14 +407,6 @@ def c_start_oauth_flow(i: int) -> Call:
     )
 
 
-def c_get_auth_status(i: int) -> Call:
-    return Call(lambda m, **o: m.get_auth_status(**o))
-
-
-def c_validate_preferred_provider(i: int) -> Call:
-    return Call(lambda m, **o: m.validate_preferred_provider(**o))
-
-
 def c_delete_credentials(i: int) -> Call:
     provider = pv(i, 3)
     return Call(
@@ -421,17 +414,9 @@ def c_delete_credentials(i: int) -> Call:
     )
 
 
-def c_list_commands(i: int) -> Call:
-    return Call(lambda m, **o: m.list_commands(**o))
-
-
 def c_get_command(i: int) -> Call:
     name = pv(i, 5)
     return Call(lambda m, **o: m.get_command(name, **o), path_params={"name": name})
-
-
-def c_list_mcp_servers(i: int) -> Call:
-    return Call(lambda m, **o: m.list_mcp_servers(**o))
 
 
 def c_get_message_history(i: int) -> Call:
@@ -476,10 +461,6 @@ def c_grant_permission(i: int) -> Call:
     return Call(lambda m, **o: m.grant_permission(pid, **o), path_params={"id": pid})
 
 
-def c_get_preferences(i: int) -> Call:
-    return Call(lambda m, **o: m.get_preferences(**o))
-
-
 _PREF_FIELDS = [
     ("main_agent_max_tokens", lambda i: 1000 + i),
     ("main_agent_model", lambda i: tv(i)),
@@ -497,14 +478,6 @@ def c_update_preferences(i: int) -> Call:
     if i == 0:
         chosen = {}
     return Call(lambda m, **o: m.update_preferences(**chosen, **o), json_body=dict(chosen))
-
-
-def c_get_available_providers(i: int) -> Call:
-    return Call(lambda m, **o: m.get_available_providers(**o))
-
-
-def c_reset_preferences(i: int) -> Call:
-    return Call(lambda m, **o: m.reset_preferences(**o))
 
 
 def c_list_sessions(i: int) -> Call:
@@ -735,34 +708,6 @@ def c_rewind_session(i: int) -> Call:
     )
 
 
-def c_get_system_info(i: int) -> Call:
-    return Call(lambda m, **o: m.get_system_info(**o))
-
-
-def c_list_llm_tools(i: int) -> Call:
-    return Call(lambda m, **o: m.list_llm_tools(**o))
-
-
-def c_get_tool_credentials_status(i: int) -> Call:
-    return Call(lambda m, **o: m.get_tool_credentials_status(**o))
-
-
-def c_get_tools_status(i: int) -> Call:
-    return Call(lambda m, **o: m.get_tools_status(**o))
-
-
-def c_health_check(i: int) -> Call:
-    return Call(lambda m, **o: m.health_check(**o))
-
-
-def c_get_oauth_health(i: int) -> Call:
-    return Call(lambda m, **o: m.get_oauth_health(**o))
-
-
-def c_refresh_oauth_tokens(i: int) -> Call:
-    return Call(lambda m, **o: m.refresh_oauth_tokens(**o))
-
-
 def c_stream_events(i: int) -> Call:
     sid = pv(i, 19)
 
@@ -776,23 +721,23 @@ def c_stream_events(i: int) -> Call:
 CALLS: dict[str, Callable[[int], Call]] = {
     "storeApiKey": c_store_api_key,
     "setApiKey": c_set_api_key,
-    "initiateOAuthLogin": c_initiate_oauth_login,
+    "initiateOAuthLogin": _no_args("initiate_oauth_login"),
     "handleOAuthCallback": c_handle_oauth_callback,
     "startOAuthFlow": c_start_oauth_flow,
-    "getAuthStatus": c_get_auth_status,
-    "validatePreferredProvider": c_validate_preferred_provider,
+    "getAuthStatus": _no_args("get_auth_status"),
+    "validatePreferredProvider": _no_args("validate_preferred_provider"),
     "deleteCredentials": c_delete_credentials,
-    "listCommands": c_list_commands,
+    "listCommands": _no_args("list_commands"),
     "getCommand": c_get_command,
-    "listMcpServers": c_list_mcp_servers,
+    "listMcpServers": _no_args("list_mcp_servers"),
     "getMessageHistory": c_get_message_history,
     "respondToNotification": c_respond_to_notification,
     "denyPermission": c_deny_permission,
     "grantPermission": c_grant_permission,
-    "getPreferences": c_get_preferences,
+    "getPreferences": _no_args("get_preferences"),
     "updatePreferences": c_update_preferences,
-    "getAvailableProviders": c_get_available_providers,
-    "resetPreferences": c_reset_preferences,
+    "getAvailableProviders": _no_args("get_available_providers"),
+    "resetPreferences": _no_args("reset_preferences"),
     "listSessions": c_list_sessions,
     "createSession": c_create_session,
     "deleteSession": c_delete_session,
@@ -808,13 +753,13 @@ CALLS: dict[str, Callable[[int], Call]] = {
     "getSessionMessages": c_get_session_messages,
     "sendMessage": c_send_message,
     "rewindSession": c_rewind_session,
-    "getSystemInfo": c_get_system_info,
-    "listLLMTools": c_list_llm_tools,
-    "getToolCredentialsStatus": c_get_tool_credentials_status,
-    "getToolsStatus": c_get_tools_status,
-    "healthCheck": c_health_check,
-    "getOAuthHealth": c_get_oauth_health,
-    "refreshOAuthTokens": c_refresh_oauth_tokens,
+    "getSystemInfo": _no_args("get_system_info"),
+    "listLLMTools": _no_args("list_llm_tools"),
+    "getToolCredentialsStatus": _no_args("get_tool_credentials_status"),
+    "getToolsStatus": _no_args("get_tools_status"),
+    "healthCheck": _no_args("health_check"),
+    "getOAuthHealth": _no_args("get_oauth_health"),
+    "refreshOAuthTokens": _no_args("refresh_oauth_tokens"),
     "streamEvents": c_stream_events,
 }
 """Every operation of the merged spec: how to call it, and what must go on the wire."""

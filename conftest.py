@@ -334,3 +334,15 @@ def server() -> Iterator[Scripted]:
 async def client(server: Scripted) -> AsyncIterator[mix_client.AsyncMix]:
     async with mix_client.AsyncMix(server.url) as c:
         yield c
+
+
+@pytest.fixture
+async def mix(srv: Scripted) -> AsyncIterator[mix_client.AsyncMix]:
+    """An AsyncMix without retries on the test file's ``srv`` server."""
+    async with mix_client.AsyncMix(srv.url, max_retries=0) as client:
+        yield client
+
+
+async def next_event(events: Any) -> Any:
+    """The stream's next event, within ``WAIT`` seconds."""
+    return await asyncio.wait_for(events.__anext__(), WAIT)

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from conftest import HANG, WAIT, Reply, Scripted
+from conftest import HANG, WAIT, Reply, Scripted, next_event
 from conftest import frame as go_frame
 from mix_client import (
     DEFAULT_MAX_EVENT_SIZE,
@@ -67,16 +67,6 @@ async def srv() -> AsyncIterator[Scripted]:
     server.on("GET /api/sessions/{id}", plain_session())
     async with server:
         yield server
-
-
-@pytest.fixture
-async def mix(srv: Scripted) -> AsyncIterator[AsyncMix]:
-    async with AsyncMix(srv.url, max_retries=0) as client:
-        yield client
-
-
-async def _next(events: Any) -> Any:
-    return await asyncio.wait_for(events.__anext__(), WAIT)
 
 
 def conns(srv: Scripted) -> list[float]:
@@ -150,7 +140,7 @@ async def test_streams_do_not_count_against_max_connections(srv: Scripted) -> No
 async def test_max_stream_connections_bounds_open_streams(srv: Scripted) -> None:
     mix = AsyncMix(srv.url, max_stream_connections=1, max_retries=0)
     async with mix, mix.stream_events("s1") as first:
-        assert isinstance(await _next(first), ConnectedEvent)
+        assert isinstance(await next_event(first), ConnectedEvent)
         # The second stream waits for the first one's connection (connect timeout).
         with pytest.raises(APITimeoutError):
             async with mix.stream_events("s2", timeout=0.3):
@@ -164,7 +154,7 @@ async def test_streams_send_the_cookies_of_plain_calls(srv: Scripted) -> None:
     async with AsyncMix(srv.url.replace("127.0.0.1", "localhost")) as mix:
         assert (await mix.health_check()).status == "ok"
         async with mix.stream_events("s1") as events:
-            assert isinstance(await _next(events), ConnectedEvent)
+            assert isinstance(await next_event(events), ConnectedEvent)
     assert [r.headers.get("Cookie") for r in srv.seen("/stream")] == ["route=backend-7"]
 
 
@@ -187,7 +177,7 @@ async def test_user_session_streams_share_its_connector_limit(srv: Scripted) -> 
     async with aiohttp.ClientSession(connector=connector) as session:
         mix = AsyncMix(srv.url, session=session, max_retries=0)
         async with mix.stream_events("s1") as events:
-            assert isinstance(await _next(events), ConnectedEvent)
+            assert isinstance(await next_event(events), ConnectedEvent)
             with pytest.raises(APITimeoutError):
                 await mix.health_check(timeout=0.3)
         assert (await mix.health_check()).status == "ok"
@@ -204,7 +194,7 @@ async def test_reopen_after_drop_is_immediate_despite_retry_30000(
 ) -> None:
     srv.reply(drop_after_events)
     async with mix.stream_events("s1") as events:
-        got = [await _next(events) for _ in range(4)]
+        got = [await next_event(events) for _ in range(4)]
         await srv.wait_seen("/stream", 2)
     # The server's retry: 30000 is not a pause (the old client waited 22-30 s here).
     assert conns(srv)[1] - conns(srv)[0] < 3.0
@@ -220,7 +210,7 @@ async def test_backoff_applies_to_failed_attempts_capped_by_retry(
 ) -> None:
     srv.reply(drop_after_events, *[status_503] * 4)
     async with mix.stream_events("s1", max_reconnects=10) as events:
-        got = [await _next(events) for _ in range(4)]
+        got = [await next_event(events) for _ in range(4)]
     assert isinstance(got[2], Reconnected)
     assert got[2].data.attempts == 5
     # No wait before the first reopen; then 0.5 s doubling, with jitter (x0.5-1).
@@ -235,7 +225,7 @@ async def test_retry_value_caps_the_backoff(
     overloaded = frame(2, "error", {"error": "overloaded"}, 750)  # Go: 750
     srv.reply(srv.writes(CONNECTED, overloaded, then="close"), *[status_503] * 3)
     async with mix.stream_events("s1", max_reconnects=10) as events:
-        got = [await _next(events) for _ in range(4)]
+        got = [await next_event(events) for _ in range(4)]
     assert isinstance(got[2], Reconnected)
     assert len(sleeps) == 3
     assert all(0.1 <= delay <= 0.75 for delay in sleeps), sleeps
@@ -252,10 +242,10 @@ async def test_200_that_closes_at_once_counts_as_failed_attempt(
     srv.on("GET /stream", srv.sse)  # 200 text/event-stream, then the body ends
     srv.reply(lambda request: drop_after_events(request, retry=0))
     async with mix.stream_events("s1", max_reconnects=3) as events:
-        assert isinstance(await _next(events), ConnectedEvent)
-        assert isinstance(await _next(events), ContentEvent)
+        assert isinstance(await next_event(events), ConnectedEvent)
+        assert isinstance(await next_event(events), ContentEvent)
         with pytest.raises(APIConnectionError, match="3 reconnect attempts failed"):
-            await _next(events)
+            await next_event(events)
         with pytest.raises(StopAsyncIteration):
             await events.__anext__()
     assert len(conns(srv)) == 4  # the first connection and 3 attempts, then no more
@@ -270,7 +260,7 @@ async def test_connected_then_close_is_rate_limited(srv: Scripted, mix: AsyncMix
     srv.on("GET /stream", srv.writes(frame(1, "connected", {"sessionId": "s1"}, 0), then="end"))
     async with mix.stream_events("s1") as events:
         for _ in range(9):  # connected, (Reconnected, connected) x 4
-            await _next(events)
+            await next_event(events)
     assert len(conns(srv)) == 5
     gaps = [b - a for a, b in zip(conns(srv)[1:-1], conns(srv)[2:], strict=True)]
     assert sum(gap >= 0.09 for gap in gaps) >= 2, gaps
@@ -293,10 +283,10 @@ async def test_html_200_on_reconnect_is_an_error_not_a_retry(srv: Scripted, mix:
     srv.on("GET /stream", Reply(body=b"<html>proxy says hi</html>", content_type="text/html"))
     srv.reply(drop_after_events)
     async with mix.stream_events("s1", max_reconnects=50) as events:
-        assert isinstance(await _next(events), ConnectedEvent)
-        assert isinstance(await _next(events), ContentEvent)
+        assert isinstance(await next_event(events), ConnectedEvent)
+        assert isinstance(await next_event(events), ContentEvent)
         with pytest.raises(ResponseValidationError):
-            await _next(events)
+            await next_event(events)
         with pytest.raises(StopAsyncIteration):
             await events.__anext__()
     assert len(conns(srv)) == 2
@@ -499,11 +489,11 @@ async def test_closing_a_copy_closes_its_streams_not_the_parent(srv: Scripted) -
         ours = mix.stream_events("s2")
         await theirs.__aenter__()
         await ours.__aenter__()
-        assert isinstance(await _next(theirs), ConnectedEvent)
-        assert isinstance(await _next(ours), ConnectedEvent)
+        assert isinstance(await next_event(theirs), ConnectedEvent)
+        assert isinstance(await next_event(ours), ConnectedEvent)
         await copy.aclose()
         with pytest.raises(ClientClosedError):
-            await _next(theirs)
+            await next_event(theirs)
         assert (await mix.health_check()).status == "ok"
         await ours.aclose()
 
@@ -526,7 +516,7 @@ async def test_stream_timeout_is_not_a_lifetime_limit(srv: Scripted, mix: AsyncM
     srv.on("GET /stream", script)
     started = time.monotonic()
     async with mix.stream_events("s1", timeout=1.0) as events:
-        got = [await _next(events) for _ in range(18)]
+        got = [await next_event(events) for _ in range(18)]
     assert time.monotonic() - started > 1.0  # the stream outlived its timeout
     assert isinstance(got[0], ConnectedEvent)
     assert all(isinstance(e, HeartbeatEvent) for e in got[1:17])
@@ -537,9 +527,9 @@ async def test_stream_timeout_is_not_a_lifetime_limit(srv: Scripted, mix: AsyncM
 async def test_stream_timeout_bounds_idleness(srv: Scripted, mix: AsyncMix) -> None:
     srv.on("GET /stream", srv.writes(CONNECTED, every=3600))
     async with mix.stream_events("s1", timeout=0.3, reconnect=False) as events:
-        assert isinstance(await _next(events), ConnectedEvent)
+        assert isinstance(await next_event(events), ConnectedEvent)
         with pytest.raises(APITimeoutError):
-            await _next(events)
+            await next_event(events)
 
 
 async def test_stream_timeout_bounds_connecting(srv: Scripted, mix: AsyncMix) -> None:
@@ -594,7 +584,7 @@ async def test_drop_mid_frame_sends_last_dispatched_id(srv: Scripted, mix: Async
     unfinished = b'id: 3\nevent: content\ndata: {"content": "never fini'
     srv.reply(srv.writes(CONNECTED, content, unfinished, then="close"))
     async with mix.stream_events("s1") as events:
-        got = [await _next(events) for _ in range(4)]
+        got = [await next_event(events) for _ in range(4)]
     assert [type(e) for e in got] == [ConnectedEvent, ContentEvent, Reconnected, ConnectedEvent]
     assert last_event_ids(srv) == [None, "2"]
     assert got[2].data.last_event_id == "2"
@@ -605,13 +595,13 @@ async def test_empty_id_resets_last_event_id_of_the_stream(srv: Scripted, mix: A
     empty_id = b'id:\nevent: content\ndata: {"content": "a"}\n\n'
     srv.reply(srv.writes(connected, empty_id, then="close"))
     async with mix.stream_events("s1") as events:
-        first = await _next(events)
+        first = await next_event(events)
         assert first.id == "5"
-        second = await _next(events)
+        second = await next_event(events)
         assert isinstance(second, ContentEvent)
         assert second.id is None
         assert events.last_event_id is None
-        assert isinstance(await _next(events), Reconnected)
+        assert isinstance(await next_event(events), Reconnected)
     assert last_event_ids(srv) == [None, None]  # no Last-Event-ID header after the reset
 
 
@@ -672,16 +662,16 @@ async def test_oversized_line_on_a_stream_raises_and_closes(srv: Scripted) -> No
     srv.on("GET /stream", script)
     async with AsyncMix(srv.url, max_event_size=1 << 20) as mix:
         async with mix.stream_events("s1") as events:
-            assert isinstance(await _next(events), ConnectedEvent)
+            assert isinstance(await next_event(events), ConnectedEvent)
             with pytest.raises(EventTooLargeError):
-                await _next(events)
+                await next_event(events)
             with pytest.raises(StopAsyncIteration):
                 await events.__anext__()
         # A per-stream override of the client's limit.
         async with mix.stream_events("s1", max_event_size=4 << 20) as events:
-            assert isinstance(await _next(events), ConnectedEvent)
+            assert isinstance(await next_event(events), ConnectedEvent)
             with pytest.raises(EventTooLargeError) as info:
-                await _next(events)
+                await next_event(events)
             assert info.value.limit == 4 << 20
     await srv.wait_for(lambda: srv.closed_by_client == 2, "server saw both streams closed")
     assert len(conns(srv)) == 2  # an oversized event is not a reason to reconnect
@@ -692,7 +682,7 @@ async def test_4mib_event_on_a_stream(srv: Scripted, mix: AsyncMix) -> None:
 
     srv.on("GET /stream", srv.writes(CONNECTED, frame(2, "content", {"content": text})))
     async with mix.stream_events("s1") as events:
-        assert isinstance(await _next(events), ConnectedEvent)
-        event = await _next(events)
+        assert isinstance(await next_event(events), ConnectedEvent)
+        event = await next_event(events)
     assert isinstance(event, ContentEvent)
     assert event.data.content == text

@@ -16,13 +16,13 @@ import asyncio
 import contextlib
 import threading
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 from aiohttp import web
 
-from conftest import WAIT, Scripted, frame
+from conftest import WAIT, Scripted, frame, next_event
 from mix_client import (
     AgentError,
     APIConnectionError,
@@ -339,16 +339,6 @@ def srv() -> Iterator[ScriptedStreams]:
         server.stop()
 
 
-@pytest.fixture
-async def mix(srv: ScriptedStreams) -> AsyncIterator[AsyncMix]:
-    async with AsyncMix(srv.url, max_retries=0) as client:
-        yield client
-
-
-async def _next(events: Any) -> Any:
-    return await asyncio.wait_for(events.__anext__(), WAIT)
-
-
 async def _collect(events: Any, until: Callable[[Any], bool] | None = None) -> list[Any]:
     out: list[Any] = []
 
@@ -507,7 +497,7 @@ async def test_events_typed_by_event_line_with_frame_ids(
     srv: ScriptedStreams, mix: AsyncMix
 ) -> None:
     async with mix.stream_events("s1") as events:
-        first = await _next(events)
+        first = await next_event(events)
         assert isinstance(first, ConnectedEvent)
         assert first.data.session_id == "s1"
         assert first.id == "1"
@@ -539,7 +529,7 @@ async def test_events_typed_by_event_line_with_frame_ids(
 
 async def test_other_sessions_broadcasts_filtered(srv: ScriptedStreams, mix: AsyncMix) -> None:
     async with mix.stream_events("s1") as events:
-        assert isinstance(await _next(events), ConnectedEvent)
+        assert isinstance(await next_event(events), ConnectedEvent)
         srv.broadcast("session_created", sessionId="s2", title="other", createdAt=1)
         srv.broadcast("session_created", sessionId="s1", title="mine", createdAt=2)
         srv.broadcast("session_deleted", sessionId="s2")
@@ -557,7 +547,7 @@ async def test_other_sessions_broadcasts_included_on_request(
     srv: ScriptedStreams, mix: AsyncMix
 ) -> None:
     async with mix.stream_events("s1", include_other_sessions=True) as events:
-        assert isinstance(await _next(events), ConnectedEvent)
+        assert isinstance(await next_event(events), ConnectedEvent)
         srv.broadcast("session_created", sessionId="s2", title="other")
         srv.broadcast("session_deleted", sessionId="s2")
         srv.publish("s1", "complete", done=True)
@@ -573,7 +563,7 @@ async def test_big_content_event_decodes_intact(srv: ScriptedStreams, mix: Async
     unit = 'héllo <&> "quoted" \\ \n\t ✓ '
     big = (unit * (4 * 1024 * 1024 // len(unit) + 1))[: 4 * 1024 * 1024]
     async with mix.stream_events("s1") as events:
-        assert isinstance(await _next(events), ConnectedEvent)
+        assert isinstance(await next_event(events), ConnectedEvent)
         srv.publish("s1", "content", content=big)
         srv.publish("s1", "content", content="after")
         got = await _collect(events, lambda e: e.data.content == "after")
@@ -588,7 +578,7 @@ async def test_slow_consumer_gets_every_written_event(srv: ScriptedStreams, mix:
     srv.maxbuf = 50  # like the real server: a lagging reader loses events server-side
     count = 3000
     async with mix.stream_events("s1", reconnect=False) as events:
-        assert isinstance(await _next(events), ConnectedEvent)
+        assert isinstance(await next_event(events), ConnectedEvent)
         for i in range(count):
             srv.publish("s1", "content", content=f"piece {i} " + "x" * (i % 300))
         srv.end("s1")  # clean end of the stream after the burst
@@ -619,7 +609,7 @@ async def test_reconnect_sends_last_event_id_and_marks_gap(
     srv.retry_ms = 20
     srv.cut_after[1] = (3, mode)
     async with mix.stream_events("s1") as events:
-        assert isinstance(await _next(events), ConnectedEvent)
+        assert isinstance(await next_event(events), ConnectedEvent)
         for i in range(3):
             srv.publish("s1", "content", content=f"a{i}")
         got = await _collect(events, lambda e: isinstance(e, ConnectedEvent))
@@ -656,7 +646,7 @@ async def test_reconnect_honours_retry_field(
     srv.cut_after[1] = (1, "eof")
     srv.fail_status[2] = 503
     async with mix.stream_events("s1") as events:
-        assert isinstance(await _next(events), ConnectedEvent)
+        assert isinstance(await next_event(events), ConnectedEvent)
         srv.publish("s1", "content", content="x")
         got = await _collect(events, lambda e: isinstance(e, ConnectedEvent))
     assert [type(e) for e in got] == [ContentEvent, Reconnected, ConnectedEvent]
@@ -671,7 +661,7 @@ async def test_reconnect_default_delay_without_retry_field(
     srv.cut_after[1] = (1, "eof")
     srv.fail_status[2] = 503
     async with mix.stream_events("s1") as events:
-        assert isinstance(await _next(events), ConnectedEvent)
+        assert isinstance(await next_event(events), ConnectedEvent)
         srv.publish("s1", "content", content="x")
         got = await _collect(events, lambda e: isinstance(e, ConnectedEvent))
     assert isinstance(got[1], Reconnected)
@@ -682,7 +672,7 @@ async def test_reconnect_default_delay_without_retry_field(
 async def test_server_down_raises_after_max_reconnects(srv: ScriptedStreams, mix: AsyncMix) -> None:
     srv.retry_ms = 5
     async with mix.stream_events("s1", max_reconnects=3) as events:
-        assert isinstance(await _next(events), ConnectedEvent)
+        assert isinstance(await next_event(events), ConnectedEvent)
         await srv.shutdown()
         with pytest.raises(APIConnectionError) as info:
             await _collect(events)
@@ -699,7 +689,7 @@ async def test_reconnect_retries_5xx_then_succeeds(srv: ScriptedStreams, mix: As
     srv.fail_status[2] = 503
     srv.fail_status[3] = 500
     async with mix.stream_events("s1") as events:
-        assert isinstance(await _next(events), ConnectedEvent)
+        assert isinstance(await next_event(events), ConnectedEvent)
         srv.publish("s1", "content", content="x")
         got = await _collect(events, lambda e: isinstance(e, ConnectedEvent))
     assert [type(e) for e in got] == [ContentEvent, Reconnected, ConnectedEvent]
@@ -711,12 +701,12 @@ async def test_reconnect_404_raises_not_found(srv: ScriptedStreams, mix: AsyncMi
     srv.retry_ms = 5
     srv.cut_after[1] = (1, "eof")
     async with mix.stream_events("s1") as events:
-        assert isinstance(await _next(events), ConnectedEvent)
+        assert isinstance(await next_event(events), ConnectedEvent)
         srv.not_found.add("s1")  # deleted while the stream was down
         srv.publish("s1", "content", content="x")
-        assert isinstance(await _next(events), ContentEvent)
+        assert isinstance(await next_event(events), ContentEvent)
         with pytest.raises(NotFoundError):
-            await _next(events)
+            await next_event(events)
         with pytest.raises(StopAsyncIteration):
             await events.__anext__()
     assert srv.conn_count == 2
@@ -732,11 +722,11 @@ async def test_reconnect_false(
 ) -> None:
     srv.cut_after[1] = (1, mode)
     async with mix.stream_events("s1", reconnect=False) as events:
-        assert isinstance(await _next(events), ConnectedEvent)
+        assert isinstance(await next_event(events), ConnectedEvent)
         srv.publish("s1", "content", content="x")
-        assert isinstance(await _next(events), ContentEvent)
+        assert isinstance(await next_event(events), ContentEvent)
         with pytest.raises(end):
-            await _next(events)
+            await next_event(events)
     assert srv.conn_count == 1
 
 
@@ -744,7 +734,7 @@ async def test_idle_timeout_reconnects(srv: ScriptedStreams, mix: AsyncMix) -> N
     srv.retry_ms = 10
     srv.stall.add(1)
     async with mix.stream_events("s1", idle_timeout=0.3) as events:
-        assert isinstance(await _next(events), ConnectedEvent)
+        assert isinstance(await next_event(events), ConnectedEvent)
         got = await _collect(events, lambda e: isinstance(e, ConnectedEvent))
         srv.publish("s1", "content", content="alive")
         got += await _collect(events, lambda e: isinstance(e, ContentEvent))
@@ -756,9 +746,9 @@ async def test_idle_timeout_reconnects(srv: ScriptedStreams, mix: AsyncMix) -> N
 async def test_idle_timeout_without_reconnect_raises(srv: ScriptedStreams, mix: AsyncMix) -> None:
     srv.stall.add(1)
     async with mix.stream_events("s1", idle_timeout=0.3, reconnect=False) as events:
-        assert isinstance(await _next(events), ConnectedEvent)
+        assert isinstance(await next_event(events), ConnectedEvent)
         with pytest.raises(APITimeoutError):
-            await _next(events)
+            await next_event(events)
     assert srv.conn_count == 1
 
 
@@ -1259,7 +1249,7 @@ async def test_slow_reader_gets_buffered_events_before_reconnect(
 ) -> None:
     srv.retry_ms = 10
     async with mix.stream_events("s1") as events:
-        assert isinstance(await _next(events), ConnectedEvent)
+        assert isinstance(await next_event(events), ConnectedEvent)
         for i in range(5):
             srv.publish("s1", "content", content=f"e{i}")
         srv.end("s1", "close")  # written, then the connection breaks mid-body
@@ -1275,7 +1265,7 @@ async def test_slow_reader_gets_buffered_events_before_error(
     srv: ScriptedStreams, mix: AsyncMix
 ) -> None:
     async with mix.stream_events("s1", reconnect=False) as events:
-        assert isinstance(await _next(events), ConnectedEvent)
+        assert isinstance(await next_event(events), ConnectedEvent)
         for i in range(3):
             srv.publish("s1", "content", content=f"e{i}")
         srv.end("s1", "close")
@@ -1296,7 +1286,7 @@ async def test_slow_reader_gets_buffered_events_before_idle_timeout(
 ) -> None:
     srv.retry_ms = 10
     async with mix.stream_events("s1", idle_timeout=0.3) as events:
-        assert isinstance(await _next(events), ConnectedEvent)
+        assert isinstance(await next_event(events), ConnectedEvent)
         for i in range(3):
             srv.publish("s1", "content", content=f"e{i}")
         await srv.wait_for(lambda: len(srv.conns[0].written) == 4, "events written")
