@@ -310,6 +310,17 @@ def api(fake: MixFake, http: aiohttp.ClientSession) -> Api:
     return Api(fake, http)
 
 
+@contextlib.asynccontextmanager
+async def configured(
+    http: aiohttp.ClientSession, **options: Any
+) -> AsyncIterator[tuple[MixFake, Api, str]]:
+    """A MixFake made with ``options``, an ``Api`` on it and a new session's id."""
+    fake = MixFake(**options)
+    async with fake:
+        api = Api(fake, http)
+        yield fake, api, await api.session()
+
+
 # ---------------------------------------------------------------------------
 # Every operation
 # ---------------------------------------------------------------------------
@@ -684,19 +695,13 @@ async def test_upload_without_file_field(api: Api) -> None:
 
 
 async def test_upload_size_limit(http: aiohttp.ClientSession) -> None:
-    fake = MixFake(max_upload_bytes=1000)
-    await fake.start()
-    try:
-        api = Api(fake, http)
-        sid = await api.session()
+    async with configured(http, max_upload_bytes=1000) as (_, api, sid):
         await upload(api, sid, "exact.bin", b"a" * 1000, 201)
         doc = await upload(api, sid, "big.bin", b"a" * 1001, 413)
         assert "too large" in doc["error"]["message"].lower()
         doc = await upload(api, sid, "huge.bin", b"a" * 3_000_000, 413)
         names = [f["name"] for f in await api.call("listSessionFiles", 200, {"id": sid})]
         assert names == ["exact.bin"]
-    finally:
-        await fake.stop()
 
 
 # ---------------------------------------------------------------------------
@@ -965,11 +970,7 @@ async def test_scripted_replies(api: Api, fake: MixFake) -> None:
 
 
 async def test_buffer_overflow_drops_events(http: aiohttp.ClientSession) -> None:
-    fake = MixFake(buffer_size=5, heartbeat_interval=0.2)
-    await fake.start()
-    try:
-        api = Api(fake, http)
-        sid = await api.session()
+    async with configured(http, buffer_size=5, heartbeat_interval=0.2) as (fake, api, sid):
         async with open_stream(api, sid) as sse:
             delivered = [
                 fake.publish(sid, "content", {"type": "content", "content": str(i)})
@@ -980,23 +981,17 @@ async def test_buffer_overflow_drops_events(http: aiohttp.ClientSession) -> None
             got = [(await sse.next()).data for _ in range(6)]
         assert [d.get("content") for d in got[:5]] == ["0", "1", "2", "3", "4"]
         assert got[5] == {"type": "ping"}
-    finally:
-        await fake.stop()
 
 
 async def test_event_delay_spaces_events(http: aiohttp.ClientSession) -> None:
-    fake = MixFake(event_delay=0.05)
-    await fake.start()
-    try:
-        api = Api(fake, http)
-        sid = await api.session()
-        async with open_stream(api, sid) as sse:
-            start = time.monotonic()
-            await api.send(sid, "hi")
-            frames = await sse.turn()
-            assert time.monotonic() - start >= 0.05 * (len(frames) - 2)
-    finally:
-        await fake.stop()
+    async with (
+        configured(http, event_delay=0.05) as (_, api, sid),
+        open_stream(api, sid) as sse,
+    ):
+        start = time.monotonic()
+        await api.send(sid, "hi")
+        frames = await sse.turn()
+        assert time.monotonic() - start >= 0.05 * (len(frames) - 2)
 
 
 # ---------------------------------------------------------------------------

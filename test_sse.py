@@ -399,32 +399,34 @@ def test_invalid_retry_keeps_previous_value_and_retry_is_per_frame() -> None:
     assert d.retry == 20
 
 
-def test_id_with_nul_ignored() -> None:
+@pytest.mark.parametrize(
+    ("stream", "ids"),
+    [
+        (
+            b"id: 1\ndata: a\n\nid: 2\x00x\ndata: b\n\nid\x00: 3\ndata: c\n\nid:4\x00\ndata: d\n\n",
+            "1111",
+        ),
+        # An empty id resets; id 6 is set by an event that was never dispatched.
+        (b"id: 5\ndata: a\n\ndata: b\n\nid\ndata: c\n\nid: 6\n\ndata: d\n\n", "55-6"),
+    ],
+    ids=["with_nul_ignored", "persists_and_can_be_reset"],
+)
+def test_id(stream: bytes, ids: str) -> None:
     d = SSEDecoder()
-    stream = b"id: 1\ndata: a\n\nid: 2\x00x\ndata: b\n\nid\x00: 3\ndata: c\n\nid:4\x00\ndata: d\n\n"
+    expected = [None if i == "-" else i for i in ids]
     assert run([stream], d) == [
-        ("message", b"a", "1", None),
-        ("message", b"b", "1", None),
-        ("message", b"c", "1", None),
-        ("message", b"d", "1", None),
+        ("message", data, i, None)
+        for data, i in zip([b"a", b"b", b"c", b"d"], expected, strict=True)
     ]
-    assert d.last_event_id == "1"
+    assert d.last_event_id == expected[-1]
+
+
+def test_id_with_nul_ignored_by_one_frame_chunks_and_initial_id() -> None:
+    d = SSEDecoder(last_event_id="1")
     # Also through the one-frame-per-chunk shortcut.
     assert frames_of(d.feed(b"id: 9\x00\nevent: content\ndata: {}\n\n")) == [
         ("content", b"{}", "1", None)
     ]
-
-
-def test_id_persists_and_can_be_reset() -> None:
-    d = SSEDecoder()
-    stream = b"id: 5\ndata: a\n\ndata: b\n\nid\ndata: c\n\nid: 6\n\ndata: d\n\n"
-    assert run([stream], d) == [
-        ("message", b"a", "5", None),
-        ("message", b"b", "5", None),
-        ("message", b"c", None, None),
-        ("message", b"d", "6", None),  # set by an event that was never dispatched
-    ]
-    assert d.last_event_id == "6"
     assert SSEDecoder(last_event_id="41").feed(b"data: x\n\n")[0].id == "41"
     assert SSEDecoder().last_event_id is None
 
