@@ -313,6 +313,17 @@ async def _consuming(events: Any, connected: bool = True) -> tuple[asyncio.Task[
     return task, seen
 
 
+async def _closing_ends_streams_and_calls(closing: AsyncMix, client: AsyncMix) -> None:
+    """``closing.aclose()`` ends a consumer of ``client``'s stream, and ``client``'s calls,
+    with ClientClosedError."""
+    task, _ = await _consuming(client.stream_events("s1"))
+    await closing.aclose()
+    with pytest.raises(ClientClosedError):
+        await asyncio.wait_for(task, 5)
+    with pytest.raises(ClientClosedError):
+        await client.health_check()
+
+
 async def test_client_aclose_ends_a_blocked_consumer(srv: Scripted) -> None:
     mix = AsyncMix(srv.url)
     events = mix.stream_events("s1")
@@ -411,13 +422,7 @@ async def test_calls_and_streams_after_aclose_raise_client_closed(srv: Scripted)
 async def test_aclose_with_user_session_still_closes_streams_and_calls(srv: Scripted) -> None:
     async with aiohttp.ClientSession() as session:
         mix = AsyncMix(srv.url, session=session)
-        events = mix.stream_events("s1")
-        task, _ = await _consuming(events)
-        await mix.aclose()
-        with pytest.raises(ClientClosedError):
-            await asyncio.wait_for(task, 5)
-        with pytest.raises(ClientClosedError):
-            await mix.health_check()
+        await _closing_ends_streams_and_calls(mix, mix)
         assert not session.closed  # yours: never closed by the client
 
 
@@ -472,14 +477,7 @@ async def test_stream_aclose_during_reopen_leaks_nothing(srv: Scripted, mix: Asy
 
 async def test_with_options_copy_streams_end_when_parent_closes(srv: Scripted) -> None:
     mix = AsyncMix(srv.url)
-    copy = mix.with_options(max_retries=1)
-    events = copy.stream_events("s1")
-    task, _ = await _consuming(events)
-    await mix.aclose()
-    with pytest.raises(ClientClosedError):
-        await asyncio.wait_for(task, 5)
-    with pytest.raises(ClientClosedError):
-        await copy.health_check()
+    await _closing_ends_streams_and_calls(mix, mix.with_options(max_retries=1))
 
 
 async def test_closing_a_copy_closes_its_streams_not_the_parent(srv: Scripted) -> None:

@@ -48,6 +48,19 @@ async def bounded(aw: Any, limit: float = WAIT) -> Any:
     return await asyncio.wait_for(aw, limit)
 
 
+async def query_events(mix: AsyncMix, sid: str, text: str, limit: float = WAIT) -> list[Any]:
+    """Every event ``query`` yields for ``text`` (within ``limit`` seconds)."""
+    got: list[Any] = []
+
+    async def run() -> None:
+        async with mix.query(sid, text, timeout=15) as events:
+            async for event in events:
+                got.append(event)
+
+    await bounded(run(), limit)
+    return got
+
+
 async def until(predicate: Callable[[], bool]) -> None:
     """Wait (bounded) for a condition of the fake's state."""
 
@@ -100,14 +113,7 @@ async def test_query_ends_with_a_recovered_marker(fake: MixFake, mix: AsyncMix) 
     sid = fake.add_session()
     fake.script_reply(sid, "The whole answer.")
     fake.cut_stream_before("complete", session_id=sid)
-    got: list[Any] = []
-
-    async def run() -> None:
-        async with mix.query(sid, "hello", timeout=15) as events:
-            async for event in events:
-                got.append(event)
-
-    await bounded(run())
+    got = await query_events(mix, sid, "hello")
     assert isinstance(got[0], ConnectedEvent)
     assert any(isinstance(e, Reconnected) for e in got)
     assert not any(isinstance(e, CompleteEvent) for e in got)
@@ -309,14 +315,7 @@ async def test_abandoned_run_met_by_a_fresh_client(fake: MixFake, mix: AsyncMix)
 
 async def test_query_does_not_yield_an_earlier_runs_events(fake: MixFake, mix: AsyncMix) -> None:
     sid = await abandoned(fake, mix, "first question [slow]")
-    got: list[Any] = []
-
-    async def run() -> None:
-        async with mix.query(sid, "second question", timeout=15) as events:
-            async for event in events:
-                got.append(event)
-
-    await bounded(run())
+    got = await query_events(mix, sid, "second question")
     text = "".join(e.data.content for e in got if isinstance(e, ContentEvent))
     assert text == "Echo: second question"
     starts = [e for e in got if isinstance(e, UserMessageCreatedEvent)]
@@ -377,14 +376,7 @@ async def test_slash_command_turn_returns_at_once(fake: MixFake, mix: AsyncMix) 
 
 async def test_slash_command_query_yields_the_answer(fake: MixFake, mix: AsyncMix) -> None:
     sid = fake.add_session()
-    got: list[Any] = []
-
-    async def run() -> None:
-        async with mix.query(sid, "/session", timeout=15) as events:
-            async for event in events:
-                got.append(event)
-
-    await bounded(run(), 10)
+    got = await query_events(mix, sid, "/session", 10)
     assert [type(e) for e in got] == [ConnectedEvent, CompleteEvent]
     assert got[1].data.content.startswith(f"Session {sid}")
     assert got[1].data.done is True

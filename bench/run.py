@@ -697,9 +697,15 @@ class Bench:
         return n
 
     def sse_rate(self, name: str) -> None:
-        c = self.clients[name]
         n = self.sse_events(name)
-        sid = sse_session_id(n, 64)
+        got, cpu, wall = self.sse_run(name, n, 64)
+        self.res.add("sse.events_s", name, got / wall)
+        self.res.add("sse.cpu_us_event", name, cpu / got * 1e6)
+
+    def sse_run(self, name: str, n: int, size: int) -> tuple[int, float, float]:
+        """Stream ``n`` events of ``size`` bytes with contender ``name``: (events, CPU s, wall s)."""
+        c = self.clients[name]
+        sid = sse_session_id(n, size)
         gc.collect()
 
         async def run() -> tuple[int, float, float]:
@@ -710,8 +716,7 @@ class Bench:
         got, cpu, wall = self.loop.run_until_complete(run())
         if got != n + 2:
             raise RuntimeError(f"{name}: SSE delivered {got} events, expected {n + 2}")
-        self.res.add("sse.events_s", name, got / wall)
-        self.res.add("sse.cpu_us_event", name, cpu / got * 1e6)
+        return got, cpu, wall
 
     def sse_sizes(self, name: str) -> list[tuple[int, int]]:
         """(events, size) streams: both sizes, alternating, half the MiB each."""
@@ -723,20 +728,9 @@ class Bench:
         return [(max(1, each // size), size) for _ in range(parts) for size in (16 << 10, MiB)]
 
     def sse_mib(self, name: str) -> None:
-        c = self.clients[name]
         acc: dict[str, list[float]] = {}
         for n, size in self.sse_sizes(name):
-            sid = sse_session_id(n, size)
-            gc.collect()
-
-            async def run(sid: str = sid) -> tuple[int, float, float]:
-                c0, t0 = time.process_time(), time.perf_counter()
-                got = await c.sse(sid)
-                return got, time.process_time() - c0, time.perf_counter() - t0
-
-            got, cpu, wall = self.loop.run_until_complete(run())
-            if got != n + 2:
-                raise RuntimeError(f"{name}: SSE delivered {got} events, expected {n + 2}")
+            _, cpu, wall = self.sse_run(name, n, size)
             a = acc.setdefault("16k" if size < MiB else "1m", [0.0, 0.0, 0.0])
             a[0] += cpu
             a[1] += wall
