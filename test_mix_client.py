@@ -189,6 +189,13 @@ def check_session(r: Any) -> None:
     assert r.subagent_type == "general"
 
 
+TOOL_CALL_JSON = {
+    "id": "t1",
+    "name": "bash",
+    "input": '{"cmd":"ls"}',
+    "type": "tool_use",
+    "finished": True,
+}
 MESSAGE_JSON = {
     "id": "m1",
     "sessionId": "s1",
@@ -214,16 +221,7 @@ MESSAGE_JSON = {
     "reasoning": "because",
     "reasoningDuration": 1200,
     "toolCalls": [
-        {
-            "id": "t1",
-            "name": "bash",
-            "input": '{"cmd":"ls"}',
-            "type": "tool_use",
-            "finished": True,
-            "isError": True,
-            "result": "out",
-            "screenshotUrls": ["/a.png"],
-        }
+        {**TOOL_CALL_JSON, "isError": True, "result": "out", "screenshotUrls": ["/a.png"]}
     ],
 }
 
@@ -502,11 +500,7 @@ REPLIES: dict[str, Answer] = {
                         "reasoningDuration": 7,
                         "toolCalls": [
                             {
-                                "id": "t1",
-                                "name": "bash",
-                                "input": '{"cmd":"ls"}',
-                                "type": "tool_use",
-                                "finished": True,
+                                **TOOL_CALL_JSON,
                                 "inputJson": {"cmd": "ls"},
                                 "result": "files",
                                 "screenshotUrls": ["/s.png"],

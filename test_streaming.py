@@ -638,6 +638,15 @@ async def test_reconnect_sends_last_event_id_and_marks_gap(
     assert srv.conn_count == 2
 
 
+async def _content_then_reopen(srv: ScriptedStreams, mix: AsyncMix) -> list[Any]:
+    """A stream's events after ``connected``: one ``content``, then up to the ``connected`` of
+    the connection that replaced the first (cut by the test's ``cut_after``)."""
+    async with mix.stream_events("s1") as events:
+        assert isinstance(await next_event(events), ConnectedEvent)
+        srv.publish("s1", "content", content="x")
+        return await _collect(events, lambda e: isinstance(e, ConnectedEvent))
+
+
 @pytest.mark.parametrize(
     ("retry_ms", "delay"), [(300, 0.3), (None, 0.5)], ids=["honours_retry_field", "default"]
 )
@@ -649,10 +658,7 @@ async def test_reconnect_delay(
     srv.retry_ms = retry_ms
     srv.cut_after[1] = (1, "eof")
     srv.fail_status[2] = 503
-    async with mix.stream_events("s1") as events:
-        assert isinstance(await next_event(events), ConnectedEvent)
-        srv.publish("s1", "content", content="x")
-        got = await _collect(events, lambda e: isinstance(e, ConnectedEvent))
+    got = await _content_then_reopen(srv, mix)
     assert [type(e) for e in got] == [ContentEvent, Reconnected, ConnectedEvent]
     assert len(sleeps) == 1
     assert delay * 0.5 <= sleeps[0] <= delay
@@ -677,10 +683,7 @@ async def test_reconnect_retries_5xx_then_succeeds(srv: ScriptedStreams, mix: As
     srv.cut_after[1] = (1, "eof")
     srv.fail_status[2] = 503
     srv.fail_status[3] = 500
-    async with mix.stream_events("s1") as events:
-        assert isinstance(await next_event(events), ConnectedEvent)
-        srv.publish("s1", "content", content="x")
-        got = await _collect(events, lambda e: isinstance(e, ConnectedEvent))
+    got = await _content_then_reopen(srv, mix)
     assert [type(e) for e in got] == [ContentEvent, Reconnected, ConnectedEvent]
     assert got[1].data.attempts == 3
     assert srv.last_event_ids == [None, "2", "2", "2"]
