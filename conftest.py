@@ -346,3 +346,18 @@ async def mix(srv: Scripted) -> AsyncIterator[mix_client.AsyncMix]:
 async def next_event(events: Any) -> Any:
     """The stream's next event, within ``WAIT`` seconds."""
     return await asyncio.wait_for(events.__anext__(), WAIT)
+
+
+def status_kib(field_name: str) -> int:
+    """A ``kB`` field of /proc/self/status (``VmRSS``, ``VmHWM``)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    raise AssertionError(field_name)
+
+
+def reset_peak_rss() -> None:
+    """Reset VmHWM to the current RSS."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")

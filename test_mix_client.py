@@ -36,7 +36,7 @@ from multidict import CIMultiDict
 import mix_client
 from _ops import CALLS, Exchange, check_request, match_operation
 from _ops import OPERATIONS as SPEC_OPERATIONS
-from conftest import DROP, HANG, Handler, Reply, Scripted
+from conftest import DROP, HANG, Handler, Reply, Scripted, reset_peak_rss, status_kib
 from mix_client import (
     APIConnectionError,
     APIStatusError,
@@ -1784,19 +1784,6 @@ async def test_upload_text_mode_file_fails(
         await client.upload_session_file("s1", f, max_retries=0)
 
 
-def _status_kib(field_name: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1])
-    raise AssertionError(field_name)
-
-
-def _reset_peak_rss() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
 BIG = 256 << 20
 
 
@@ -1825,10 +1812,10 @@ async def test_large_upload_from_path_has_constant_memory(
     path = tmp_path / "big.bin"
     with path.open("wb") as f:
         f.truncate(BIG)  # sparse
-    rss_before = _status_kib("VmRSS")
-    _reset_peak_rss()
+    rss_before = status_kib("VmRSS")
+    reset_peak_rss()
     info = await client.upload_session_file("s1", path)
-    peak = _status_kib("VmHWM")
+    peak = status_kib("VmHWM")
     assert info.name == "big.bin"
     assert seen["length"] is not None
     assert seen["total"] == int(seen["length"])
@@ -1903,10 +1890,10 @@ async def test_download_large_file_to_path_with_constant_memory(
 
     server.on("/*", _stream_handler(BIG), read_body=False)
     dest = tmp_path / "big.bin"
-    rss_before = _status_kib("VmRSS")
-    _reset_peak_rss()
+    rss_before = status_kib("VmRSS")
+    reset_peak_rss()
     written = await client.download_session_file("s1", "big.bin", str(dest))
-    peak = _status_kib("VmHWM")
+    peak = status_kib("VmHWM")
     assert written == BIG
     assert dest.stat().st_size == BIG
     block = bytes(range(256)) * 4096

@@ -29,7 +29,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from conftest import Handler, Reply, Scripted
+from conftest import Handler, Reply, Scripted, reset_peak_rss, status_kib
 from mix_client import (
     APIConnectionError,
     AsyncMix,
@@ -42,7 +42,6 @@ from mix_client import (
     SyncFileDownload,
 )
 from mix_fake import MixFake
-from test_mix_client import _reset_peak_rss, _status_kib
 
 HERE = Path(__file__).resolve().parent
 WAIT = 30.0  # generous bound for anything that should happen at once
@@ -89,11 +88,11 @@ async def test_get_session_file_does_not_allocate_a_lying_content_length() -> No
     """5 bytes announced as 2 GiB: no 2 GiB of memory, and a clear error at the short end."""
     claimed = 2 << 30
     async with answering(announce(claimed, b"hello")) as srv, AsyncMix(srv.url) as mix:
-        rss_before = _status_kib("VmRSS")
-        _reset_peak_rss()
+        rss_before = status_kib("VmRSS")
+        reset_peak_rss()
         with pytest.raises(APIConnectionError) as info:
             await asyncio.wait_for(mix.get_session_file("s1", "f.bin", max_retries=0), WAIT)
-        peak = _status_kib("VmHWM")
+        peak = status_kib("VmHWM")
     growth_mib = (peak - rss_before) / 1024
     assert growth_mib < 64, f"peak RSS grew by {growth_mib:.1f} MiB"
     assert f"ended after 5 of the {claimed} bytes" in str(info.value)
@@ -154,10 +153,10 @@ async def test_get_session_file_exact_content_and_growth(server: Scripted) -> No
     server.on("/*", handler, read_body=False)
     async with AsyncMix(server.url) as mix:
         assert len(await mix.get_session_file("s1", "warm.bin")) == size  # warm up
-        rss_before = _status_kib("VmRSS")
-        _reset_peak_rss()
+        rss_before = status_kib("VmRSS")
+        reset_peak_rss()
         got = await mix.get_session_file("s1", "f.bin")
-        peak = _status_kib("VmHWM")
+        peak = status_kib("VmHWM")
     assert got == data
     growth_mib = (peak - rss_before) / 1024
     assert growth_mib < 64 * 1.5, f"peak RSS grew by {growth_mib:.1f} MiB for 64 MiB"
