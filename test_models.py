@@ -13,11 +13,10 @@ import contextlib
 import inspect
 import io
 import json
-import math
 import re
 import socket
 import typing
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -26,11 +25,11 @@ import aiohttp
 import msgspec
 import pytest
 import yaml
-from aiohttp import web
 from aioresponses import aioresponses
 
 import mix_client
 from _ops import CALLS
+from conftest import Reply, Scripted
 from mix_client import (
     AgentError,
     APIConnectionError,
@@ -49,7 +48,7 @@ from mix_client import (
     ResponseValidationError,
     RESTError,
 )
-from mix_fake import FakeThread, MixFake
+from mix_fake import MixFake
 
 ROOT = Path(__file__).resolve().parent
 SPEC_PATH = ROOT / "contract" / "mix-openapi-merged.yaml"
@@ -218,45 +217,32 @@ def unused_url() -> str:
     return f"http://127.0.0.1:{port}"
 
 
-class Canned:
+def canned(status: int, body: bytes | str | Any, content_type: str = "application/json") -> Reply:
     """One HTTP answer a loopback server gives to every request."""
-
-    def __init__(
-        self, status: int, body: bytes | str | Any, content_type: str = "application/json"
-    ) -> None:
-        if isinstance(body, str):
-            body = body.encode()
-        elif not isinstance(body, bytes):
-            body = json.dumps(body).encode()
-        self.status, self.body, self.content_type = status, body, content_type
-
-
-def _answering(answer: Canned) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    async def handler(request: web.Request) -> web.StreamResponse:
-        return web.Response(
-            status=answer.status,
-            body=answer.body,
-            headers={"Content-Type": answer.content_type, "X-Probe": "1"},
-        )
-
-    return handler
+    if isinstance(body, str):
+        body = body.encode()
+    elif not isinstance(body, bytes):
+        body = json.dumps(body).encode()
+    return Reply(status, body=body, content_type=content_type, headers={"X-Probe": "1"})
 
 
 @contextlib.asynccontextmanager
-async def loopback(answer: Canned) -> AsyncIterator[str]:
-    """A MixFake on this loop whose every request gets ``answer``."""
-    fake = MixFake()
-    fake.handle_next("/*", _answering(answer), times=math.inf)
-    async with fake as url:
-        yield url
+async def loopback(answer: Reply) -> AsyncIterator[str]:
+    """A ``Scripted`` server on this loop whose every request gets ``answer``."""
+    async with Scripted() as server:
+        server.on("/*", answer)
+        yield server.url
 
 
 @contextlib.contextmanager
-def threaded_loopback(answer: Canned) -> Iterator[str]:
+def threaded_loopback(answer: Reply) -> Iterator[str]:
     """The same, on its own thread and loop (for blocking code under test)."""
-    with FakeThread() as server:
-        server.fake.handle_next("/*", _answering(answer), times=math.inf)
+    server = Scripted(thread=True)
+    server.on("/*", answer)
+    try:
         yield server.url
+    finally:
+        server.stop()
 
 
 # ------------------------------------------------- 1. responses keep every field
@@ -492,12 +478,12 @@ def test_a_timestamp_that_does_not_parse_keeps_the_raw_text(op_id: str, path: st
 
 async def test_timestamps_through_the_client() -> None:
     doc = {"id": "s1", "title": "T", "createdAt": "2024-01-02T03:04:05Z", "cost": 0}
-    async with loopback(Canned(200, doc)) as url, AsyncMix(url) as mix:
+    async with loopback(canned(200, doc)) as url, AsyncMix(url) as mix:
         session = await mix.get_session("s1")
     assert session.created_at == datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
     assert json.loads(msgspec.json.encode(session))["createdAt"] == "2024-01-02T03:04:05Z"
     odd = {"id": "s1", "createdAt": "2024-01-02 noon"}
-    async with loopback(Canned(200, odd)) as url, AsyncMix(url) as mix:
+    async with loopback(canned(200, odd)) as url, AsyncMix(url) as mix:
         session = await mix.get_session("s1")
     assert session.created_at == "2024-01-02 noon"
 
@@ -507,7 +493,7 @@ async def test_timestamps_through_the_client() -> None:
 
 async def test_set_api_key_on_a_go_shaped_server() -> None:
     answer = {"status": "success", "message": "API key set successfully."}
-    async with loopback(Canned(200, answer)) as url, AsyncMix(url) as mix:
+    async with loopback(canned(200, answer)) as url, AsyncMix(url) as mix:
         result = await mix.set_api_key(api_key="sk-ant-x")
     assert (result.status, result.message, result.success) == (
         "success",
@@ -584,37 +570,37 @@ JSON_400 = {
 }
 
 # (answer, error class, data.error (code, message, type), server's own error?)
-STATUS_CASES: list[tuple[Canned, type[APIStatusError], tuple[int, str, str], bool]] = [
+STATUS_CASES: list[tuple[Reply, type[APIStatusError], tuple[int, str, str], bool]] = [
     (
-        Canned(400, JSON_400),
+        canned(400, JSON_400),
         BadRequestError,
         (400, JSON_400["error"]["message"], "INVALID_PROVIDER"),
         True,
     ),
     (
-        Canned(400, "image thumbnails are not supported for text files\n", "text/plain"),
+        canned(400, "image thumbnails are not supported for text files\n", "text/plain"),
         BadRequestError,
         (400, "image thumbnails are not supported for text files", ""),
         False,
     ),
-    (Canned(502, NGINX_502, "text/html"), InternalServerError, (502, "502 Bad Gateway", ""), False),
+    (canned(502, NGINX_502, "text/html"), InternalServerError, (502, "502 Bad Gateway", ""), False),
     (
-        Canned(408, "<html><body><p>Request\n   timed out</p></body></html>", "text/html"),
+        canned(408, "<html><body><p>Request\n   timed out</p></body></html>", "text/html"),
         RequestTimeoutError,
         (408, "Request timed out", ""),
         False,
     ),
-    (Canned(503, b"", "text/plain"), InternalServerError, (503, "Service Unavailable", ""), False),
-    (Canned(500, "<nil>", "text/plain"), InternalServerError, (500, "<nil>", ""), False),
+    (canned(503, b"", "text/plain"), InternalServerError, (503, "Service Unavailable", ""), False),
+    (canned(500, "<nil>", "text/plain"), InternalServerError, (500, "<nil>", ""), False),
     (
-        Canned(422, {"detail": "bad field"}),
+        canned(422, {"detail": "bad field"}),
         mix_client.UnprocessableEntityError,
         (422, "bad field", ""),
         False,
     ),
-    (Canned(404, {"error": None}), mix_client.NotFoundError, (404, '{"error": null}', ""), False),
+    (canned(404, {"error": None}), mix_client.NotFoundError, (404, '{"error": null}', ""), False),
     (
-        Canned(400, b"\xff\xfe broken \xc3", "text/plain"),
+        canned(400, b"\xff\xfe broken \xc3", "text/plain"),
         BadRequestError,
         (400, "\ufffd\ufffd broken \ufffd", ""),
         False,
@@ -626,7 +612,7 @@ STATUS_CASES: list[tuple[Canned, type[APIStatusError], tuple[int, str, str], boo
     ("answer", "cls", "rest", "from_server"), STATUS_CASES, ids=lambda v: getattr(v, "__name__", "")
 )
 async def test_a_status_error_always_has_data_error(
-    answer: Canned, cls: type[APIStatusError], rest: tuple[int, str, str], from_server: bool
+    answer: Reply, cls: type[APIStatusError], rest: tuple[int, str, str], from_server: bool
 ) -> None:
     async with loopback(answer) as url, AsyncMix(url, max_retries=0) as mix:
         with pytest.raises(cls) as info:
@@ -662,11 +648,11 @@ def official_handler(e: MixError) -> list[str]:
 
 async def test_every_mix_error_answers_the_official_attributes() -> None:
     errors: list[MixError] = []
-    async with loopback(Canned(502, NGINX_502, "text/html")) as url, AsyncMix(url) as mix:
+    async with loopback(canned(502, NGINX_502, "text/html")) as url, AsyncMix(url) as mix:
         with pytest.raises(MixError) as info:
             await mix.health_check(max_retries=0)
         errors.append(info.value)
-    not_json = Canned(200, b"<html>not json</html>", "text/html")
+    not_json = canned(200, b"<html>not json</html>", "text/html")
     async with loopback(not_json) as url, AsyncMix(url) as mix:
         with pytest.raises(ResponseValidationError) as rv:
             await mix.get_session("s")
@@ -724,7 +710,7 @@ def test_error_attribute_types_are_consistent() -> None:
 async def test_str_of_a_huge_json_error_is_bounded() -> None:
     huge = "x" * (5 * 1024 * 1024)
     body = {"error": {"code": 400, "message": huge, "type": "validation_error"}}
-    async with loopback(Canned(400, body)) as url, AsyncMix(url, max_retries=0) as mix:
+    async with loopback(canned(400, body)) as url, AsyncMix(url, max_retries=0) as mix:
         with pytest.raises(BadRequestError) as info:
             await mix.get_session("s")
     err = info.value
@@ -736,7 +722,7 @@ async def test_str_of_a_huge_json_error_is_bounded() -> None:
 
 async def test_str_of_a_huge_text_error_is_bounded_the_same_way() -> None:
     huge = "y " * (3 * 1024 * 1024)
-    async with loopback(Canned(500, huge, "text/plain")) as url, AsyncMix(url) as mix:
+    async with loopback(canned(500, huge, "text/plain")) as url, AsyncMix(url) as mix:
         with pytest.raises(InternalServerError) as info:
             await mix.get_session("s", max_retries=0)
     err = info.value
@@ -856,21 +842,21 @@ def test_readme_sample_is_the_official_handler() -> None:
 @pytest.mark.parametrize(
     ("answer", "expected"),
     [
-        (Canned(400, JSON_400), ["400", "INVALID_PROVIDER", "Provider not supported"]),
+        (canned(400, JSON_400), ["400", "INVALID_PROVIDER", "Provider not supported"]),
         (
-            Canned(400, "image thumbnails are not supported for text files\n", "text/plain"),
+            canned(400, "image thumbnails are not supported for text files\n", "text/plain"),
             ["400", "message='image thumbnails are not supported for text files'"],
         ),
-        (Canned(502, NGINX_502, "text/html"), ["502", "message='502 Bad Gateway'", "nginx"]),
+        (canned(502, NGINX_502, "text/html"), ["502", "message='502 Bad Gateway'", "nginx"]),
         (
-            Canned(200, {"status": "success", "provider": "openrouter", "message": "ok"}),
+            canned(200, {"status": "success", "provider": "openrouter", "message": "ok"}),
             ["StoreApiKeyResponse(", "status='success'"],
         ),
     ],
     ids=["json-400", "text-400", "html-502", "success"],
 )
 def test_readme_error_sample_runs_against_a_server(
-    monkeypatch: pytest.MonkeyPatch, answer: Canned, expected: list[str]
+    monkeypatch: pytest.MonkeyPatch, answer: Reply, expected: list[str]
 ) -> None:
     with threaded_loopback(answer) as url:
         printed = run_sample(monkeypatch, url)
@@ -890,7 +876,7 @@ def test_readme_error_sample_on_a_connection_error(monkeypatch: pytest.MonkeyPat
 
 
 async def test_a_redirect_error_answers_the_official_handler_too() -> None:
-    answer = Canned(302, "<a href='/elsewhere'>Found</a>.", "text/html")
+    answer = canned(302, "<a href='/elsewhere'>Found</a>.", "text/html")
     async with loopback(answer) as url, AsyncMix(url, max_retries=0) as mix:
         with pytest.raises(mix_client.RedirectError) as info:
             await mix.get_session("s")

@@ -1,9 +1,9 @@
 """File transfers: memory, safe downloads, text uploads, types, metadata, progress, names.
 
-Transport behaviour is checked on loopback: the ``Scripted`` of test_mix_client
-(MixFake in its own thread with scripted replies, recording raw paths and routes) and,
-where a server must misbehave (a lying ``Content-Length``, a body cut off, a request that
-must never arrive), a MixFake on the test's loop whose every request one handler answers.
+Transport behaviour is checked on loopback against ``conftest.Scripted`` (MixFake with
+scripted replies, recording raw paths and routes): on its own thread (the ``server``
+fixture) and, where a server must misbehave (a lying ``Content-Length``, a body cut off, a
+request that must never arrive), on the test's loop with one handler answering everything.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import math
 import os
 import re
 import stat
@@ -53,13 +52,12 @@ WAIT = 30.0  # generous bound for anything that should happen at once
 
 
 @contextlib.asynccontextmanager
-async def answering(handler: Handler) -> AsyncIterator[MixFake]:
-    """A MixFake on this loop whose every request ``handler`` answers (``requests`` records
-    what arrived)."""
-    fake = MixFake()
-    fake.handle_next("/*", handler, times=math.inf)
-    async with fake:
-        yield fake
+async def answering(handler: Handler) -> AsyncIterator[Scripted]:
+    """A ``Scripted`` server on this loop whose every request ``handler`` answers
+    (``requests`` records what arrived)."""
+    async with Scripted() as srv:
+        srv.on("/*", handler, read_body=False)
+        yield srv
 
 
 def announce(length: int, body: bytes, *, hang: asyncio.Event | None = None) -> Handler:
