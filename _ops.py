@@ -379,6 +379,16 @@ def _no_args(method: str) -> Callable[[int], Call]:
     return lambda i: Call(lambda m, **o: getattr(m, method)(**o))
 
 
+def _one_param(method: str, param: str, salt: int = 0) -> Callable[[int], Call]:
+    """An operation whose method takes only its one path parameter."""
+
+    def make(i: int) -> Call:
+        value = pv(i, salt)
+        return Call(lambda m, **o: getattr(m, method)(value, **o), path_params={param: value})
+
+    return make
+
+
 def c_store_api_key(i: int) -> Call:
     key, provider = tv(i), pick(["anthropic", "openai", "openrouter", "gemini", "brave"], i)
     return Call(
@@ -398,25 +408,6 @@ def c_handle_oauth_callback(i: int) -> Call:
         lambda m, **o: m.handle_oauth_callback(provider=provider, code=code, state=state, **o),
         json_body={"provider": provider, "code": code, "state": state},
     )
-
-
-def c_start_oauth_flow(i: int) -> Call:
-    provider = pv(i)
-    return Call(
-        lambda m, **o: m.start_oauth_flow(provider, **o), path_params={"provider": provider}
-    )
-
-
-def c_delete_credentials(i: int) -> Call:
-    provider = pv(i, 3)
-    return Call(
-        lambda m, **o: m.delete_credentials(provider, **o), path_params={"provider": provider}
-    )
-
-
-def c_get_command(i: int) -> Call:
-    name = pv(i, 5)
-    return Call(lambda m, **o: m.get_command(name, **o), path_params={"name": name})
 
 
 def c_get_message_history(i: int) -> Call:
@@ -449,16 +440,6 @@ def c_respond_to_notification(i: int) -> Call:
         json_body={"type": kind, "value": value},
         result="none",
     )
-
-
-def c_deny_permission(i: int) -> Call:
-    pid = pv(i, 2)
-    return Call(lambda m, **o: m.deny_permission(pid, **o), path_params={"id": pid})
-
-
-def c_grant_permission(i: int) -> Call:
-    pid = pv(i, 4)
-    return Call(lambda m, **o: m.grant_permission(pid, **o), path_params={"id": pid})
 
 
 _PREF_FIELDS = [
@@ -519,11 +500,6 @@ def c_delete_session(i: int) -> Call:
     return Call(lambda m, **o: m.delete_session(sid, **o), path_params={"id": sid}, result="none")
 
 
-def c_get_session(i: int) -> Call:
-    sid = pv(i)
-    return Call(lambda m, **o: m.get_session(sid, **o), path_params={"id": sid})
-
-
 def c_update_session_callbacks(i: int) -> Call:
     sid = pv(i, 8)
     cbs, wire = _callbacks(i)
@@ -532,21 +508,6 @@ def c_update_session_callbacks(i: int) -> Call:
         path_params={"id": sid},
         json_body={"callbacks": wire},
     )
-
-
-def c_cancel_session_processing(i: int) -> Call:
-    sid = pv(i, 9)
-    return Call(lambda m, **o: m.cancel_session_processing(sid, **o), path_params={"id": sid})
-
-
-def c_export_session(i: int) -> Call:
-    sid = pv(i, 10)
-    return Call(lambda m, **o: m.export_session(sid, **o), path_params={"id": sid})
-
-
-def c_list_session_files(i: int) -> Call:
-    sid = pv(i, 11)
-    return Call(lambda m, **o: m.list_session_files(sid, **o), path_params={"id": sid})
 
 
 class _AsyncChunks:
@@ -663,11 +624,6 @@ def c_fork_session(i: int) -> Call:
     )
 
 
-def c_get_session_messages(i: int) -> Call:
-    sid = pv(i, 18)
-    return Call(lambda m, **o: m.get_session_messages(sid, **o), path_params={"id": sid})
-
-
 def c_send_message(i: int) -> Call:
     sid, text = pv(i, 1), tv(i, 7)
     kwargs: dict[str, Any] = {"text": text}
@@ -723,17 +679,17 @@ CALLS: dict[str, Callable[[int], Call]] = {
     "setApiKey": c_set_api_key,
     "initiateOAuthLogin": _no_args("initiate_oauth_login"),
     "handleOAuthCallback": c_handle_oauth_callback,
-    "startOAuthFlow": c_start_oauth_flow,
+    "startOAuthFlow": _one_param("start_oauth_flow", "provider"),
     "getAuthStatus": _no_args("get_auth_status"),
     "validatePreferredProvider": _no_args("validate_preferred_provider"),
-    "deleteCredentials": c_delete_credentials,
+    "deleteCredentials": _one_param("delete_credentials", "provider", 3),
     "listCommands": _no_args("list_commands"),
-    "getCommand": c_get_command,
+    "getCommand": _one_param("get_command", "name", 5),
     "listMcpServers": _no_args("list_mcp_servers"),
     "getMessageHistory": c_get_message_history,
     "respondToNotification": c_respond_to_notification,
-    "denyPermission": c_deny_permission,
-    "grantPermission": c_grant_permission,
+    "denyPermission": _one_param("deny_permission", "id", 2),
+    "grantPermission": _one_param("grant_permission", "id", 4),
     "getPreferences": _no_args("get_preferences"),
     "updatePreferences": c_update_preferences,
     "getAvailableProviders": _no_args("get_available_providers"),
@@ -741,16 +697,16 @@ CALLS: dict[str, Callable[[int], Call]] = {
     "listSessions": c_list_sessions,
     "createSession": c_create_session,
     "deleteSession": c_delete_session,
-    "getSession": c_get_session,
+    "getSession": _one_param("get_session", "id"),
     "updateSessionCallbacks": c_update_session_callbacks,
-    "cancelSessionProcessing": c_cancel_session_processing,
-    "exportSession": c_export_session,
-    "listSessionFiles": c_list_session_files,
+    "cancelSessionProcessing": _one_param("cancel_session_processing", "id", 9),
+    "exportSession": _one_param("export_session", "id", 10),
+    "listSessionFiles": _one_param("list_session_files", "id", 11),
     "uploadSessionFile": c_upload_session_file,
     "deleteSessionFile": c_delete_session_file,
     "getSessionFile": c_get_session_file,
     "forkSession": c_fork_session,
-    "getSessionMessages": c_get_session_messages,
+    "getSessionMessages": _one_param("get_session_messages", "id", 18),
     "sendMessage": c_send_message,
     "rewindSession": c_rewind_session,
     "getSystemInfo": _no_args("get_system_info"),
