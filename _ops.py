@@ -610,17 +610,12 @@ def c_get_session_file(i: int) -> Call:
 
 def c_fork_session(i: int) -> Call:
     sid, index = pv(i, 17), 1 + i * 3
+    kwargs: dict[str, Any] = {"message_index": index}
+    wire: dict[str, Any] = {"messageIndex": index}
     if i % 2:
-        title = tv(i, 5)
-        return Call(
-            lambda m, **o: m.fork_session(sid, message_index=index, title=title, **o),
-            path_params={"id": sid},
-            json_body={"messageIndex": index, "title": title},
-        )
+        kwargs["title"] = wire["title"] = tv(i, 5)
     return Call(
-        lambda m, **o: m.fork_session(sid, message_index=index, **o),
-        path_params={"id": sid},
-        json_body={"messageIndex": index},
+        lambda m, **o: m.fork_session(sid, **kwargs, **o), path_params={"id": sid}, json_body=wire
     )
 
 
@@ -648,19 +643,14 @@ def c_send_message(i: int) -> Call:
 
 def c_rewind_session(i: int) -> Call:
     sid, msg = pv(i, 2), pv(i, 9)
-    if i % 2:
-        flag = bool(i % 4 == 1)
-        return Call(
-            lambda m, **o: m.rewind_session(sid, message_id=msg, cleanup_media=flag, **o),
-            path_params={"id": sid},
-            json_body={"messageId": msg, "cleanupMedia": flag},
-        )
+    kwargs: dict[str, Any] = {"message_id": msg}
     # The client's default is the spec's (true), but the real server decodes the
     # field into a plain Go bool: leaving it out means false. It must be sent.
+    wire: dict[str, Any] = {"messageId": msg, "cleanupMedia": True}
+    if i % 2:
+        kwargs["cleanup_media"] = wire["cleanupMedia"] = bool(i % 4 == 1)
     return Call(
-        lambda m, **o: m.rewind_session(sid, message_id=msg, **o),
-        path_params={"id": sid},
-        json_body={"messageId": msg, "cleanupMedia": True},
+        lambda m, **o: m.rewind_session(sid, **kwargs, **o), path_params={"id": sid}, json_body=wire
     )
 
 
