@@ -310,9 +310,10 @@ class Answer:
     accept: str = "application/json"
 
 
-def echo(status: int, doc: dict[str, Any]) -> Answer:
-    """An answer whose decoded result has the document's fields as attributes."""
-    return Answer(Reply(status, doc), has(**doc))
+def echo(code: int, doc: dict[str, Any], /, **absent: Any) -> Answer:
+    """An answer whose decoded result has the document's fields as attributes (and the
+    ``absent`` ones, which the document leaves out, with these values)."""
+    return Answer(Reply(code, doc), has(**doc, **absent))
 
 
 def _check_stream(events: Any) -> None:
@@ -392,14 +393,8 @@ REPLIES: dict[str, Answer] = {
     ),
     "getMessageHistory": Answer(Reply(200, [MESSAGE_JSON]), check_messages),
     "respondToNotification": Answer(Reply(204), lambda r: r is None or pytest.fail()),
-    "denyPermission": Answer(
-        Reply(200, {"denied": True}),
-        has(denied=True, granted=None, status=None),
-    ),
-    "grantPermission": Answer(
-        Reply(200, {"granted": True}),
-        has(granted=True, denied=None, status=None),
-    ),
+    "denyPermission": echo(200, {"denied": True}, granted=None, status=None),
+    "grantPermission": echo(200, {"granted": True}, denied=None, status=None),
     "getPreferences": Answer(
         Reply(
             200,
@@ -469,10 +464,7 @@ REPLIES: dict[str, Answer] = {
     "deleteSession": Answer(Reply(204), lambda r: r is None or pytest.fail()),
     "getSession": Answer(Reply(200, SESSION_JSON), check_session),
     "updateSessionCallbacks": Answer(Reply(200, SESSION_JSON), check_session),
-    "cancelSessionProcessing": Answer(
-        Reply(200, {"cancelled": True}),
-        has(cancelled=True, status=None, session_id=None),
-    ),
+    "cancelSessionProcessing": echo(200, {"cancelled": True}, status=None, session_id=None),
     "exportSession": Answer(
         Reply(
             200,
