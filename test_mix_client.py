@@ -1614,7 +1614,8 @@ class Part:
 
 
 @pytest.fixture
-def upload_server(server: Scripted) -> tuple[Scripted, list[Part]]:
+def parts(server: Scripted) -> list[Part]:
+    """The parts of every upload the server receives (it answers each with a FileInfo)."""
     parts: list[Part] = []
 
     async def handler(request: web.Request) -> web.StreamResponse:
@@ -1636,13 +1637,12 @@ def upload_server(server: Scripted) -> tuple[Scripted, list[Part]]:
         )
 
     server.on("/*", handler, read_body=False)
-    return server, parts
+    return parts
 
 
 async def test_upload_from_path(
-    upload_server: tuple[Scripted, list[Part]], client: AsyncMix, tmp_path: Path
+    server: Scripted, parts: list[Part], client: AsyncMix, tmp_path: Path
 ) -> None:
-    server, parts = upload_server
     content = bytes(range(256)) * 10
     path = tmp_path / "report 1.pdf"
     path.write_bytes(content)
@@ -1658,10 +1658,7 @@ async def test_upload_from_path(
     assert parts[1] == parts[0]
 
 
-async def test_upload_open_binary_file(
-    upload_server: tuple[Scripted, list[Part]], client: AsyncMix, tmp_path: Path
-) -> None:
-    _server, parts = upload_server
+async def test_upload_open_binary_file(parts: list[Part], client: AsyncMix, tmp_path: Path) -> None:
     path = tmp_path / "photo.png"
     path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
     with path.open("rb") as f:
@@ -1669,10 +1666,7 @@ async def test_upload_open_binary_file(
     assert parts == [Part("file", "photo.png", "image/png", b"\x89PNG\r\n\x1a\n\x00\xff")]
 
 
-async def test_upload_bytes_needs_filename(
-    upload_server: tuple[Scripted, list[Part]], client: AsyncMix
-) -> None:
-    _server, parts = upload_server
+async def test_upload_bytes_needs_filename(parts: list[Part], client: AsyncMix) -> None:
     data = bytes(range(255, -1, -1))  # not UTF-8
     await client.upload_session_file("s1", data, filename="notes.txt")
     await client.upload_session_file("s1", bytearray(b"ba"), filename="b.json")
@@ -1684,10 +1678,7 @@ async def test_upload_bytes_needs_filename(
     ]
 
 
-async def test_upload_async_iterator(
-    upload_server: tuple[Scripted, list[Part]], client: AsyncMix
-) -> None:
-    _server, parts = upload_server
+async def test_upload_async_iterator(parts: list[Part], client: AsyncMix) -> None:
 
     async def gen() -> AsyncIterator[bytes]:
         for i in range(5):
@@ -1703,10 +1694,7 @@ async def test_upload_async_iterator(
     ]
 
 
-async def test_upload_original_sdk_dict_form(
-    upload_server: tuple[Scripted, list[Part]], client: AsyncMix
-) -> None:
-    _server, parts = upload_server
+async def test_upload_original_sdk_dict_form(parts: list[Part], client: AsyncMix) -> None:
     await client.upload_session_file("s1", {"file_name": "pic.png", "content": b"\x00\x01"})
     await client.upload_session_file(
         "s1", {"file_name": "d.dat", "content": b"x", "content_type": "application/x-dat"}
@@ -1718,9 +1706,8 @@ async def test_upload_original_sdk_dict_form(
 
 
 async def test_upload_content_type_and_filename_override(
-    upload_server: tuple[Scripted, list[Part]], client: AsyncMix, tmp_path: Path
+    parts: list[Part], client: AsyncMix, tmp_path: Path
 ) -> None:
-    _server, parts = upload_server
     path = tmp_path / "a.txt"
     path.write_bytes(b"\xc3\x28 invalid utf8 \xff")
     await client.upload_session_file(
@@ -1731,10 +1718,7 @@ async def test_upload_content_type_and_filename_override(
     ]
 
 
-async def test_upload_filename_with_quote(
-    upload_server: tuple[Scripted, list[Part]], client: AsyncMix
-) -> None:
-    _server, parts = upload_server
+async def test_upload_filename_with_quote(parts: list[Part], client: AsyncMix) -> None:
     await client.upload_session_file("s1", b"q", filename='say "hi".txt')
     assert parts[0].filename == 'say "hi".txt'
     assert parts[0].data == b"q"
