@@ -146,7 +146,7 @@ class Scripted:
         self.hang_for = 10.0
         self.open = 0  # SSE responses being written by write_until_closed
         self.closed_by_client = 0  # answers that ended because the client went away
-        self._answers: dict[str, Answer] = {}
+        self._answers: dict[str, tuple[Answer, bool]] = {}  # route -> (answer, read_body)
         self._queues: dict[str, deque[Answer]] = {}
         self.thread = FakeThread() if thread else None
         self.fake = MixFake() if self.thread is None else self.thread.fake
