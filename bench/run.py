@@ -24,6 +24,7 @@ import contextlib
 import gc
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -854,7 +855,8 @@ def import_sample(
 
     With ``pycache`` (a directory) byte-code is cached there for every module, as an
     installed package would have it; with None, PYTHONDONTWRITEBYTECODE=1 and no prefix:
-    installed packages use their own .pyc while mix_client.py is compiled from source.
+    installed packages use their own .pyc while mix_client.py, copied to a folder of its
+    own (a ``__pycache__`` beside the original would be read), is compiled from source.
     """
     code = code or IMPORT_PRELUDE + IMPORT_SNIPPETS[name] + IMPORT_CODA
     env = dict(os.environ)
@@ -864,14 +866,19 @@ def import_sample(
     else:
         env["PYTHONDONTWRITEBYTECODE"] = "1"
         env.pop("PYTHONPYCACHEPREFIX", None)
-    p = subprocess.run(
-        [sys.executable, "-c", code, url],
-        capture_output=True,
-        text=True,
-        cwd=str(ROOT),
-        env=env,
-        timeout=120,
-    )
+    with tempfile.TemporaryDirectory(prefix="mixbench_src_") as src:
+        cwd = str(ROOT)
+        if pycache is None:
+            shutil.copy(ROOT / "mix_client.py", src)
+            cwd = src
+        p = subprocess.run(
+            [sys.executable, "-c", code, url],
+            capture_output=True,
+            text=True,
+            cwd=cwd,
+            env=env,
+            timeout=120,
+        )
     if p.returncode != 0:
         raise RuntimeError(f"import sample for {name} failed:\n{p.stderr[-3000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
