@@ -3184,18 +3184,22 @@ MixEvent: TypeAlias = (
     | UnknownEvent
 )
 
+_SSE_EVENT_CLASSES: Final[dict[str, type[BaseEvent]]] = {
+    cls.event: cls for cls in get_args(MixEvent) if cls is not UnknownEvent
+}
+"""Event name -> its class in :data:`MixEvent`."""
 # event name -> (payload decoder, event class); each built on first use, then reused.
 _SSE_EVENT_DECODERS: dict[str, tuple[msgspec.json.Decoder[Any], type[BaseEvent]]] = {}
 
 
 def _sse_entry(name: str) -> tuple[msgspec.json.Decoder[Any], type[BaseEvent]] | None:
-    """The decoder of event ``name``: the ``data`` type of its class in :data:`MixEvent`."""
-    for cls in get_args(MixEvent):
-        if cls is not UnknownEvent and cls.event == name:
-            data_type = get_type_hints(cls)["data"]
-            entry = _SSE_EVENT_DECODERS[name] = (msgspec.json.Decoder(data_type, strict=False), cls)
-            return entry
-    return None
+    """The decoder of event ``name``: the type of its class's ``data`` field."""
+    cls = _SSE_EVENT_CLASSES.get(name)
+    if cls is None:
+        return None  # an unknown name: one dict miss, however often it comes
+    data_type = get_type_hints(cls)["data"]
+    entry = _SSE_EVENT_DECODERS[name] = (msgspec.json.Decoder(data_type, strict=False), cls)
+    return entry
 
 
 _SSE_ANY_DECODER: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
