@@ -19,32 +19,54 @@ Scripted agent
 ``POST /api/sessions/{id}/messages`` answers ``202 {"status": "processing", "sessionId": id}``
 at once and runs a scripted turn in the background that publishes to the session's open
 ``/stream`` connections: ``user_message_created``, ``thinking`` deltas, ``content`` deltas
-spelling the reply, then ``complete`` (``done: true``, ``messageId``, ``content`` = full reply).
+spelling the reply, then ``complete`` (``done: true``, ``messageId``, ``content`` = full reply,
+``reasoning``, ``reasoningDuration``).
 The default reply is ``f"Echo: {text}"``; ``fake.script_reply(session_id, text)`` queues the
 reply of the next turn and ``fake.reply_hook(session_id, text) -> str | None`` computes one.
-The user message and the assistant's answer are stored as the run goes (the answer is
-partial in ``GET /api/sessions/{id}/messages`` until it is final); the export gives the
-answer ``finishReason`` ``end_turn`` before ``complete`` is published, ``error`` for an
-``[error]`` run and ``canceled`` for a cancelled one. A message sent while a run of the
-session is active is queued behind it (``busy="queue"``) or refused with 500 naming the
-busy session (``busy="refuse"``), the two behaviours of real server versions.
+With ``plan_mode: true`` the stored user message and ``user_message_created.content`` are
+``text + "\n\n<system-reminder>\n" + PLAN_MODE_PROMPT + "\n</system-reminder>"`` (special
+texts are still read from ``text``).
 
-Special texts in a message (they combine):
+Like the Go server, a run is stored as steps, each step a new assistant message id:
+``user``, then per tool call an ``assistant`` row (``finishReason`` ``tool_use``, the call in
+``toolCalls``), a ``tool`` row (the result) and, for each session callback of type
+``send_message`` whose ``toolName`` is the tool's (case-insensitive), a ``user`` row with its
+``messageContent``, injected with no event; last an ``assistant`` row with the reply
+(``end_turn``, with the run's tokens and cost).  A step's tool and content events carry its
+``assistantMessageId``; thinking goes with the first step, whose row keeps the ``reasoning``
+(so, as on the Go server, whose ``complete`` carries the final message's own, ``complete``
+has ``reasoning`` only when no tool step came first); ``complete.messageId`` is the last
+row.  Rows are stored as the run goes (an assistant row is partial in
+``GET /api/sessions/{id}/messages`` while it is written) and get their finish reason before
+the next event: ``end_turn`` before ``complete``, ``error`` for an ``[error]`` run,
+``canceled`` for a cancelled one.  A message sent while a run of the session is active is
+queued behind it (``busy="queue"``: its user row is stored when it starts) or refused with
+500 naming the busy session (``busy="refuse"``), the two behaviours of real server versions.
+Tool names are the server's lowercase ones (``bash``, ``write``, ``task``; ``/api/tools``
+lists ``bash``, ``read_text``, ``write``, ``glob``, ``grep``, ``task``).
+
+Special texts in a message (they combine; tool steps come in this order):
 
 ``[tool]``
-    a ``Bash`` tool call: ``tool_use_start``, several ``tool_use_parameter_delta`` pieces of
-    the JSON input, ``tool_use_parameter_streaming_complete`` (full input),
-    ``tool_execution_start``, ``tool_execution_complete`` (success) before the final content.
+    a ``bash`` step, one per occurrence: ``tool_use_start``, several
+    ``tool_use_parameter_delta`` pieces of the JSON input,
+    ``tool_use_parameter_streaming_complete`` (full input), ``tool_execution_start``,
+    ``tool_execution_complete`` (success).
 ``[permission]``
-    a ``Write`` tool call that publishes a ``permission`` event and waits until
-    ``/api/permissions/{id}/grant`` or ``/deny`` is called; a denial makes the tool result an
-    error (``success: false``) and the turn goes on.
+    a ``write`` step that publishes a ``permission`` event and waits until
+    ``/api/permissions/{id}/grant`` or ``/deny`` is called.  Granted, the run goes on; denied,
+    the tool result is an error (``success: false``, ``isError``), the step's row gets
+    ``finishReason`` ``permission_denied`` and the run ends with ``error``
+    ``{"type": "error", "error": "Permission denied"}`` and no ``complete``.
 ``[subagent]``
-    a ``Task`` tool call whose sub-agent events (``user_message_created``, ``thinking``,
+    a ``task`` step whose sub-agent events (``user_message_created``, ``thinking``,
     ``content``, ``complete``) carry ``parentToolCallId``; the sub-agent ``complete`` comes
     before the turn's own ``complete``.  A hidden ``subagent`` session is recorded.
 ``[notification]``
     publishes a ``notification`` event (answer it with ``/api/notifications/{id}/respond``).
+``[ratelimit]``
+    publishes ``rate_limit_error`` (``RATE_LIMIT_EVENT``: ``retryAfter`` 1, ``attempt`` 1,
+    ``maxAttempts`` 3) before the final content; the run goes on.
 ``[error]``
     ends the turn with an ``error`` event and no ``complete``.
 ``[slow]``
@@ -61,7 +83,8 @@ Streams (``GET /stream?sessionId=...``)
 Framing follows the real server: every event is one chunk
 ``id: N\\nevent: NAME\\ndata: <one-line JSON>\\nretry: MS\\n\\n``, with the Go server's
 ``retry`` on every frame: ``retry_ms`` (30000) for ordinary events, ``heartbeat_retry_ms``
-(45000) for heartbeats, the error's ``retryAfter`` or ``error_retry_ms`` (750) for errors.
+(45000) for heartbeats, the error's ``retryAfter`` or ``error_retry_ms`` (750) for errors, the
+``retryAfter`` number as it is (``retry: 1`` for ``retryAfter: 1``) for ``rate_limit_error``.
 Ids restart at 1 on every connection, ``connected`` comes first, then
 ``heartbeat`` (``{"type": "ping"}``) every ``heartbeat_interval`` seconds.  Like the real
 server: events published before a stream registers are dropped, ``Last-Event-ID`` is ignored,
@@ -127,7 +150,7 @@ from urllib.parse import quote
 
 from aiohttp import BodyPartReader, web
 
-__all__ = ["FakeThread", "MixFake", "RecordedRequest"]
+__all__ = ["PLAN_MODE_PROMPT", "FakeThread", "MixFake", "RecordedRequest"]
 
 JSON = dict[str, Any]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -180,6 +203,23 @@ THINKING_LEVELS = ("off", "basic", "medium", "maximum")
 NOTIFICATION_RESPONSES = ("acknowledge", "text", "choice")
 THUMB_RE = re.compile(r"^(\d+|w\d+|h\d+)$")
 MODEL = "claude-sonnet-4"
+PLAN_MODE_PROMPT = (
+    "Plan mode is active. Study the request and the files it concerns, then present a\n"
+    "step-by-step plan and wait for the user to approve it.\n"
+    "Do not make changes yet: do not edit or write files and do not run commands that\n"
+    "modify the system until plan mode ends."
+)
+"""What a ``plan_mode`` message gets appended, in a ``<system-reminder>`` block (the Go
+server loads its own text from a prompt file)."""
+RATE_LIMIT_EVENT: JSON = {
+    "type": "rate_limit_error",
+    "error": "Rate limit exceeded; will automatically retry.",
+    "retryAfter": 1,
+    "attempt": 1,
+    "maxAttempts": 3,
+}
+"""Data of the ``rate_limit_error`` event a ``[ratelimit]`` run publishes (``retryAfter`` in
+seconds; the frame's ``retry:`` line carries the same number)."""
 
 DEFAULT_PREFERENCES: JSON = {
     "preferred_provider": "anthropic",
@@ -201,7 +241,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 LLM_TOOLS: list[JSON] = [
     {
-        "name": "Bash",
+        "name": "bash",
         "description": "Execute bash commands in a persistent shell session",
         "parameters": {
             "type": "object",
@@ -214,7 +254,7 @@ LLM_TOOLS: list[JSON] = [
         "required": ["command"],
     },
     {
-        "name": "ReadText",
+        "name": "read_text",
         "description": "Read a text file from the local filesystem",
         "parameters": {
             "type": "object",
@@ -223,7 +263,7 @@ LLM_TOOLS: list[JSON] = [
         "required": ["file_path"],
     },
     {
-        "name": "Write",
+        "name": "write",
         "description": "Write a file to the local filesystem",
         "parameters": {
             "type": "object",
@@ -232,19 +272,19 @@ LLM_TOOLS: list[JSON] = [
         "required": ["file_path", "content"],
     },
     {
-        "name": "Glob",
+        "name": "glob",
         "description": "Find files by glob pattern",
         "parameters": {"type": "object", "properties": {"pattern": {"type": "string"}}},
         "required": ["pattern"],
     },
     {
-        "name": "Grep",
+        "name": "grep",
         "description": "Search file contents with regular expressions",
         "parameters": {"type": "object", "properties": {"pattern": {"type": "string"}}},
         "required": ["pattern"],
     },
     {
-        "name": "Task",
+        "name": "task",
         "description": "Delegate a task to a sub-agent",
         "parameters": {
             "type": "object",
@@ -499,7 +539,7 @@ class _Message:
             "role": self.role,
             "userInput": self.content,
         }
-        if self.role != "user":
+        if self.role == "assistant":
             data["assistantResponse"] = self.content
             data["model"] = MODEL
             data["inputTokens"] = self.input_tokens
@@ -520,7 +560,7 @@ class _Message:
             "createdAt": _utc(self.created_at),
             "updatedAt": _utc(self.created_at),
         }
-        if self.role != "user":
+        if self.role == "assistant":
             data["model"] = MODEL
         if self.finish_reason:
             data["finishReason"] = self.finish_reason
@@ -623,6 +663,16 @@ class _Session:
             "isDir": False,
             "url": f"/api/sessions/{quote(self.id, safe='')}/files/{quote(name, safe='')}",
         }
+
+
+class _ToolStep(NamedTuple):
+    """One tool call of a scripted run (a step of its own)."""
+
+    name: str
+    input: JSON
+    result: str
+    permission: bool = False
+    between: Callable[[str], Awaitable[None]] | None = None
 
 
 class _Stream:
@@ -1728,7 +1778,7 @@ class MixFake:
         text = _opt_str(body, "text")
         if not text:
             raise _validation("content", "message content is required")
-        _opt_bool(body, "plan_mode")
+        plan_mode = _opt_bool(body, "plan_mode") is True
         level = body.get("thinking_level")
         if level is not None and level not in THINKING_LEVELS:
             raise _validation("thinking_level", "must be one of: off, basic, medium, maximum")
@@ -1748,7 +1798,8 @@ class MixFake:
                 "internal_error",
             )
         task = asyncio.get_running_loop().create_task(
-            self._run_turn(session, text, previous, level != "off"), name=f"mix-turn:{session.id}"
+            self._run_turn(session, text, previous, level != "off", plan_mode),
+            name=f"mix-turn:{session.id}",
         )
         self._runs[session.id] = task
         self._tasks.add(task)
@@ -1964,88 +2015,120 @@ class MixFake:
             slow,
         )
 
+    def _tool_steps(self, session: _Session, text: str, slow: bool) -> list[_ToolStep]:
+        """The tool calls a run's text asks for, one step each: every ``[tool]`` a ``bash``
+        call, then ``[permission]`` a ``write`` call, then ``[subagent]`` a ``task`` call."""
+        steps = [
+            _ToolStep(
+                "bash", {"command": "echo hello", "description": "Print a greeting"}, "hello\n"
+            )
+            for _ in range(text.count("[tool]"))
+        ]
+        if "[permission]" in text:
+            steps.append(
+                _ToolStep(
+                    "write",
+                    {"file_path": "/tmp/mix/notes.txt", "content": "hello"},
+                    "File written: /tmp/mix/notes.txt",
+                    permission=True,
+                )
+            )
+        if "[subagent]" in text:
+            prompt = "Research the topic"
+
+            async def run_sub(call_id: str) -> None:
+                await self._subagent(session, call_id, prompt, slow)
+
+            steps.append(
+                _ToolStep(
+                    "task",
+                    {
+                        "description": "Delegate research",
+                        "prompt": prompt,
+                        "subagent_type": "general-purpose",
+                    },
+                    f"Sub-agent finished: {prompt}",
+                    between=run_sub,
+                )
+            )
+        return steps
+
     async def _run_turn(
         self,
         session: _Session,
         text: str,
         previous: asyncio.Task[None] | None,
         thinking: bool,
+        plan_mode: bool = False,
     ) -> None:
         if previous is not None and not previous.done():
             await asyncio.wait([previous])
         sid = session.id
         slow = "[slow]" in text
-        # Like the real server, the assistant message is stored as it is written: partial
-        # while the run goes on, with a finish reason (export ``finishReason``) once final.
-        answer: _Message | None = None
+        # Like the real server, each step of the run is an assistant message of its own,
+        # stored as it is written: partial while the run goes on, with a finish reason
+        # (export ``finishReason``) once final. ``current`` is the one being written.
+        current: _Message | None = None
+
+        def store(role: str, content: str) -> _Message:
+            message = _Message(_new_id("msg"), sid, role, content, time.time())
+            if sid in self._sessions:
+                session.messages.append(message)
+                session.updated_at = message.created_at
+            return message
+
         try:
             await asyncio.sleep(0)
-            user = _Message(_new_id("msg"), sid, "user", text, time.time())
-            session.messages.append(user)
-            session.updated_at = user.created_at
-            assistant_id = _new_id("msg")
-            answer = _Message(assistant_id, sid, "assistant", "", time.time())
-            if sid in self._sessions:
-                session.messages.append(answer)
+            content = text
+            if plan_mode:
+                content = f"{text}\n\n<system-reminder>\n{PLAN_MODE_PROMPT}\n</system-reminder>"
+            user = store("user", content)
+            current = store("assistant", "")
             await self._emit(
-                sid, "user_message_created", {"messageId": user.id, "content": text}, slow
+                sid, "user_message_created", {"messageId": user.id, "content": content}, slow
             )
             reasoning = ""
             if thinking:
                 for piece in ("Let me think about ", "how to answer this."):
                     reasoning += piece
-                    answer.reasoning = reasoning
+                    current.reasoning = reasoning
                     await self._emit(
                         sid,
                         "thinking",
-                        {"content": piece, "assistantMessageId": assistant_id},
+                        {"content": piece, "assistantMessageId": current.id},
                         slow,
                     )
-            calls = answer.tool_calls
-            if "[tool]" in text:
-                calls.append(
-                    await self._tool_call(
-                        sid,
-                        "Bash",
-                        {"command": "echo hello", "description": "Print a greeting"},
-                        "hello\n",
-                        assistant_id,
-                        slow,
-                    )
+            for step in self._tool_steps(session, text, slow):
+                if current is None:
+                    current = store("assistant", "")
+                call = await self._tool_call(
+                    sid,
+                    step.name,
+                    step.input,
+                    step.result,
+                    current.id,
+                    slow,
+                    permission=step.permission,
+                    between=step.between,
                 )
-            if "[permission]" in text:
-                calls.append(
-                    await self._tool_call(
-                        sid,
-                        "Write",
-                        {"file_path": "/tmp/mix/notes.txt", "content": "hello"},
-                        "File written: /tmp/mix/notes.txt",
-                        assistant_id,
-                        slow,
-                        permission=True,
-                    )
-                )
-            if "[subagent]" in text:
-                prompt = "Research the topic"
-
-                async def run_sub(call_id: str) -> None:
-                    await self._subagent(session, call_id, prompt, slow)
-
-                calls.append(
-                    await self._tool_call(
-                        sid,
-                        "Task",
-                        {
-                            "description": "Delegate research",
-                            "prompt": prompt,
-                            "subagent_type": "general-purpose",
-                        },
-                        f"Sub-agent finished: {prompt}",
-                        assistant_id,
-                        slow,
-                        between=run_sub,
-                    )
-                )
+                # assistant (tool_use) -> tool (results) -> users injected by callbacks
+                denied = bool(call.get("isError"))
+                current.tool_calls.append(call)
+                current.reasoning_duration = 1200 if current.reasoning else 0
+                current.finish_reason = "permission_denied" if denied else "tool_use"
+                current = None
+                store("tool", str(call["result"]))
+                if denied:
+                    self._publish(sid, "error", {"type": "error", "error": "Permission denied"})
+                    return
+                for callback in session.callbacks or ():
+                    if (
+                        callback.get("type") == "send_message"
+                        and str(callback.get("toolName", "")).lower() == step.name.lower()
+                    ):
+                        store("user", str(callback["messageContent"]))
+            answer = current if current is not None else store("assistant", "")
+            current = answer
             if "[notification]" in text:
                 nid = _new_id("notif")
                 self._notifications[nid] = sid
@@ -2065,6 +2148,8 @@ class MixFake:
                     },
                     slow,
                 )
+            if "[ratelimit]" in text:
+                await self._emit(sid, "rate_limit_error", dict(RATE_LIMIT_EVENT), slow)
             if "[error]" in text:
                 answer.finish_reason = "error"
                 await self._emit(
@@ -2075,13 +2160,13 @@ class MixFake:
             for piece in _split(reply, 4):
                 answer.content += piece
                 await self._emit(
-                    sid, "content", {"content": piece, "assistantMessageId": assistant_id}, slow
+                    sid, "content", {"content": piece, "assistantMessageId": answer.id}, slow
                 )
             prompt_tokens = 10 + len(text.split())
             completion_tokens = 5 + len(reply.split())
             cost = round((prompt_tokens * 3 + completion_tokens * 15) / 1_000_000, 6)
             answer.content = reply
-            answer.reasoning_duration = 1200 if reasoning else 0
+            answer.reasoning_duration = 1200 if answer.reasoning else 0
             answer.input_tokens = prompt_tokens
             answer.output_tokens = completion_tokens
             answer.cost = cost
@@ -2092,14 +2177,14 @@ class MixFake:
                 session.completion_tokens += completion_tokens
                 session.cost = round(session.cost + cost, 6)
                 session.updated_at = answer.created_at
-            final: JSON = {"done": True, "messageId": assistant_id, "content": reply}
-            if reasoning:
-                final["reasoning"] = reasoning
+            final: JSON = {"done": True, "messageId": answer.id, "content": reply}
+            if answer.reasoning:  # the final row's own, as the Go server sends it
+                final["reasoning"] = answer.reasoning
                 final["reasoningDuration"] = answer.reasoning_duration
             self._publish(sid, "complete", {"type": "complete", **final})
         except asyncio.CancelledError:
-            if answer is not None:
-                answer.finish_reason = "canceled"
+            if current is not None and current.finish_reason is None:
+                current.finish_reason = "canceled"
             self._publish(sid, "error", {"type": "cancelled", "error": "Request cancelled by user"})
             raise
         finally:
@@ -2109,13 +2194,18 @@ class MixFake:
     # -- streaming ---------------------------------------------------------
 
     def _frame(self, stream: _Stream, event: str, data: JSON) -> bytes:
-        # Like the Go server: ``retry`` on every frame, by event (an error's own retryAfter).
+        # Like the Go server: ``retry`` on every frame, by event (an error's or a rate
+        # limit's own retryAfter).
         stream.next_id += 1
         if event == "heartbeat":
             retry = self.heartbeat_retry_ms
-        elif event == "error":
+        elif event in ("error", "rate_limit_error"):
+            # the event's retryAfter (seconds for a rate limit) is written as it is
             after = data.get("retryAfter")
-            retry = after if isinstance(after, int) and after > 0 else self.error_retry_ms
+            if isinstance(after, int) and after > 0:
+                retry = after
+            else:
+                retry = self.error_retry_ms if event == "error" else self.retry_ms
         else:
             retry = self.retry_ms
         return (

@@ -26,11 +26,15 @@ import pytest
 import yaml
 from aiohttp import web
 
-from mix_fake import FakeThread, MixFake
+from mix_fake import PLAN_MODE_PROMPT, FakeThread, MixFake
 
 HERE = Path(__file__).resolve().parent
 SPEC_CURRENT = yaml.safe_load((HERE / "spec" / "mix-openapi.yaml").read_text())
 SPEC_OLD = yaml.safe_load((HERE / "spec" / "mix-openapi-0.2.yaml").read_text())
+# The spec's tool-name enum is capitalised (``Bash``, ``ReadText``); the real server's tools,
+# and so the fake's, are lowercase (real-server note 28): accept their snake_case forms too.
+_CORE_TOOLS: list[str] = SPEC_CURRENT["components"]["schemas"]["CoreToolName"]["enum"]
+_CORE_TOOLS += [re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower() for name in _CORE_TOOLS]
 METHODS = ("get", "post", "put", "patch", "delete")
 
 
@@ -205,8 +209,13 @@ class SSE:
         retry = int(fields["retry"]) if "retry" in fields else None
         data = json.loads(fields["data"])
         event = fields["event"]
-        # like the Go server: retry on every frame, by event (an error's own retryAfter)
-        expected = {"heartbeat": 45000, "error": data.get("retryAfter") or 750}.get(event, 30000)
+        # like the Go server: retry on every frame, by event (an error's or a rate limit's
+        # own retryAfter, the same number)
+        expected = {
+            "heartbeat": 45000,
+            "error": data.get("retryAfter") or 750,
+            "rate_limit_error": data.get("retryAfter") or 30000,
+        }.get(event, 30000)
         assert retry == expected, (event, retry)
         assert isinstance(data, dict)
         if event in SSE_SCHEMAS:
@@ -353,7 +362,7 @@ async def test_every_operation_success(api: Api, fake: MixFake) -> None:
     assert health["status"] == "ok" and health["version"]
     assert (await api.call("getSystemInfo", 200))["storageBasePath"]
     tools = await api.call("listLLMTools", 200)
-    assert {"Bash", "Task"} <= {t["name"] for t in tools["tools"]}
+    assert {"bash", "write", "task"} <= {t["name"] for t in tools["tools"]}
     creds = await api.call("getToolCredentialsStatus", 200)
     assert creds["categories"]["web_search"]["tools"][0]["provider"] == "brave"
     assert "web_search" in (await api.call("getToolsStatus", 200))["categories"]
@@ -800,7 +809,7 @@ async def test_tool_and_subagent_events(api: Api, fake: MixFake) -> None:
         await api.send(sid, "go [tool] [subagent]")
         frames = await sse.turn()
     events = [f.event for f in frames]
-    bash_start = next(f for f in frames if f.event == "tool_use_start" and f.data["name"] == "Bash")
+    bash_start = next(f for f in frames if f.event == "tool_use_start" and f.data["name"] == "bash")
     call_id = bash_start.data["id"]
     pieces = [
         f.data["input"]
@@ -819,10 +828,10 @@ async def test_tool_and_subagent_events(api: Api, fake: MixFake) -> None:
         for f in frames
         if f.event == "tool_execution_complete" and f.data["toolCallId"] == call_id
     )
-    assert done.data["success"] is True and done.data["toolName"] == "Bash"
+    assert done.data["success"] is True and done.data["toolName"] == "bash"
     assert events.index("tool_execution_start") < events.index("tool_execution_complete")
 
-    task = next(f for f in frames if f.event == "tool_use_start" and f.data["name"] == "Task")
+    task = next(f for f in frames if f.event == "tool_use_start" and f.data["name"] == "task")
     task_id = task.data["id"]
     nested = [f for f in frames if f.data.get("parentToolCallId") == task_id]
     assert nested[0].event == "user_message_created"
@@ -845,14 +854,35 @@ async def test_tool_and_subagent_events(api: Api, fake: MixFake) -> None:
     )
     assert top_content == "Echo: go [tool] [subagent]"
 
+    # each tool call is a step of its own: assistant (tool_use) -> tool, then the answer
     messages = await api.call("getSessionMessages", 200, {"id": sid})
+    assert [m["role"] for m in messages] == [
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+        "tool",
+        "assistant",
+    ]
+    assert [c["name"] for m in messages for c in m.get("toolCalls", [])] == ["bash", "task"]
     calls = messages[1]["toolCalls"]
-    assert [c["name"] for c in calls] == ["Bash", "Task"]
     assert calls[0]["input"] == full.data["input"] and calls[0]["result"] == "hello\n"
+    assert messages[1]["id"] == bash_start.data["assistantMessageId"]
+    assert messages[3]["id"] == task.data["assistantMessageId"]
+    assert messages[5]["id"] == frames[-1].data["messageId"]
+    assert messages[2]["userInput"] == "hello\n"
     session = await api.call("getSession", 200, {"id": sid})
-    assert session["toolCallCount"] == 2
+    assert session["toolCallCount"] == 2 and session["assistantMessageCount"] == 3
     export = await api.call("exportSession", 200, {"id": sid})
     assert export["messages"][1]["toolCalls"][0]["inputJson"]["command"] == "echo hello"
+    assert [m.get("finishReason") for m in export["messages"]] == [
+        None,
+        "tool_use",
+        None,
+        "tool_use",
+        None,
+        "end_turn",
+    ]
     visible = await api.call("listSessions", 200)
     everything = await api.call("listSessions", 200, params={"includeSubagents": "true"})
     subs = [s for s in everything if s["sessionType"] == "subagent"]
@@ -868,7 +898,7 @@ async def test_permission_waits_for_answer(api: Api, fake: MixFake, grant: bool)
         await api.send(sid, "write it [permission]")
         frames = await sse.until(lambda f: f.event == "permission")
         perm = frames[-1].data
-        assert perm["sessionId"] == sid and perm["toolName"] == "Write"
+        assert perm["sessionId"] == sid and perm["toolName"] == "write"
         assert fake.pending_permissions == [perm["id"]]
         with pytest.raises(asyncio.TimeoutError):  # nothing more comes while it waits
             await asyncio.wait_for(sse.next(), 0.2)
@@ -877,12 +907,234 @@ async def test_permission_waits_for_answer(api: Api, fake: MixFake, grant: bool)
         doc = await api.call(op, 200, {"id": perm["id"]})
         assert doc["id"] == perm["id"]
         rest = await sse.turn()
-    done = next(f for f in rest if f.event == "tool_execution_complete")
-    assert done.data["success"] is grant
-    assert rest[-1].event == "complete"
-    call = (await api.call("getSessionMessages", 200, {"id": sid}))[1]["toolCalls"][0]
+        done = next(f for f in rest if f.event == "tool_execution_complete")
+        assert done.data["success"] is grant
+        if grant:
+            assert rest[-1].event == "complete"
+        else:  # a denial stops the run: an error, no complete, no final answer
+            assert rest[-1].event == "error"
+            assert rest[-1].data == {"type": "error", "error": "Permission denied"}
+            assert "complete" not in [f.event for f in rest]
+            await fake.wait_idle(sid)
+            await sse.expect_marker(fake, sid)
+    messages = await api.call("getSessionMessages", 200, {"id": sid})
+    call = messages[1]["toolCalls"][0]
     assert call.get("isError", False) is (not grant)
+    assert messages[2]["role"] == "tool"
+    assert messages[2]["userInput"] == call["result"]
+    export = await api.call("exportSession", 200, {"id": sid})
+    reasons = [m.get("finishReason") for m in export["messages"]]
+    if grant:
+        assert reasons == [None, "tool_use", None, "end_turn"]
+    else:
+        assert reasons == [None, "permission_denied", None]
+        assert call["result"] == "Permission denied by user"
     assert fake.pending_permissions == []
+
+
+async def test_plan_mode_suffix_in_stored_row_and_event(api: Api, fake: MixFake) -> None:
+    sid = await api.session()
+    planned = "plan it [tool]\n\n<system-reminder>\n" + PLAN_MODE_PROMPT + "\n</system-reminder>"
+    assert PLAN_MODE_PROMPT.strip() and "\n" in PLAN_MODE_PROMPT
+    async with open_stream(api, sid) as sse:
+        await api.send(sid, "plan it [tool]", plan_mode=True)
+        frames = await sse.turn()
+        await api.send(sid, "no plan", plan_mode=False)
+        plain = await sse.turn()
+    created = frames[0]
+    assert created.event == "user_message_created" and created.data["content"] == planned
+    assert plain[0].data["content"] == "no plan"
+    # special texts are read from the text as sent: the [tool] step ran
+    assert [f.data["name"] for f in frames if f.event == "tool_use_start"] == ["bash"]
+    assert frames[-1].data["content"] == "Echo: plan it [tool]"
+    messages = await api.call("getSessionMessages", 200, {"id": sid})
+    users = [m for m in messages if m["role"] == "user"]
+    assert [(m["id"], m["userInput"]) for m in users] == [
+        (created.data["messageId"], planned),
+        (plain[0].data["messageId"], "no plan"),
+    ]
+    export = await api.call("exportSession", 200, {"id": sid})
+    assert export["messages"][0]["content"] == planned
+    session = await api.call("getSession", 200, {"id": sid})
+    assert session["firstUserMessage"] == planned
+
+
+async def test_steps_are_stored_rows_with_injected_callback_messages(
+    api: Api, fake: MixFake
+) -> None:
+    callbacks = [
+        {"toolName": "Bash", "type": "send_message", "messageContent": "look at the output"},
+        {"toolName": "write", "type": "send_message", "messageContent": "not for bash"},
+        {"toolName": "bash", "type": "bash_script", "bashCommand": "echo cb"},
+        {"toolName": "bash", "type": "send_message", "messageContent": "and go on"},
+    ]
+    sid = await api.session()
+    await api.call("updateSessionCallbacks", 200, {"id": sid}, json={"callbacks": callbacks})
+    async with open_stream(api, sid) as sse:
+        await api.send(sid, "twice [tool][tool]")
+        frames = await sse.turn()
+        await fake.wait_idle(sid)
+        await sse.expect_marker(fake, sid)  # nothing announced the injected rows
+    assert [f.event for f in frames].count("user_message_created") == 1
+    starts = [f for f in frames if f.event == "tool_use_start"]
+    assert [f.data["name"] for f in starts] == ["bash", "bash"]
+    steps = [f.data["assistantMessageId"] for f in starts]
+    thinking = {f.data["assistantMessageId"] for f in frames if f.event == "thinking"}
+    content = {f.data["assistantMessageId"] for f in frames if f.event == "content"}
+    complete = frames[-1].data
+    assert complete["content"] == "Echo: twice [tool][tool]"
+    assert thinking == {steps[0]} and content == {complete["messageId"]}
+    assert len({*steps, complete["messageId"]}) == 3  # a new assistant id per step
+    for frame in frames:  # every tool event of a step carries that step's id
+        if frame.event.startswith("tool_use_"):
+            call_id = frame.data.get("id") or frame.data["toolCallId"]
+            owner = next(s for s in starts if s.data["id"] == call_id)
+            assert frame.data["assistantMessageId"] == owner.data["assistantMessageId"]
+
+    messages = await api.call("getSessionMessages", 200, {"id": sid})
+    export = await api.call("exportSession", 200, {"id": sid})
+    rows = [(m["role"], m.get("finishReason"), m["content"]) for m in export["messages"]]
+    assert rows == [
+        ("user", None, "twice [tool][tool]"),
+        ("assistant", "tool_use", ""),
+        ("tool", None, "hello\n"),
+        ("user", None, "look at the output"),
+        ("user", None, "and go on"),
+        ("assistant", "tool_use", ""),
+        ("tool", None, "hello\n"),
+        ("user", None, "look at the output"),
+        ("user", None, "and go on"),
+        ("assistant", "end_turn", "Echo: twice [tool][tool]"),
+    ]
+    assert [m["id"] for m in messages] == [m["id"] for m in export["messages"]]
+    assert [messages[1]["id"], messages[5]["id"], messages[9]["id"]] == [
+        *steps,
+        complete["messageId"],
+    ]
+    for step in (messages[1], messages[5]):
+        [call] = step["toolCalls"]
+        assert (call["name"], call["result"], call["finished"]) == ("bash", "hello\n", True)
+        assert "isError" not in call
+    # the first step thought: its row keeps the reasoning; complete carries the last row's own
+    assert messages[1]["reasoning"] == "".join(
+        f.data["content"] for f in frames if f.event == "thinking"
+    )
+    assert "reasoning" not in messages[9] and "reasoning" not in complete
+    assert messages[9]["assistantResponse"] == complete["content"]
+    assert messages[9]["outputTokens"] > 0 and "toolCalls" not in messages[9]
+    assert messages[2]["role"] == "tool" and "assistantResponse" not in messages[2]
+    session = await api.call("getSession", 200, {"id": sid})
+    assert session["userMessageCount"] == 5 and session["assistantMessageCount"] == 3
+    assert session["toolCallCount"] == 2
+
+
+async def test_rows_are_stored_as_the_steps_go(api: Api, fake: MixFake) -> None:
+    sid = await api.session()
+    async with open_stream(api, sid) as sse:
+        await api.send(sid, "[tool] then [permission]")
+        frames = await sse.until(lambda f: f.event == "permission")
+        export = await api.call("exportSession", 200, {"id": sid})
+        # the bash step is final; the write step's row is being written
+        assert [(m["role"], m.get("finishReason")) for m in export["messages"]] == [
+            ("user", None),
+            ("assistant", "tool_use"),
+            ("tool", None),
+            ("assistant", None),
+        ]
+        write = next(f for f in frames if f.event == "tool_use_start" and f.data["name"] == "write")
+        assert export["messages"][3]["id"] == write.data["assistantMessageId"]
+        await api.call("grantPermission", 200, {"id": frames[-1].data["id"]})
+        rest = await sse.turn()
+    assert rest[-1].event == "complete"
+    export = await api.call("exportSession", 200, {"id": sid})
+    assert [m.get("finishReason") for m in export["messages"]] == [
+        None,
+        "tool_use",
+        None,
+        "tool_use",
+        None,
+        "end_turn",
+    ]
+
+
+async def test_permission_denied_stops_the_run(api: Api, fake: MixFake) -> None:
+    sid = await api.session()
+    callbacks = [{"toolName": "write", "type": "send_message", "messageContent": "never"}]
+    await api.call("updateSessionCallbacks", 200, {"id": sid}, json={"callbacks": callbacks})
+    async with open_stream(api, sid) as sse:
+        await api.send(sid, "[tool] [permission] [subagent]")
+        frames = await sse.until(lambda f: f.event == "permission")
+        assert frames[-1].data["toolName"] == "write"
+        await api.call("denyPermission", 200, {"id": frames[-1].data["id"]})
+        frames += await sse.turn()
+        await fake.wait_idle(sid)
+        await sse.expect_marker(fake, sid)  # no complete, no sub-agent afterwards
+    assert frames[-1].event == "error"
+    assert frames[-1].data == {"type": "error", "error": "Permission denied"}
+    events = [f.event for f in frames]
+    assert "complete" not in events and "content" not in events
+    assert [f.data["name"] for f in frames if f.event == "tool_use_start"] == ["bash", "write"]
+    export = await api.call("exportSession", 200, {"id": sid})
+    assert [(m["role"], m.get("finishReason")) for m in export["messages"]] == [
+        ("user", None),
+        ("assistant", "tool_use"),
+        ("tool", None),
+        ("assistant", "permission_denied"),
+        ("tool", None),
+    ]
+    messages = await api.call("getSessionMessages", 200, {"id": sid})
+    [call] = messages[3]["toolCalls"]
+    assert call["name"] == "write" and call["isError"] is True
+    assert messages[4]["userInput"] == call["result"]
+    assert fake.active_runs == [] and fake.pending_permissions == []
+
+
+async def test_tool_names_are_lowercase(api: Api) -> None:
+    tools = await api.call("listLLMTools", 200)
+    names = [t["name"] for t in tools["tools"]]
+    assert names == ["bash", "read_text", "write", "glob", "grep", "task"]
+    sid = await api.session()
+    async with open_stream(api, sid) as sse:
+        await api.send(sid, "[tool] [permission] [subagent]")
+        frames = await sse.until(lambda f: f.event == "permission")
+        assert frames[-1].data["toolName"] == "write"
+        await api.call("grantPermission", 200, {"id": frames[-1].data["id"]})
+        frames += await sse.turn()
+    main = [f for f in frames if "parentToolCallId" not in f.data]
+    assert [f.data["name"] for f in main if f.event == "tool_use_start"] == [
+        "bash",
+        "write",
+        "task",
+    ]
+    assert [f.data["toolName"] for f in main if f.event == "tool_execution_complete"] == [
+        "bash",
+        "write",
+        "task",
+    ]
+
+
+async def test_rate_limit_event_mid_run(api: Api, fake: MixFake) -> None:
+    sid = await api.session()
+    async with open_stream(api, sid) as sse:
+        await api.send(sid, "busy provider [ratelimit]")
+        frames = await sse.turn()
+    events = [f.event for f in frames]
+    assert events.count("rate_limit_error") == 1
+    limit = frames[events.index("rate_limit_error")]
+    assert limit.data == {
+        "type": "rate_limit_error",
+        "error": "Rate limit exceeded; will automatically retry.",
+        "retryAfter": 1,
+        "attempt": 1,
+        "maxAttempts": 3,
+    }
+    # the frame's retry line carries retryAfter as it is (real-server notes 12 and 26)
+    assert limit.retry == 1 and limit.raw.endswith(b"\nretry: 1\n\n")
+    assert events.index("rate_limit_error") < events.index("content")
+    assert events[-1] == "complete"  # the run went on
+    assert frames[-1].data["content"] == "Echo: busy provider [ratelimit]"
+    export = await api.call("exportSession", 200, {"id": sid})
+    assert [m.get("finishReason") for m in export["messages"]] == [None, "end_turn"]
 
 
 async def test_notification_response(api: Api) -> None:
