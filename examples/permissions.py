@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import mix_server  # finds a server, or starts the fake
 
 from mix_client import (
+    AgentError,
     AsyncMix,
-    ContentEvent,
     PermissionEvent,
     ToolExecutionCompleteEvent,
 )
@@ -63,19 +63,18 @@ async def grant_with_callback(mix: AsyncMix, session_id: str, text: str) -> None
 
 async def deny_in_query(mix: AsyncMix, session_id: str, text: str) -> None:
     print(f"You: {text}")
-    answer = []
-    async with mix.query(session_id, text, timeout=300) as events:
-        async for event in events:
-            if isinstance(event, PermissionEvent):
-                print(f"  permission asked: {event.data.description} -> denied")
-                await mix.deny_permission(event.data.id)
-            elif isinstance(event, ToolExecutionCompleteEvent):
-                outcome = "ok" if event.data.success else "failed"
-                print(f"  tool {event.data.tool_name}: {outcome} ({event.data.progress})")
-            elif isinstance(event, ContentEvent) and not event.parent_tool_call_id:
-                answer.append(event.data.content)
-    # A denial is not an error: the tool fails and the agent carries on.
-    print(f"Agent: {''.join(answer)}")
+    try:
+        async with mix.query(session_id, text, timeout=300) as events:
+            async for event in events:
+                if isinstance(event, PermissionEvent):
+                    print(f"  permission asked: {event.data.description} -> denied")
+                    await mix.deny_permission(event.data.id)
+                elif isinstance(event, ToolExecutionCompleteEvent):
+                    outcome = "ok" if event.data.success else "failed"
+                    print(f"  tool {event.data.tool_name}: {outcome} ({event.data.progress})")
+    except AgentError as exc:
+        # The server stops a run whose permission was denied: it ends with an error.
+        print(f"Agent stopped: {exc}")
 
 
 if __name__ == "__main__":
