@@ -126,7 +126,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_IDLE_TIMEOUT", "DEFAULT_MAX_EVENT_SIZE", "DEFAULT_SERVER_URL", "DEFAULT_TIMEOUT",
     "OPERATIONS", "TRANSFER_TIMEOUT", "UNSET", "APIConnectionError", "APIStatusError",
-    "APITimeoutError", "AgentError", "AsyncMix", "AuthStatusResponse", "AuthenticationError",
+    "APITimeoutError", "AgentError", "AmbiguousRunError", "AsyncMix", "AuthStatusResponse", "AuthenticationError",
     "BackendMessage", "BackoffStrategy", "BadRequestError", "BaseEvent", "BrowserMode",
     "Callback", "CallbackDict", "CallbackResult", "CallbackType", "CancelResult",
     "ClientClosedError", "Command", "CompleteData", "CompleteEvent", "ConnectedData",
@@ -989,6 +989,12 @@ class AgentError(MixError):
     def __init__(self, message: str, *, event: ErrorEvent | TurnRecovered | None = None) -> None:
         super().__init__(message)
         self.event = event
+
+
+class AmbiguousRunError(MixError):
+    """The session stores more runs of a turn's text than this client sent, and the stream
+    did not show which one is the turn's: the client will not guess (another client sent
+    the same text to the same session at about the same time)."""
 
 
 def _status_error(
@@ -2187,6 +2193,41 @@ ProgressCallback: TypeAlias = Callable[[int, int | None], object]
 """``progress(done, total)``: bytes moved so far and the total when known (else ``None``)."""
 
 
+class _Escaped(Exception):
+    """A ``KeyboardInterrupt`` or ``SystemExit`` raised by a callback of the blocking
+    :class:`Mix`, carried across its loop thread (where it would stop the loop) to the
+    caller, who gets the original."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(repr(exc))
+        self.exc = exc
+
+
+class _SyncLoopFlag(threading.local):
+    flag = False
+    """Set on a blocking ``Mix``'s loop thread."""
+
+
+_in_sync_loop = _SyncLoopFlag()
+
+
+def _escape(exc: BaseException) -> BaseException:
+    """What to raise for ``exc`` from a user's callback on the running loop."""
+    if _in_sync_loop.flag and not isinstance(exc, (Exception, asyncio.CancelledError)):
+        return _Escaped(exc)
+    return exc
+
+
+def _call_progress(progress: ProgressCallback, done: int, total: int | None) -> None:
+    try:
+        progress(done, total)
+    except BaseException as exc:
+        escaped = _escape(exc)
+        if escaped is exc:
+            raise
+        raise escaped from None
+
+
 def _check_progress(progress: object) -> None:
     if progress is None:
         return
@@ -2348,13 +2389,13 @@ class _Upload:
         progress, total, done = self.progress, self.data_size, 0
         try:
             if progress is not None:
-                progress(0, total)
+                _call_progress(progress, 0, total)
             yield self.head
             async for chunk in self._data():
                 yield chunk
                 done += len(chunk)
                 if progress is not None:
-                    progress(done, total)
+                    _call_progress(progress, done, total)
             yield self.tail
         except Exception as exc:
             # aiohttp reports any failure of the body as a connection error; keep the
@@ -2555,7 +2596,7 @@ class FileDownload:
     async def _report(self) -> None:
         if self._progress is not None:
             try:
-                self._progress(self.received, self.content_length)
+                _call_progress(self._progress, self.received, self.content_length)
             except BaseException:
                 await self.aclose()
                 raise
@@ -3464,6 +3505,7 @@ class EventStream:
         self._marker = False  # yield Reconnected before the next event
         self._sent_id: str | None = None  # Last-Event-ID sent when this connection opened
         self._failure: BaseException | None = None  # read error held back behind buffered bytes
+        self._reconnecting = False  # between a drop and the next connection
         self.reconnects = 0
         """How many times the stream was reopened."""
         client._pool.streams.add(self)
@@ -3527,7 +3569,10 @@ class EventStream:
                 self._end()
             resp = self._resp
             if resp is None:
-                await self._open(first=True)
+                if self._reconnecting:  # a reconnect was cancelled midway: go on with it
+                    await self._reopen(False, None)
+                else:
+                    await self._open(first=True)
                 continue
             failure, self._failure = self._failure, None
             if failure is not None:
@@ -3699,14 +3744,22 @@ class EventStream:
             if self._is_retry:
                 self._failures += 1  # a 200 that delivered nothing: a failed attempt
         self._delivered = False
-        last: BaseException | None = exc
+        self._reconnecting = True
+        await self._reopen(immediate, exc)
+
+    async def _reopen(self, immediate: bool, last: BaseException | None) -> None:
+        """Reconnect: attempts with backoff until one connects (or too many failed)."""
+        loop = asyncio.get_running_loop()
+        url = f"{self._client.server_url}/stream?{self._query}"
         while True:
             if self._shut:  # closed by aclose() during an attempt
+                self._reconnecting = False
                 return
             if self._failures >= self.max_reconnects:
                 self._closed = True
+                self._reconnecting = False
                 raise APIConnectionError(
-                    f"GET {url}: stream lost ({self._reason or reason}); "
+                    f"GET {url}: stream lost ({self._reason or 'connection closed'}); "
                     f"{self._failures} reconnect attempts failed",
                     method="GET",
                     url=url,
@@ -3724,17 +3777,20 @@ class EventStream:
             except APIStatusError as error:
                 if error.status_code < 500 and error.status_code not in (408, 429):
                     self._closed = True
+                    self._reconnecting = False
                     raise
                 last = error
                 self._failures += 1
                 continue
             except APIConnectionError as error:
                 if isinstance(error, ClientClosedError):
+                    self._reconnecting = False
                     raise
                 last = error
                 self._failures += 1
                 continue
             break
+        self._reconnecting = False
         if self._shut:
             return
         self._marker = True
@@ -3743,6 +3799,16 @@ class EventStream:
 # ---------------------------------------------------------------------------
 # 5. Turns: one message's events and result (query, send_and_wait)
 # ---------------------------------------------------------------------------
+#
+# The rows the server stored are the truth; the stream is the fast path. For each session
+# with turns in flight, a client keeps one ledger (_Runs): one event stream read by one
+# task, and the turns in the order their messages were sent (the server starts runs in
+# that order). A run start (user_message_created) goes to the first waiting turn whose
+# text it carries; the events that follow go to that turn until the run's end. When the
+# stream's evidence is missing or ambiguous (a reconnect, a start that skipped a turn,
+# events of a run nobody saw start, a silence), one check reads the export and settles
+# every waiting turn of the session from the stored rows: which run is whose, and which
+# runs ended. A run is claimed by at most one turn.
 
 
 class TurnRecoveredData(msgspec.Struct, frozen=True, kw_only=True):
@@ -3760,12 +3826,12 @@ class TurnRecoveredData(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class TurnRecovered(BaseEvent, frozen=True, kw_only=True):
-    """Not a server event: the last event of a turn whose end the stream lost.
+    """Not a server event: the last event of a turn whose end the stream did not show.
 
-    After a drop (a :class:`Reconnected`), or when an end event could not be matched to the
-    turn's own run, the turn reads ``GET /api/sessions/{id}/export``; once the run's last
-    message there has a final ``finishReason``, :meth:`AsyncMix.query` yields this marker and
-    ends (or raises :class:`AgentError` when the run failed or was cancelled).
+    When the stream lost the run's end (a drop, events dropped while the reader lagged, a
+    silence), the turn reads ``GET /api/sessions/{id}/export``; once the run's last message
+    there has a final ``finishReason``, :meth:`AsyncMix.query` yields this marker and ends
+    (or raises :class:`AgentError` when the run failed or was cancelled).
     """
 
     event: ClassVar[str] = "turn_recovered"
@@ -3811,7 +3877,7 @@ class Turn(msgspec.Struct, kw_only=True):
     recovered: TurnRecovered | None = None
     """Set when the stream lost the run's end and it was read from the server instead."""
     user_message_id: str | None = None
-    """The id of this turn's user message (from ``user_message_created``), when seen."""
+    """The id of this turn's user message (its run's start)."""
     event_count: int = 0
     """How many of the turn's own events arrived."""
 
@@ -3824,23 +3890,19 @@ class Turn(msgspec.Struct, kw_only=True):
         return self.event_count
 
 
-_Row = TypeVar("_Row", ExportMessage, BackendMessage)
 _FAILED_FINISH: Final = frozenset({"canceled", "cancelled", "error", "permission_denied"})
-_OPEN_FINISH: Final = frozenset({"", "tool_use"})  # the run goes on after a tool_use message
-_RUN_EVENTS: Final = (
-    ThinkingEvent,
-    ContentEvent,
-    ToolUseStartEvent,
-    ToolUseParameterDeltaEvent,
-    ToolUseParameterStreamingCompleteEvent,
-    ToolExecutionStartEvent,
-    ToolExecutionCompleteEvent,
-    CompleteEvent,
-    ErrorEvent,
-)
-_POLL_MIN: Final = 0.25
-_POLL_MAX: Final = 1.0
-"""Bounds of the interval between checks of a run whose end the stream may have lost."""
+_OPEN_FINISH: Final = frozenset({"", "tool_use"})  # the run goes on after a tool_use step
+_PLAN_OPEN: Final = "<system-reminder>"
+_PLAN_CLOSE: Final = "</system-reminder>"
+_CHECK_FIRST: Final = 1.0
+"""Seconds of silence (no event of a waiting turn's run) before the stored rows are checked."""
+_CHECK_CAP: Final = 8.0
+"""The interval between checks doubles while nothing changes, up to this."""
+_CHECK_WAITING: Final = 15.0
+"""The first check of a run that waits for a permission or an answer to a notification."""
+_ORPHANS_MAX: Final = 1000
+"""Events of runs nobody saw start, kept until the next check attributes them."""
+_FLOORS_MAX: Final = 10_000
 
 
 def _raise_if_failed(end: TurnRecovered) -> None:
@@ -3866,50 +3928,85 @@ def _is_end(event: StreamEvent) -> bool:
     return isinstance(event, ErrorEvent) and _is_fatal(event)
 
 
-def _assistant_id(event: StreamEvent) -> str | None:
-    if isinstance(event, CompleteEvent):
-        return event.data.message_id or None
-    value = getattr(event.data, "assistant_message_id", None)
-    return value if isinstance(value, str) and value else None
+def _is_own_text(stored: str, text: str, plan: bool) -> bool:
+    """Whether a stored (or announced) user message is ``text`` as sent: equal but for
+    surrounding whitespace, or, in plan mode, followed by the server's reminder."""
+    stored, text = stored.strip(), text.strip()
+    if stored == text:
+        return True
+    if not plan or not stored.startswith(text) or not stored.endswith(_PLAN_CLOSE):
+        return False
+    return stored[len(text) :].lstrip().startswith(_PLAN_OPEN)
 
 
-def _user_text(row: ExportMessage | BackendMessage) -> str | None:
-    """The text of a user message row, stripped (``None`` for other rows)."""
-    if isinstance(row, ExportMessage):
-        return row.content.strip() if row.role == "user" else None
-    return row.user_input.strip() if row.role in ("user", "") else None
+def _event_ids(event: StreamEvent) -> tuple[str | None, ...]:
+    """The stored ids an event names: its assistant message, tool call, parent tool call."""
+    data = event.data
+    return (
+        getattr(data, "assistant_message_id", None) or getattr(data, "message_id", None),
+        getattr(data, "tool_call_id", None) or getattr(data, "id", None),
+        getattr(data, "parent_tool_call_id", None),
+    )
 
 
-def _run_rows(
-    messages: list[_Row], text: str, user_message_id: str | None, *, by_text: bool = False
-) -> tuple[list[_Row], bool] | None:
-    """The stored rows of a turn's run: its user message and what follows up to the next
-    user message (and whether one follows). The user message is found by id when known,
-    else (or, with ``by_text``, when that id is not there) as the last one with the turn's
-    text."""
-    start = None
-    if user_message_id:
-        start = next((i for i, m in enumerate(messages) if m.id == user_message_id), None)
-    if start is None and (by_text or not user_message_id):
-        want = text.strip()
-        last = range(len(messages) - 1, -1, -1)
-        start = next((i for i in last if _user_text(messages[i]) == want), None)
-    if start is None:
-        return None
-    rows = [messages[start]]
-    for row in messages[start + 1 :]:
+class _Row(NamedTuple):
+    """A stored message, from the export or the messages list."""
+
+    id: str
+    role: str
+    content: str
+    reasoning: str | None
+    finish_reason: str | None
+    tool_calls: list[ToolCall] | list[ExportToolCall]
+
+
+def _export_rows(messages: list[ExportMessage]) -> list[_Row]:
+    return [
+        _Row(m.id, m.role, m.content, m.reasoning, m.finish_reason, m.tool_calls or [])
+        for m in messages
+    ]
+
+
+def _list_rows(messages: list[BackendMessage]) -> list[_Row]:
+    return [
+        _Row(
+            m.id,
+            m.role or "user",
+            m.user_input if m.role in ("user", "") else (m.assistant_response or ""),
+            m.reasoning,
+            None,
+            m.tool_calls or [],
+        )
+        for m in messages
+    ]
+
+
+def _stored_runs(
+    rows: list[_Row], starts: set[str], wanted: Callable[[str], bool]
+) -> list[list[_Row]]:
+    """Split stored rows into runs. A user row starts a run unless a session callback
+    injected it: after a tool row, not announced as a start, and not a waiting turn's text."""
+    runs: list[list[_Row]] = []
+    after_tool = False
+    for row in rows:
         if row.role == "user":
-            return rows, True
-        rows.append(row)
-    return rows, False
+            if not (after_tool and row.id not in starts and not wanted(row.content)):
+                runs.append([row])
+                after_tool = False
+                continue
+        else:
+            after_tool = row.role == "tool"
+        if runs:
+            runs[-1].append(row)
+    return runs
 
 
-def _run_end(rows: list[ExportMessage], followed: bool) -> TurnRecovered | None:
-    """The run's end as stored, or ``None`` while it goes on."""
-    answers = [row for row in rows[1:] if row.role == "assistant"]
+def _run_end(run: list[_Row], last: bool) -> TurnRecovered | None:
+    """The run's end as stored, or ``None`` while it goes on (only the last run can)."""
+    answers = [row for row in run if row.role == "assistant"]
     reason = (answers[-1].finish_reason or "") if answers else ""
     if reason in _OPEN_FINISH:
-        if not followed:
+        if last:
             return None
         reason = reason or "unknown"
     reasoning = "".join(row.reasoning for row in answers if row.reasoning)
@@ -3918,349 +4015,467 @@ def _run_end(rows: list[ExportMessage], followed: bool) -> TurnRecovered | None:
             finish_reason=reason,
             content="".join(row.content for row in answers),
             message_id=answers[-1].id if answers else None,
-            user_message_id=rows[0].id,
+            user_message_id=run[0].id,
             reasoning=reasoning or None,
         )
     )
 
 
-class _TurnState:
-    """What a turn learns as it goes, shared by :meth:`AsyncMix.query` and ``send_and_wait``."""
+def _run_ids(run: list[_Row]) -> set[str]:
+    ids = {row.id for row in run}
+    ids.update(call.id for row in run for call in row.tool_calls)
+    return ids
 
-    __slots__ = ("deadline", "no_export", "rows", "timeout", "user_message_id")
 
-    def __init__(self, timeout: float | None) -> None:
-        self.timeout = timeout
-        self.deadline: float | None = None
-        self.user_message_id: str | None = None
-        self.rows: list[ExportMessage] | None = None  # the run's stored rows, once read
-        self.no_export = False  # the server has no export route: no way to check a run's end
+class _Slot:
+    """One turn in its session's ledger: what it sent, which run is its, its events."""
 
-    async def within(self, aw: Awaitable[T], session_id: str) -> T:
-        """Await ``aw`` within what is left of the turn's timeout."""
-        if self.deadline is None:
-            return await aw
-        remaining = self.deadline - asyncio.get_running_loop().time()
+    __slots__ = (
+        "closed",
+        "done",
+        "events",
+        "floor",
+        "gap",
+        "plan",
+        "rows",
+        "sent",
+        "text",
+        "user_message_id",
+        "waiting",
+    )
+
+    def __init__(self, text: str, plan: bool, floor: str | None) -> None:
+        self.text = text
+        self.plan = plan
+        self.floor = floor  # a user row stored before this turn's message was sent
+        self.sent = False  # the server accepted the message
+        self.user_message_id: str | None = None  # the start of this turn's run, once known
+        self.events: asyncio.Queue[TurnEvent | BaseException | None] = asyncio.Queue()
+        self.done = False  # its run's end was handed over
+        self.closed = False  # the turn is over for its consumer
+        self.gap = False  # events of its run may be missing: complete it from stored rows
+        self.waiting = False  # its run waits for a permission or an answer
+        self.rows: list[_Row] | None = None  # its ended run's rows, when a check read them
+
+    def put(self, item: TurnEvent | BaseException) -> None:
+        if not self.closed and not self.done:
+            self.events.put_nowait(item)
+            if isinstance(item, (BaseException, TurnRecovered)) or (
+                not isinstance(item, Reconnected) and _is_end(item)
+            ):
+                self.done = True
+
+
+class _Runs:
+    """The runs of one session as one client sees them (see the section's comment)."""
+
+    def __init__(self, mix: AsyncMix, session_id: str) -> None:
+        self.mix = mix
+        self.session_id = session_id
+        self.members = 0  # turns using this ledger
+        self.slots: list[_Slot] = []  # in send order, until their run ends (or they leave)
+        self.owner: _Slot | None = None  # whose run the stream shows going on
+        self.foreign = False  # the run going on is not this client's
+        self.starts: set[str] = set()  # run starts announced on the stream
+        self.claimed: set[str] = set()  # run starts claimed by this client's turns
+        self.orphans: list[StreamEvent] = []  # events of a run nobody saw start
+        self.no_export = False  # an older server: runs cannot be checked
+        self.send_lock = asyncio.Lock()
+        loop = asyncio.get_running_loop()
+        self.connected: asyncio.Future[ConnectedEvent] = loop.create_future()
+        self.urgent = asyncio.Event()  # the stream's evidence is missing: check at once
+        self.active_at = loop.time()  # the last event of a run on the stream
+        self.reopened_at = -math.inf  # the last reconnect
+        self.stream = mix.stream_events(session_id)
+        self.tasks = [asyncio.ensure_future(self._read()), asyncio.ensure_future(self._watch())]
+        # A row stored before the first message is sent: runs before it are not ours.
+        self.baseline: asyncio.Future[None] | None = None
+        if session_id not in mix._floors:
+            self.baseline = asyncio.ensure_future(self._baseline())
+            self.tasks.append(self.baseline)
+
+    async def _baseline(self) -> None:
+        with contextlib.suppress(MixError):
+            messages = await self.mix.get_session_messages(self.session_id)
+            if self.session_id not in self.mix._floors:  # else a newer one came meanwhile
+                users = [m.id for m in messages if m.role in ("user", "")]
+                self._floor(users[-1] if users else "")
+
+    # -- turns come and go -------------------------------------------------
+
+    def join(self, text: str, plan: bool) -> _Slot:
+        slot = _Slot(text, plan, self.mix._floors.get(self.session_id))
+        self.slots.append(slot)
+        return slot
+
+    def leave(self, slot: _Slot | None) -> None:
+        """A turn is over for its consumer. A turn whose run may still start stays as a
+        placeholder, so that nobody else claims that run; the last one out closes."""
+        self.members -= 1
+        if slot is not None:
+            slot.closed = True
+            if slot.done or not slot.sent or slot.user_message_id is not None:
+                with contextlib.suppress(ValueError):
+                    self.slots.remove(slot)
+        if self.members <= 0:
+            self.close(None)
+
+    def close(self, error: BaseException | None) -> None:
+        """Stop reading: every turn still waiting gets ``error``."""
+        if self.mix._ledgers.get(self.session_id) is self:
+            del self.mix._ledgers[self.session_id]
+        current = asyncio.current_task()
+        for task in self.tasks:
+            if task is not current:
+                task.cancel()
+        self.stream._shutdown(None)
+        error = error or ClientClosedError("the turn's event stream was closed")
+        if not self.connected.done():
+            self.connected.set_exception(error)
+            self.connected.exception()  # retrieved: a turn that left may never read it
+        for slot in self.slots:
+            slot.put(error)
+        self.slots = []
+
+    def _floor(self, row_id: str) -> None:
+        floors = self.mix._floors
+        floors.pop(self.session_id, None)
+        floors[self.session_id] = row_id
+        if len(floors) > _FLOORS_MAX:
+            del floors[next(iter(floors))]
+
+    def _finish(self, slot: _Slot) -> None:
+        with contextlib.suppress(ValueError):
+            self.slots.remove(slot)
+
+    # -- the stream --------------------------------------------------------
+
+    async def _read(self) -> None:
         try:
-            return await asyncio.wait_for(aw, max(remaining, 0.0))
-        except asyncio.TimeoutError:
-            raise self.expired(session_id) from None
+            async with self.stream as events:
+                async for event in events:
+                    if not self.connected.done():
+                        if isinstance(event, ConnectedEvent):
+                            self.connected.set_result(event)
+                        elif isinstance(event, ErrorEvent):
+                            self.close(await self._refused(event))
+                            return
+                        continue
+                    self._dispatch(event)
+            self.close(APIConnectionError(f"event stream of session {self.session_id!r} ended"))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.close(exc)
 
-    def expired(self, session_id: str) -> APITimeoutError:
-        return APITimeoutError(
-            f"turn in session {session_id!r} did not finish within {self.timeout} s"
-        )
+    async def _refused(self, event: ErrorEvent) -> MixError:
+        """The stream refused the session: the typed error of the session's own route."""
+        try:
+            await self.mix.get_session(self.session_id)
+        except MixError as exc:
+            return exc
+        return AgentError(f"stream error: {event.data.error}", event=event)
+
+    def _dispatch(self, event: StreamEvent) -> None:
+        loop_time = asyncio.get_running_loop().time
+        if isinstance(event, Reconnected):
+            # Events were lost: whose run goes on is unknown until the stored rows say.
+            self.owner, self.foreign = None, False
+            self.reopened_at = loop_time()
+            for slot in self.slots:
+                slot.gap = True
+                slot.put(event)
+            self.urgent.set()
+            return
+        if isinstance(
+            event, (HeartbeatEvent, ConnectedEvent, SessionCreatedEvent, SessionDeletedEvent)
+        ):
+            if isinstance(event, HeartbeatEvent):
+                for slot in self.slots:
+                    slot.put(event)
+            return
+        self.active_at = loop_time()
+        if isinstance(event, UserMessageCreatedEvent) and not event.data.parent_tool_call_id:
+            self._start(event)
+            return
+        owner = self.owner
+        if owner is not None:
+            owner.waiting = isinstance(event, (PermissionEvent, NotificationEvent))
+            owner.put(event)
+            if _is_end(event):
+                self.owner = None
+                self._finish(owner)
+        elif self.foreign:
+            if _is_end(event):
+                self.foreign = False
+        elif self.no_export:
+            # An older server: no run marks to trust, no export to check. The oldest
+            # waiting turn takes what comes.
+            head = next((s for s in self.slots if s.sent and not s.done), None)
+            if head is not None:
+                head.put(event)
+                if _is_end(event):
+                    self._finish(head)
+        elif self.slots:
+            if len(self.orphans) >= _ORPHANS_MAX:
+                del self.orphans[0]
+            self.orphans.append(event)
+            if not isinstance(event, UnknownEvent):
+                self.urgent.set()
+
+    def _start(self, event: UserMessageCreatedEvent) -> None:
+        mid = event.data.message_id
+        self.starts.add(mid)
+        self._floor(mid)
+        if self.owner is not None:
+            self.owner.gap = True  # its end was lost: the next run started
+            self.urgent.set()
+        content = event.data.content
+        skipped = False
+        for slot in self.slots:
+            if slot.user_message_id is not None or slot.done:
+                continue
+            if _is_own_text(content, slot.text, slot.plan):
+                slot.user_message_id = mid
+                self.claimed.add(mid)
+                self.owner, self.foreign = slot, False
+                slot.put(event)
+                if skipped:
+                    self.urgent.set()
+                return
+            skipped = skipped or slot.sent
+        self.owner, self.foreign = None, True
+
+    # -- checks against the stored rows -----------------------------------
+
+    def _next_check(self, interval: float, checked_at: float) -> float | None:
+        """Loop time of the next check of a silent run (``None``: no turn waits)."""
+        pending = [s for s in self.slots if s.sent and not s.done]
+        if not pending:
+            return None
+        first = _CHECK_WAITING if any(s.waiting for s in pending) else _CHECK_FIRST
+        return max(self.active_at + first, checked_at + interval)
+
+    async def _watch(self) -> None:
+        """Check the stored rows at once when the stream's evidence is missing, and when a
+        waiting turn's run is silent (the interval doubling while nothing changes)."""
+        loop = asyncio.get_running_loop()
+        interval, checked_at = _CHECK_FIRST, -math.inf
+        while not self.no_export:
+            at = self._next_check(interval, checked_at)
+            if not self.urgent.is_set():
+                # With no turn waiting yet, look again in a while (a message may be sent).
+                timeout = _CHECK_FIRST if at is None else max(at - loop.time(), 0.0)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.urgent.wait(), timeout)
+            if self.urgent.is_set():
+                self.urgent.clear()
+                interval = _CHECK_FIRST
+            else:
+                at = self._next_check(interval, checked_at)
+                if at is None or at > loop.time():
+                    continue  # the run showed itself meanwhile
+            active, checked_at = self.active_at, loop.time()
+            await self._check()
+            quiet = self.active_at == active
+            interval = min(interval * 2, _CHECK_CAP) if quiet else _CHECK_FIRST
+
+    async def _check(self) -> None:
+        try:
+            export = await self.mix.export_session(self.session_id)
+        except NotFoundError:
+            self.no_export = True  # an older server: nothing to check against
+            orphans, self.orphans = self.orphans, []
+            for event in orphans:
+                self._dispatch(event)
+            return
+        except (APIConnectionError, APIStatusError) as exc:
+            if isinstance(exc, APIStatusError) and (
+                exc.status_code < 500 and exc.status_code not in (408, 429)
+            ):
+                self.close(exc)
+            return  # a passing failure: checked again at the next interval
+        self._settle(_export_rows(export.messages))
+
+    def _settle(self, rows: list[_Row]) -> None:
+        """Give each waiting turn its run as stored, and end the turns whose run ended."""
+        waiting = [s for s in self.slots if s.sent and not s.done]
+
+        def wanted(text: str) -> bool:
+            return any(
+                s.user_message_id is None and _is_own_text(text, s.text, s.plan) for s in waiting
+            )
+
+        runs = _stored_runs(rows, self.starts, wanted)
+        taken = set(self.claimed) | {s.user_message_id for s in waiting if s.user_message_id}
+        if runs:
+            self._floor(runs[-1][0].id)
+            last = runs[-1]
+            if self.owner is None and _run_end(last, True) is None and last[0].id not in taken:
+                self.foreign = True  # the run going on is nobody's here (unless settled below)
+        index = {run[0].id: i for i, run in enumerate(runs)}
+        run_of = {row.id: i for i, run in enumerate(runs) for row in run}
+        after = -1  # runs start in send order: each turn's run follows the previous one's
+        orphans, self.orphans = self.orphans, []
+        for slot in waiting:
+            if slot.user_message_id is not None:
+                found = index.get(slot.user_message_id)
+                if found is not None:
+                    after = max(after, found)
+                    self._settled(slot, runs[found], found == len(runs) - 1, orphans)
+                continue
+            floor = -1 if not slot.floor else run_of.get(slot.floor)
+            if floor is None:
+                continue  # the floor row is gone (rewound): nothing safe to match
+            matches = [
+                i
+                for i in range(max(after, floor) + 1, len(runs))
+                if runs[i][0].id not in taken
+                and runs[i][0].id not in self.starts
+                and _is_own_text(runs[i][0].content, slot.text, slot.plan)
+            ]
+            if not matches:
+                continue  # not started yet (queued), as far as the server stored
+            same = [
+                s
+                for s in waiting
+                if s.user_message_id is None
+                and _is_own_text(slot.text, s.text, s.plan or slot.plan)
+            ]
+            if slot.floor is None and len(matches) > len(same):
+                slot.put(
+                    AmbiguousRunError(
+                        f"session {self.session_id!r} stores {len(matches)} runs of the text"
+                        " this turn sent and the stream did not show which one is its own"
+                    )
+                )
+                self._finish(slot)
+                continue
+            found = matches[0]
+            run = runs[found]
+            after = found
+            slot.user_message_id = run[0].id
+            taken.add(run[0].id)
+            self.claimed.add(run[0].id)
+            slot.gap = True
+            self._settled(slot, run, found == len(runs) - 1, orphans)
+
+    def _settled(
+        self, slot: _Slot, run: list[_Row], last: bool, orphans: list[StreamEvent]
+    ) -> None:
+        """Hand a turn what the stream lost of its run, then its end (or the stream)."""
+        ids = _run_ids(run)
+        mine = [e for e in orphans if any(i in ids for i in _event_ids(e) if i)]
+        if last:
+            mine += [e for e in orphans if not any(_event_ids(e))]
+        for event in mine:
+            if not slot.done:
+                slot.put(event)
+        if slot.done:
+            self._finish(slot)
+            return
+        end = _run_end(run, last)
+        if end is None:
+            if self.owner is None:
+                self.owner, self.foreign = slot, False  # its run goes on: the stream shows it
+            return
+        quiet = asyncio.get_running_loop().time() - self.active_at
+        live = self.active_at > self.reopened_at and quiet < _CHECK_FIRST
+        if last and live and self.owner in (None, slot):
+            # The stored rows run ahead of a live stream: its end is on the way (if lost,
+            # the next check hands it over).
+            self.owner, self.foreign = slot, False
+            return
+        if self.owner is slot:
+            self.owner = None
+        slot.rows = run  # read at its end: what the turn is completed from
+        slot.put(end)
+        self._finish(slot)
 
 
-async def _next_or_none(it: AsyncIterator[StreamEvent]) -> StreamEvent | None:
-    try:
-        return await it.__anext__()
-    except StopAsyncIteration:
-        return None
+async def _in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Run ``fn`` in a daemon thread of its own: a callback still blocked when the turn's
+    deadline passes, or at exit, keeps nobody waiting."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
 
+    def settle(ok: bool, value: Any) -> None:
+        if future.done():
+            return
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(_escape(value))
 
-class _SyncLoopFlag(threading.local):
-    flag = False
-    callbacks: concurrent.futures.Executor | None = None
-    """On a blocking ``Mix``'s loop thread: the pool its plain callbacks run on."""
+    def run() -> None:
+        outcome: tuple[bool, Any]
+        try:
+            outcome = (True, fn(*args))
+        except BaseException as exc:
+            outcome = (False, exc)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(settle, *outcome)
 
-
-_in_sync_loop = _SyncLoopFlag()
+    threading.Thread(target=run, name="mix-client-callback", daemon=True).start()
+    return await future
 
 
 async def _maybe_await(callback: Callable[[Any], Any] | None, value: Any) -> None:
     if callback is None:
         return
-    callbacks = _in_sync_loop.callbacks
-    if callbacks is not None and not inspect.iscoroutinefunction(callback):
-        # Under the blocking Mix, a plain callback runs in a thread of its own pool so that
-        # it can itself make blocking Mix calls (grant a permission, upload a file) without
-        # a deadlock: uploads and downloads use the default executor, never this pool.
-        result = await asyncio.get_running_loop().run_in_executor(callbacks, callback, value)
-    else:
-        result = callback(value)
-    if inspect.isawaitable(result):
-        await result
-
-
-async def _read_run(
-    mix: AsyncMix, session_id: str, text: str, state: _TurnState
-) -> TurnRecovered | None:
-    """The run's end as the export stores it (``None``: not over, not found, no export,
-    or the check failed for a passing reason and is tried again at the next interval)."""
     try:
-        export = await state.within(mix.export_session(session_id), session_id)
-    except NotFoundError:
-        state.no_export = True  # an older server: nothing to check against
-        return None
-    except (APIConnectionError, APIStatusError) as exc:
-        if isinstance(exc, APIStatusError) and (
-            exc.status_code < 500 and exc.status_code not in (408, 429)
-        ):
+        if _in_sync_loop.flag and not inspect.iscoroutinefunction(callback):
+            # Under the blocking Mix, a plain callback runs in a thread of its own, so that
+            # it can itself make blocking Mix calls (grant a permission, upload a file).
+            result = await _in_daemon_thread(callback, value)
+        else:
+            result = callback(value)
+        if inspect.isawaitable(result):
+            await result
+    except BaseException as exc:
+        escaped = _escape(exc)
+        if escaped is exc:
             raise
-        if state.deadline is not None and (asyncio.get_running_loop().time() >= state.deadline):
-            raise
-        return None
-    found = _run_rows(export.messages, text, state.user_message_id)
-    if found is None:
-        return None
-    rows, followed = found
-    end = _run_end(rows, followed)
-    if end is not None:
-        state.rows = rows
-        state.user_message_id = state.user_message_id or rows[0].id
-    return end
-
-
-async def _check_end(
-    mix: AsyncMix, session_id: str, text: str, state: _TurnState, event: StreamEvent
-) -> TurnEvent | None:
-    """An end event seen before the turn's own run began: whose is it?
-
-    The export decides: the event is this turn's end when the export shows the turn's
-    run over the same way (a ``complete`` naming the run's last message, or without a
-    message id; an ``error`` for a failed run). Otherwise it belongs to another run
-    (``None``): the turn waits for its own run on the stream, checking the export at
-    a bounded interval meanwhile. A server without the export cannot tell: the event is
-    taken as this turn's end, as such servers do not mark runs anyway.
-    """
-    end = await _read_run(mix, session_id, text, state)
-    if end is None:
-        return event if state.no_export else None
-    if isinstance(event, CompleteEvent):
-        mid = event.data.message_id
-        return event if not mid or mid == end.data.message_id else None
-    return event if end.data.finish_reason in _FAILED_FINISH else None
-
-
-async def _reconcile(mix: AsyncMix, turn: Turn, text: str, state: _TurnState | None = None) -> None:
-    """Fill what the stream lost from the stored messages.
-
-    Uses the run's rows already read from the export when its end was recovered, else
-    the run's rows (:func:`_run_rows`) of ``GET /api/sessions/{id}/messages``: one row per
-    message (``role`` user, assistant, tool) or, in the spec's older shape, one row with
-    both ``userInput`` and ``assistantResponse``.
-    """
-    state = state or _TurnState(None)
-    rows: list[tuple[str, str | None, str | None, list[ToolCall] | list[ExportToolCall]]]
-    if state.rows is not None:
-        rows = [
-            (
-                m.role,
-                m.content if m.role == "assistant" else None,
-                m.reasoning,
-                m.tool_calls or [],
-            )
-            for m in state.rows
-        ]
-    else:
-        messages = await state.within(mix.get_session_messages(turn.session_id), turn.session_id)
-        want = state.user_message_id or turn.user_message_id
-        found = _run_rows(messages, text, want, by_text=True)
-        if found is None:
-            return
-        rows = [(m.role, m.assistant_response, m.reasoning, m.tool_calls or []) for m in found[0]]
-    answer = "".join(content for _, content, _, _ in rows if content)
-    if answer:
-        turn.text = answer
-    reasoning = "".join(r for _, _, r, _ in rows if r)
-    if reasoning:
-        turn.thinking = reasoning
-    known = {call.id: call for call in turn.tool_calls}
-    for _, _, _, stored_calls in rows:
-        for stored in stored_calls:
-            call = known.get(stored.id)
-            if call is None:
-                call = known[stored.id] = TurnToolCall(id=stored.id, name=stored.name)
-                turn.tool_calls.append(call)
-                call.raw_input = stored.input
-                call.input = parse_tool_input(stored.input)
-            if stored.result is not None:
-                call.result = stored.result
-            call.is_error = bool(stored.is_error) or call.is_error
-            call.finished = stored.finished or call.finished
-
-
-async def _turn_events(
-    mix: AsyncMix,
-    session_id: str,
-    text: str,
-    plan_mode: bool,
-    thinking_level: ThinkingLevel | UnsetType | None,
-    max_steps: int | UnsetType,
-    cancel_on_exit: bool,
-    state: _TurnState,
-) -> AsyncIterator[TurnEvent]:
-    loop = asyncio.get_running_loop()
-    if state.timeout is not None:
-        state.deadline = loop.time() + state.timeout
-    finished = False
-    sent = False
-    stream = mix.stream_events(session_id)
-    pending: asyncio.Future[StreamEvent | None] | None = None
-    try:
-        await state.within(stream.__aenter__(), session_id)
-        while True:
-            event = await state.within(_next_or_none(stream), session_id)
-            if event is None:
-                raise APIConnectionError(
-                    f"event stream of session {session_id!r} ended before it connected"
-                )
-            if isinstance(event, ConnectedEvent):
-                yield event
-                break
-            if isinstance(event, ErrorEvent):
-                raise AgentError(f"stream error: {event.data.error}", event=event)
-        reply = await state.within(
-            mix.send_message(
-                session_id,
-                text=text,
-                plan_mode=plan_mode,
-                thinking_level=thinking_level,
-                max_steps=max_steps,
-            ),
-            session_id,
-        )
-        sent = True
-        if reply.status == "completed":
-            # A slash command: the answer is in the reply and no event follows.
-            message = reply.message
-            finished = True
-            yield CompleteEvent(
-                data=CompleteData(
-                    type="complete",
-                    done=True,
-                    content=(message.assistant_response or "") if message else "",
-                    message_id=message.id if message else None,
-                )
-            )
-            return
-        claimed = False  # this run's user_message_created was seen
-        strict = mix._run_starts_seen  # the server marks runs: drop what precedes ours
-        foreign: set[str] = set()  # assistant message ids of other runs
-        gap = False  # reopened since sending: the run may have ended unseen
-        unmatched = False  # an end of some other run was seen before ours began
-        next_check = 0.0
-        interval = _POLL_MIN
-        while True:
-            checking = (gap or unmatched) and not state.no_export
-            if not checking and pending is None:
-                event = await state.within(_next_or_none(stream), session_id)
-            else:
-                # Read the stream and, at a bounded interval, check the stored run.
-                if pending is None:
-                    pending = asyncio.ensure_future(_next_or_none(stream))
-                wait: float | None = (next_check - loop.time()) if checking else None
-                if state.deadline is not None:
-                    left = state.deadline - loop.time()
-                    wait = left if wait is None else min(wait, left)
-                done, _ = await asyncio.wait(
-                    (pending,), timeout=None if wait is None else max(wait, 0.0)
-                )
-                if not done:
-                    if state.deadline is not None and loop.time() >= state.deadline:
-                        raise state.expired(session_id)
-                    if checking:
-                        recovered = await _read_run(mix, session_id, text, state)
-                        if recovered is not None:
-                            finished = True
-                            yield recovered
-                            _raise_if_failed(recovered)
-                            return
-                        next_check = loop.time() + interval
-                        interval = min(interval * 2, _POLL_MAX)
-                    continue
-                event = pending.result()
-                pending = None
-            if event is None:
-                raise APIConnectionError(
-                    f"event stream of session {session_id!r} ended before the turn finished"
-                )
-            if isinstance(event, Reconnected):
-                gap = True
-                next_check, interval = 0.0, _POLL_MIN  # check at once, then every <= 1 s
-                yield event
-                continue
-            if isinstance(event, UserMessageCreatedEvent) and not event.parent_tool_call_id:
-                mix._run_starts_seen = True
-                if not claimed and event.data.content.strip() == text.strip():
-                    claimed = True
-                    unmatched = False
-                    state.user_message_id = event.data.message_id or None
-                    yield event
-                else:
-                    strict = True  # another run's start (or a later one's)
-                continue
-            if not isinstance(event, _RUN_EVENTS) and not isinstance(
-                event,
-                UserMessageCreatedEvent,  # a sub-agent's, part of a run
-            ):
-                yield event  # connected, heartbeats, permissions, notifications, unknown
-                continue
-            aid = _assistant_id(event)
-            if not claimed:
-                if _is_end(event) and not (strict and not gap):
-                    # Ours only if this turn's start was lost in a gap, or the server
-                    # may not mark runs at all: the export decides.
-                    verdict = await _check_end(mix, session_id, text, state, event)
-                    if verdict is None:  # another run's end: wait for ours
-                        unmatched = not strict
-                        next_check, interval = loop.time() + _POLL_MIN, _POLL_MIN
-                        if aid is not None:
-                            foreign.add(aid)
-                        continue
-                    finished = True
-                    yield verdict
-                    if isinstance(verdict, TurnRecovered):
-                        _raise_if_failed(verdict)
-                    elif isinstance(verdict, ErrorEvent):
-                        raise AgentError(f"agent error: {verdict.data.error}", event=verdict)
-                    return
-                if strict:  # before this turn's start: another run's event
-                    if aid is not None:
-                        foreign.add(aid)
-                    continue
-                yield event  # a server that does not mark runs: take what comes
-                continue
-            if aid is not None and aid in foreign:
-                continue  # a concurrent run's event
-            # The run shows on the reopened stream: it is alive and its end will come
-            # here (what the gap lost is filled in from the stored messages).
-            gap = False
-            if isinstance(event, ErrorEvent) and _is_fatal(event):
-                finished = True
-                yield event
-                raise AgentError(f"agent error: {event.data.error}", event=event)
-            yield event
-            if isinstance(event, CompleteEvent) and not event.data.parent_tool_call_id:
-                finished = True
-                return
-    finally:
-        if pending is not None:
-            pending.cancel()
-            await asyncio.wait((pending,))
-            if not pending.cancelled():
-                pending.exception()  # a read error after the turn was over: not reported
-        await stream.aclose()
-        if cancel_on_exit and sent and not finished:
-            with contextlib.suppress(MixError):
-                await asyncio.shield(mix.cancel_session_processing(session_id, max_retries=0))
+        raise escaped from None
 
 
 class TurnStream:
     """The events of one turn (see :meth:`AsyncMix.query`): an async context manager and
     async iterator of :data:`TurnEvent`.
 
-    Only the turn's own run is yielded, from its ``user_message_created`` on. Ends after
-    that run's main-agent ``complete`` (sub-agents' completes carry a
+    Yields ``connected``, then only the turn's own run, from its ``user_message_created``
+    on. Ends after that run's main-agent ``complete`` (sub-agents' completes carry a
     ``parent_tool_call_id`` and do not end it), or with a :class:`TurnRecovered` marker when
-    the stream lost the end and it was read from the export; an ``error`` event of the main
-    agent, or a recovered failed or cancelled run, raises :class:`AgentError`.
+    the stream lost the end and it was read from the stored rows; an ``error`` event of the
+    main agent, or a recovered failed or cancelled run, raises :class:`AgentError`.
+
+    Cancelling one ``__anext__`` (a per-event ``wait_for``, a handled Ctrl-C) loses
+    nothing: the next call goes on where it was. :meth:`aclose` may be called from another
+    task: a consumer waiting for the next event stops (``StopAsyncIteration``).
     """
 
-    def __init__(self, gen: AsyncIterator[TurnEvent], state: _TurnState | None = None) -> None:
-        self._gen = gen
-        self._state = state
+    def __init__(
+        self,
+        mix: AsyncMix,
+        session_id: str,
+        text: str,
+        body: dict[str, Any],
+        timeout: float | None,
+        cancel_on_exit: bool,
+    ) -> None:
+        self._mix = mix
+        self.session_id = session_id
+        self._text = text
+        self._body = body
+        self._timeout = timeout
+        self._cancel_on_exit = cancel_on_exit
+        self._deadline: float | None = None
+        self._starting: asyncio.Task[ConnectedEvent | SendMessageResponse] | None = None
+        self._runs: _Runs | None = None
+        self._slot: _Slot | None = None
+        self._handed = 0  # 0: nothing yet, 1: connected, 2: the message was sent
+        self._ending: BaseException | None = None  # raised by the next __anext__
+        self._closed = False
 
     async def __aenter__(self) -> Self:
         return self
@@ -4271,13 +4486,158 @@ class TurnStream:
     def __aiter__(self) -> Self:
         return self
 
+    def _expired(self) -> APITimeoutError:
+        return APITimeoutError(
+            f"turn in session {self.session_id!r} did not finish within {self._timeout} s"
+        )
+
+    async def _within(self, aw: Awaitable[T]) -> T:
+        """Await ``aw`` within what is left of the turn's deadline."""
+        if self._deadline is None:
+            return await aw
+        remaining = self._deadline - asyncio.get_running_loop().time()
+        try:
+            return await asyncio.wait_for(aw, max(remaining, 0.0))
+        except asyncio.TimeoutError:
+            await self.aclose()
+            raise self._expired() from None
+
+    async def _connect(self) -> ConnectedEvent:
+        """Join the session's ledger and wait for its stream."""
+        mix, sid = self._mix, self.session_id
+        runs = mix._ledgers.get(sid)
+        if runs is None:
+            runs = mix._ledgers[sid] = _Runs(mix, sid)
+        runs.members += 1
+        self._runs = runs
+        return await asyncio.shield(runs.connected)
+
+    async def _send(self) -> SendMessageResponse:
+        """Send the message, in the ledger's order."""
+        mix, sid, runs = self._mix, self.session_id, self._runs
+        assert runs is not None
+        if runs.baseline is not None:
+            await asyncio.shield(runs.baseline)
+        async with runs.send_lock:  # the server starts runs in the order it accepts them
+            slot = self._slot = runs.join(self._text, bool(self._body.get("plan_mode")))
+            try:
+                reply = await mix.send_message(sid, **self._body)
+            except BaseException:
+                with contextlib.suppress(ValueError):  # refused, or never known to arrive
+                    runs.slots.remove(slot)
+                raise
+            slot.sent = True
+        if reply.status == "completed":
+            slot.done = True  # a slash command: answered in the reply, no run
+            with contextlib.suppress(ValueError):
+                runs.slots.remove(slot)
+        return reply
+
     async def __anext__(self) -> TurnEvent:
-        return await self._gen.__anext__()
+        if self._ending is not None:
+            ending, self._ending = self._ending, StopAsyncIteration()
+            raise ending
+        if self._closed:
+            raise StopAsyncIteration
+        if self._starting is None:
+            if self._timeout is not None:
+                self._deadline = asyncio.get_running_loop().time() + self._timeout
+            self._starting = asyncio.ensure_future(self._connect())
+        elif self._handed == 1:
+            self._handed = 2
+            self._starting = asyncio.ensure_future(self._send())
+        # A task of its own: cancelling this __anext__ does not abort the send.
+        if not self._starting.done():
+            await self._within(asyncio.shield(self._starting))
+        try:
+            started = self._starting.result()
+        except BaseException:
+            await self.aclose()
+            raise
+        if self._handed == 0:
+            self._handed = 1
+            assert isinstance(started, ConnectedEvent)
+            return started  # nothing is sent until the consumer asks for more
+        reply = started
+        assert isinstance(reply, SendMessageResponse)
+        if reply.status == "completed":
+            message = reply.message
+            self._ending = StopAsyncIteration()
+            return CompleteEvent(
+                data=CompleteData(
+                    type="complete",
+                    done=True,
+                    content=(message.assistant_response or "") if message else "",
+                    message_id=message.id if message else None,
+                )
+            )
+        slot = self._slot
+        assert slot is not None
+        item = await self._within(slot.events.get())
+        if item is None:
+            raise StopAsyncIteration  # closed by aclose() (another task)
+        if isinstance(item, BaseException):
+            await self.aclose()
+            raise item
+        if isinstance(item, TurnRecovered):
+            self._ending = StopAsyncIteration()
+            with contextlib.suppress(AgentError):
+                _raise_if_failed(item)
+                return item
+            self._ending = AgentError(
+                f"agent run ended ({item.data.finish_reason}) while the stream did not show it",
+                event=item,
+            )
+        elif isinstance(item, ErrorEvent) and _is_end(item):
+            self._ending = AgentError(f"agent error: {item.data.error}", event=item)
+        elif not isinstance(item, Reconnected) and _is_end(item):
+            self._ending = StopAsyncIteration()
+        return item
 
     async def aclose(self) -> None:
-        aclose = getattr(self._gen, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        """Leave the turn (from any task); with ``cancel_on_exit``, an unfinished run is
+        cancelled on the server."""
+        if self._closed:
+            return
+        self._closed = True
+        starting, slot, runs = self._starting, self._slot, self._runs
+        if starting is not None and not starting.done():
+            starting.cancel()
+            await asyncio.wait((starting,))
+        if starting is not None and starting.done() and not starting.cancelled():
+            starting.exception()  # retrieved: raised by __anext__ or moot
+        if runs is None:
+            return
+        unfinished = slot is not None and slot.sent and not slot.done
+        if slot is not None:
+            slot.events.put_nowait(None)  # wakes a consumer waiting in another task
+        runs.leave(slot)
+        if self._cancel_on_exit and unfinished:
+            with contextlib.suppress(MixError):
+                await asyncio.shield(
+                    self._mix.cancel_session_processing(self.session_id, max_retries=0)
+                )
+
+    async def _stored_run(self) -> list[_Row] | None:
+        """The turn's run as stored: the rows read when its end was recovered, else its
+        rows in ``GET /api/sessions/{id}/messages``."""
+        slot, runs = self._slot, self._runs
+        if slot is None or runs is None:
+            return None
+        if slot.rows is not None and slot.done:
+            return slot.rows
+        messages = await self._within(self._mix.get_session_messages(self.session_id))
+        rows = _list_rows(messages)
+        stored = _stored_runs(rows, runs.starts, lambda _: False)
+        mid = slot.user_message_id
+        if mid is not None and any(row.id == mid for row in rows):
+            return next((run for run in stored if run[0].id == mid), None)
+        # A server that does not announce runs, or whose rows do not carry the announced
+        # id: the last run of this text.
+        own = (
+            run for run in reversed(stored) if _is_own_text(run[0].content, self._text, slot.plan)
+        )
+        return next(own, None)
 
 
 class _TurnHooks(NamedTuple):
@@ -4294,22 +4654,37 @@ class _TurnHooks(NamedTuple):
     on_event: Callable[[TurnEvent], Any] | None
 
 
-async def _collect_turn(
-    mix: AsyncMix,
-    events: TurnStream,
-    session_id: str,
-    text: str,
-    timeout: float | None,
-    hooks: _TurnHooks,
-) -> Turn:
+def _fill_from_rows(turn: Turn, run: list[_Row]) -> None:
+    """Complete a turn from its run's stored rows: answer, reasoning, tool results."""
+    answer = "".join(row.content for row in run if row.role == "assistant")
+    if answer:
+        turn.text = answer
+    reasoning = "".join(row.reasoning for row in run if row.role == "assistant" and row.reasoning)
+    if reasoning:
+        turn.thinking = reasoning
+    known = {call.id: call for call in turn.tool_calls}
+    for row in run:
+        for stored in row.tool_calls:
+            call = known.get(stored.id)
+            if call is None:
+                call = known[stored.id] = TurnToolCall(id=stored.id, name=stored.name)
+                turn.tool_calls.append(call)
+                call.raw_input = stored.input
+                call.input = parse_tool_input(stored.input)
+            if stored.result is not None:
+                call.result = stored.result
+            call.is_error = bool(stored.is_error) or call.is_error
+            call.finished = stored.finished or call.finished
+
+
+async def _collect_turn(events: TurnStream, hooks: _TurnHooks) -> Turn:
     """Fold a turn's events (:meth:`AsyncMix.query`) into a :class:`Turn`, calling the
     callbacks as they come (:meth:`AsyncMix.send_and_wait`)."""
-    turn = Turn(session_id=session_id)
+    turn = Turn(session_id=events.session_id)
     text_parts: list[str] = []
     thinking_parts: list[str] = []
     calls: dict[str, TurnToolCall] = {}
     inputs = ToolInputAccumulator()
-    state = events._state or _TurnState(timeout)
     async with events:
         try:
             async for event in events:
@@ -4323,16 +4698,6 @@ async def _collect_turn(
                     if not event.data.parent_tool_call_id:
                         thinking_parts.append(event.data.content)
                         await _maybe_await(hooks.on_thinking, event.data.content)
-                elif (
-                    isinstance(event, UserMessageCreatedEvent)
-                    and not event.data.parent_tool_call_id
-                ):
-                    # This turn's run begins: anything gathered before was another run's.
-                    text_parts.clear()
-                    thinking_parts.clear()
-                    calls.clear()
-                    inputs = ToolInputAccumulator()
-                    turn.user_message_id = event.data.message_id or None
                 elif isinstance(event, ToolUseStartEvent):
                     call = calls.setdefault(event.data.id, TurnToolCall(id=event.data.id))
                     call.name = event.data.name or call.name
@@ -4377,13 +4742,16 @@ async def _collect_turn(
             turn.text = "".join(text_parts)
             turn.thinking = "".join(thinking_parts)
             turn.tool_calls = list(calls.values())
-    turn.user_message_id = turn.user_message_id or state.user_message_id
-    final_content = turn.final.data.content if turn.final is not None else None
-    if turn.reconnects or calls or turn.recovered is not None:
-        # The stream carries progress lines, not tool results; the stored message has them.
-        await _reconcile(mix, turn, text, state)
-    elif final_content and final_content != turn.text:
-        turn.text = final_content
+        slot = events._slot
+        turn.user_message_id = slot.user_message_id if slot is not None else None
+        final_content = turn.final.data.content if turn.final is not None else None
+        if turn.recovered is not None or calls or (slot is not None and slot.gap):
+            # The stream carries progress lines, not tool results; the stored rows have them.
+            run = await events._stored_run()
+            if run is not None:
+                _fill_from_rows(turn, run)
+        elif final_content and final_content != turn.text:
+            turn.text = final_content
     await _maybe_await(hooks.on_complete, turn)
     return turn
 
@@ -4416,9 +4784,6 @@ class AsyncMix:
 
     _parent: AsyncMix | None = None
     """Set on :meth:`with_options` copies: the client whose connection pool they use."""
-    _run_starts_seen = False
-    """Set once the server was seen marking runs (``user_message_created``); from then on a
-    turn drops what precedes its own run's start."""
 
     def __init__(
         self,
@@ -4466,6 +4831,8 @@ class AsyncMix:
             else:
                 logger.setLevel(logging.DEBUG)
         self._closed = False
+        self._ledgers: dict[str, _Runs] = {}  # session id -> its turns in flight
+        self._floors: dict[str, str] = {}  # session id -> a user row stored before now
 
     # Lifecycle ---------------------------------------------------------------
 
@@ -4995,13 +5362,12 @@ class AsyncMix:
             _check_int(max_steps, "max_steps", 1)
         _check_number(timeout, "timeout", optional=True)
         _check_bool(cancel_on_exit, "cancel_on_exit")
-        state = _TurnState(timeout)
-        return TurnStream(
-            _turn_events(
-                self, session_id, text, plan_mode, thinking_level, max_steps, cancel_on_exit, state
-            ),
-            state,
-        )
+        body: dict[str, Any] = {"text": text, "plan_mode": plan_mode}
+        if not isinstance(thinking_level, UnsetType):
+            body["thinking_level"] = thinking_level
+        if not isinstance(max_steps, UnsetType):
+            body["max_steps"] = max_steps
+        return TurnStream(self, session_id, text, body, timeout, cancel_on_exit)
 
     async def send_and_wait(
         self,
@@ -5054,7 +5420,12 @@ class AsyncMix:
             on_complete,
             on_event,
         )
-        return await _collect_turn(self, events, session_id, text, timeout, hooks)
+        if timeout is None:
+            return await _collect_turn(events, hooks)
+        try:  # the deadline covers the callbacks too
+            return await asyncio.wait_for(_collect_turn(events, hooks), timeout)
+        except asyncio.TimeoutError:
+            raise events._expired() from None
 
 
 # ---------------------------------------------------------------------------
@@ -5064,8 +5435,6 @@ class AsyncMix:
 
 _CLOSE_GRACE: Final = 5.0
 """Seconds ``Mix.close()`` waits for cancelled calls and for closing the connections."""
-_CALLBACK_WORKERS: Final = 10_000
-"""Threads for plain callbacks are made only when none is idle: in effect, no limit."""
 
 
 class _LoopThread:
@@ -5083,14 +5452,10 @@ class _LoopThread:
     def _start(self) -> asyncio.AbstractEventLoop:
         """Start the loop thread (with ``_lock`` held)."""
         loop = asyncio.new_event_loop()
-        callbacks = concurrent.futures.ThreadPoolExecutor(
-            _CALLBACK_WORKERS, thread_name_prefix="mix-client-callback"
-        )
         ready = threading.Event()
 
         def run() -> None:
             _in_sync_loop.flag = True
-            _in_sync_loop.callbacks = callbacks
             asyncio.set_event_loop(loop)
             loop.call_soon(ready.set)
             try:
@@ -5100,7 +5465,6 @@ class _LoopThread:
             finally:
                 asyncio.set_event_loop(None)
                 loop.close()
-                callbacks.shutdown(wait=False, cancel_futures=True)
 
         thread = threading.Thread(target=run, name="mix-client-loop", daemon=True)
         thread.start()
@@ -5125,6 +5489,8 @@ class _LoopThread:
             self._calls.add(future)
         try:
             return future.result()
+        except _Escaped as escaped:  # a KeyboardInterrupt or SystemExit of a callback
+            raise escaped.exc from None
         except concurrent.futures.CancelledError:
             if self._stopped:
                 raise ClientClosedError("the client was closed during the call") from None

@@ -950,13 +950,12 @@ async def test_query_timeout(srv: ScriptedStreams, mix: AsyncMix) -> None:
     await srv.wait_for(lambda: srv.open_conns == 0, "stream closed")
 
 
-async def test_query_unknown_session_raises_agent_error(
-    srv: ScriptedStreams, mix: AsyncMix
-) -> None:
-    with pytest.raises(AgentError) as info:
+async def test_query_unknown_session_raises_not_found(srv: ScriptedStreams, mix: AsyncMix) -> None:
+    # The stream answers an unknown session with one `error` event; the turn raises the
+    # typed error of the session's own route, as send_message would.
+    with pytest.raises(NotFoundError):
         async with mix.query("ghost", "hi") as events:
             await _collect(events)
-    assert isinstance(info.value.event, ErrorEvent)
     assert srv.posts == []
     assert srv.conn_count == 1
 

@@ -10,6 +10,7 @@ refused busy session surfaces as the typed error, slash commands end at once, an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import AsyncIterator, Callable
@@ -28,14 +29,22 @@ from mix_client import (
     ContentEvent,
     InternalServerError,
     Mix,
+    NotFoundError,
     Reconnected,
     Turn,
     TurnRecovered,
     UserMessageCreatedEvent,
 )
-from mix_fake import MixFake
+from mix_fake import FakeThread, MixFake
 
 WAIT = 20.0  # upper bound for liveness (a slow CI machine), never a speed assertion
+
+
+@pytest.fixture
+def fake_thread() -> Any:
+    server = FakeThread()
+    yield server
+    server.stop()
 
 
 @pytest.fixture
@@ -103,7 +112,7 @@ async def test_complete_lost_in_the_gap_is_recovered(fake: MixFake, mix: AsyncMi
     assert turn.reconnects == 1
     assert turn.thinking == "Let me think about how to answer this."
     [call] = turn.tool_calls
-    assert (call.name, call.result, call.finished) == ("Bash", "hello\n", True)
+    assert (call.name, call.result, call.finished) == ("bash", "hello\n", True)
     assert call.input == {"command": "echo hello", "description": "Print a greeting"}
     assert elapsed < 10  # liveness: far from the 22-30 s the retry field asked for
     await fake.wait_streams_closed(sid, WAIT)
@@ -256,7 +265,7 @@ async def test_sub_agent_run_start_is_part_of_the_turn(fake: MixFake, mix: Async
     )
     assert turn.text == "Echo: delegate [subagent]"
     [call] = turn.tool_calls
-    assert call.name == "Task" and call.finished
+    assert call.name == "task" and call.finished
     assert call.input == {
         "description": "Delegate research",
         "prompt": "Research the topic",
@@ -442,3 +451,274 @@ async def test_timeout_covers_reconciling(fake: MixFake, mix: AsyncMix) -> None:
     fake.delay_next("getSessionMessages", 30)
     with pytest.raises(APITimeoutError):
         await bounded(mix.send_and_wait(sid, "tools [tool]", timeout=2), 10)
+
+
+# ---------------------------------------------------------------------------
+# Exact turns against the Go server's behaviour (issue: plan mode, lost ends, neighbours,
+# callbacks, cancellation, deadlines)
+# ---------------------------------------------------------------------------
+
+
+def stored_answer(fake: MixFake, sid: str, user_message_id: str | None) -> tuple[str, str]:
+    """(user text, final answer) of the run that starts at ``user_message_id``, as stored."""
+    rows = fake._sessions[sid].messages
+    at = next(i for i, m in enumerate(rows) if m.id == user_message_id)
+    answer = ""
+    for row in rows[at + 1 :]:
+        if row.role == "user" and row.id != user_message_id and not _injected(rows, row):
+            break
+        if row.role == "assistant":
+            answer += row.content
+    return rows[at].content, answer
+
+
+def _injected(rows: list[Any], row: Any) -> bool:
+    i = rows.index(row)
+    while i > 0 and rows[i - 1].role == "user":
+        i -= 1
+    return i > 0 and rows[i - 1].role == "tool"
+
+
+async def test_plan_mode_turn_finds_its_run(fake: MixFake, mix: AsyncMix) -> None:
+    # The server stores and announces the text with a plan-mode reminder after it.
+    sid = fake.add_session()
+    turn = await bounded(mix.send_and_wait(sid, "make a plan", plan_mode=True))
+    assert turn.final is not None and turn.text == "Echo: make a plan"
+    text, _ = stored_answer(fake, sid, turn.user_message_id)
+    assert text.startswith("make a plan\n\n<system-reminder>")
+
+
+async def test_plan_mode_text_is_not_taken_for_a_plain_turn(fake: MixFake, mix: AsyncMix) -> None:
+    sid = fake.add_session()
+    plain, planned = await bounded(
+        asyncio.gather(
+            mix.send_and_wait(sid, "same words [slow]"),
+            mix.send_and_wait(sid, "same words [slow]", plan_mode=True),
+        )
+    )
+    assert plain.user_message_id != planned.user_message_id
+    assert stored_answer(fake, sid, plain.user_message_id)[0] == "same words [slow]"
+    assert "<system-reminder>" in stored_answer(fake, sid, planned.user_message_id)[0]
+
+
+@pytest.mark.parametrize("lost", ["complete", "error"])
+async def test_lost_end_without_a_reconnect_is_noticed(
+    fake: MixFake, mix: AsyncMix, lost: str
+) -> None:
+    # Dropped while the reader lagged: no reconnect, heartbeats only; no timeout= given.
+    sid = fake.add_session()
+    fake.drop_events(lost, session_id=sid)
+    text = "hello" if lost == "complete" else "break [error]"
+    started = time.monotonic()
+    if lost == "complete":
+        turn = await bounded(mix.send_and_wait(sid, text))
+        assert turn.text == "Echo: hello" and turn.recovered is not None
+        assert turn.reconnects == 0
+    else:
+        with pytest.raises(AgentError):
+            await bounded(mix.send_and_wait(sid, text))
+    assert time.monotonic() - started < 8  # within seconds, with default settings
+
+
+async def test_lost_start_on_a_client_that_already_finished_a_turn(
+    fake: MixFake, mix: AsyncMix
+) -> None:
+    sid = fake.add_session()
+    first = await bounded(mix.send_and_wait(sid, "first"))
+    assert first.text == "Echo: first"
+    fake.drop_events("user_message_created", session_id=sid)
+    second = await bounded(mix.send_and_wait(sid, "second"))
+    assert second.text == "Echo: second"
+    assert stored_answer(fake, sid, second.user_message_id) == ("second", "Echo: second")
+
+
+@pytest.mark.parametrize("count", [20, 50])
+async def test_many_concurrent_turns_on_one_session(
+    fake: MixFake, mix: AsyncMix, count: int
+) -> None:
+    # The fake's 50-event buffer drops events of a lagging reader, as the server does.
+    sid = fake.add_session()
+    turns = await bounded(
+        asyncio.gather(*(mix.send_and_wait(sid, f"turn {i}") for i in range(count))), 60
+    )
+    for i, turn in enumerate(turns):
+        assert turn.text == f"Echo: turn {i}"
+        assert stored_answer(fake, sid, turn.user_message_id) == (f"turn {i}", turn.text)
+    assert len({t.user_message_id for t in turns}) == count
+    await fake.wait_streams_closed(sid, WAIT)
+
+
+async def test_lost_complete_while_a_neighbour_waits(fake: MixFake, mix: AsyncMix) -> None:
+    fake.slow_delay = 0.02
+    sid = fake.add_session()
+    fake.drop_events("complete", session_id=sid)  # the first run's end
+    a, b = await bounded(
+        asyncio.gather(
+            mix.send_and_wait(sid, "A [slow]"),
+            mix.send_and_wait(sid, "B [slow]"),
+        )
+    )
+    assert a.text == "Echo: A [slow]" and b.text == "Echo: B [slow]"
+    assert a.user_message_id != b.user_message_id
+
+
+async def test_two_concurrent_turns_with_the_same_text(fake: MixFake, mix: AsyncMix) -> None:
+    sid = fake.add_session()
+    fake.script_reply(sid, "the first run's answer")
+    fake.script_reply(sid, "the second run's answer")
+    one, two = await bounded(
+        asyncio.gather(mix.send_and_wait(sid, "same"), mix.send_and_wait(sid, "same"))
+    )
+    assert {one.text, two.text} == {"the first run's answer", "the second run's answer"}
+    for turn in (one, two):
+        assert stored_answer(fake, sid, turn.user_message_id) == ("same", turn.text)
+
+
+async def callback_session(fake: MixFake, mix: AsyncMix) -> str:
+    sid = fake.add_session()
+    await mix.update_session_callbacks(
+        sid,
+        callbacks=[{"type": "send_message", "toolName": "bash", "messageContent": "now check it"}],
+    )
+    return sid
+
+
+async def test_rows_injected_by_a_callback_are_part_of_the_run(
+    fake: MixFake, mix: AsyncMix
+) -> None:
+    sid = await callback_session(fake, mix)
+    turn = await bounded(mix.send_and_wait(sid, "run it [tool]"))
+    assert turn.text == "Echo: run it [tool]"
+    assert turn.final is not None
+    roles = [m.role for m in fake._sessions[sid].messages]
+    assert roles == ["user", "assistant", "tool", "user", "assistant"]
+
+
+async def test_cut_during_a_tool_step_with_an_injected_row(fake: MixFake, mix: AsyncMix) -> None:
+    fake.slow_delay = 0.05
+    sid = await callback_session(fake, mix)
+    fake.cut_stream_before("tool_execution_complete", session_id=sid)
+    turn = await bounded(mix.send_and_wait(sid, "run it [tool] [slow]"))
+    assert turn.text == "Echo: run it [tool] [slow]"
+    assert turn.recovered is None or turn.recovered.data.finish_reason == "end_turn"
+    [call] = turn.tool_calls
+    assert call.result == "hello\n"
+
+
+async def test_query_survives_a_cancelled_anext(fake: MixFake, mix: AsyncMix) -> None:
+    fake.slow_delay = 0.1
+    sid = fake.add_session()
+    got: list[Any] = []
+    timeouts = 0
+    async with mix.query(sid, "slowly [slow]") as events:
+        while True:
+            try:
+                event = await asyncio.wait_for(events.__anext__(), 0.05)  # "still waiting"
+            except asyncio.TimeoutError:
+                timeouts += 1
+                assert timeouts < 400
+                continue
+            except StopAsyncIteration:
+                break
+            got.append(event)
+    assert timeouts > 0
+    assert isinstance(got[-1], CompleteEvent)
+    text = "".join(e.data.content for e in got if isinstance(e, ContentEvent))
+    assert text == "Echo: slowly [slow]"
+
+
+async def test_query_aclose_from_another_task(fake: MixFake, mix: AsyncMix) -> None:
+    fake.slow_delay = 0.2
+    sid = fake.add_session()
+    events = mix.query(sid, "long [slow]", cancel_on_exit=True)
+    got: list[Any] = []
+
+    async def consume() -> None:
+        async for event in events:
+            got.append(event)
+
+    consumer = asyncio.ensure_future(consume())
+    await until(lambda: any(isinstance(e, UserMessageCreatedEvent) for e in got))
+    await events.aclose()  # a Stop button
+    await bounded(consumer)  # ends quietly, no RuntimeError
+    assert not any(isinstance(e, CompleteEvent) for e in got)
+    await fake.wait_idle(sid, timeout=WAIT)  # the run was cancelled on the server
+    assert fake._sessions[sid].messages[-1].finish_reason == "canceled"
+
+
+async def test_stream_events_keeps_the_reconnect_marker_under_per_event_timeouts(
+    fake: MixFake, mix: AsyncMix
+) -> None:
+    sid = fake.add_session()
+    fake.cut_stream_after(1)  # the first connection drops after `connected`
+    got: list[Any] = []
+    async with mix.stream_events(sid) as events:
+        while not any(isinstance(e, Reconnected) for e in got):
+            with contextlib.suppress(asyncio.TimeoutError):
+                got.append(await asyncio.wait_for(events.__anext__(), 0.01))
+            assert fake.hits["GET /stream"] + fake.hits["streamEvents"] < 10
+    assert isinstance(got[0], ConnectedEvent)
+
+
+async def test_unknown_session_raises_not_found(fake: MixFake, mix: AsyncMix) -> None:
+    with pytest.raises(NotFoundError):
+        await bounded(mix.send_and_wait("no-such-session", "hi"))
+
+
+async def test_callbacks_are_inside_the_deadline(fake: MixFake, mix: AsyncMix) -> None:
+    sid = fake.add_session()
+
+    async def slow(_: str) -> None:
+        await asyncio.sleep(5)
+
+    started = time.monotonic()
+    with pytest.raises(APITimeoutError):
+        await bounded(mix.send_and_wait(sid, "hi", timeout=1, on_content=slow))
+    assert time.monotonic() - started < 4
+
+
+def test_blocking_callbacks_are_inside_the_deadline(fake_thread: Any) -> None:
+    sid = fake_thread.sync(fake_thread.fake.add_session)
+    started = time.monotonic()
+    with Mix(fake_thread.url) as blocking, pytest.raises(APITimeoutError):
+        blocking.send_and_wait(sid, "hi", timeout=1, on_content=lambda _: time.sleep(5))
+    assert time.monotonic() - started < 4
+
+
+def test_keyboard_interrupt_in_a_blocking_callback_reaches_the_caller(fake_thread: Any) -> None:
+    sid = fake_thread.sync(fake_thread.fake.add_session)
+
+    def interrupt(_: str) -> None:
+        raise KeyboardInterrupt
+
+    with Mix(fake_thread.url) as blocking:
+        with pytest.raises(KeyboardInterrupt):
+            blocking.send_and_wait(sid, "hi", timeout=WAIT, on_content=interrupt)
+        assert blocking.health_check().status  # the client still works
+
+
+def test_system_exit_in_an_upload_progress_callback_reaches_the_caller(fake_thread: Any) -> None:
+    sid = fake_thread.sync(fake_thread.fake.add_session)
+
+    def stop(done: int, total: int | None) -> None:
+        raise SystemExit(3)
+
+    with Mix(fake_thread.url) as blocking:
+        with pytest.raises(SystemExit):
+            blocking.upload_session_file(sid, file=b"data", filename="a.txt", progress=stop)
+        assert blocking.health_check().status
+
+
+async def test_permission_wait_reads_no_export(fake: MixFake, mix: AsyncMix) -> None:
+    # A run waiting for a permission is legitimately silent: no reads of the export.
+    sid = fake.add_session()
+    seen: list[Any] = []
+    task = asyncio.ensure_future(
+        mix.send_and_wait(sid, "write [permission]", on_permission=seen.append)
+    )
+    await until(lambda: bool(fake.pending_permissions))
+    await asyncio.sleep(3)  # the wait itself is what is measured: nothing may be read
+    assert fake.hits["exportSession"] == 0
+    await mix.grant_permission(fake.pending_permissions[0])
+    turn = await bounded(task)
+    assert turn.text == "Echo: write [permission]" and len(seen) == 1
